@@ -1,0 +1,1 @@
+"""Meta-learning algorithms, one file each, all behind `metarun.algorithms.base.Algorithm`."""

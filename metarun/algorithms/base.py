@@ -1,0 +1,50 @@
+"""The one small contract every algorithm implements.
+
+An algorithm is an nn.Module whose parameters are everything meta-learned. Its
+`adapt` fits one task functionally (parameters in, predictor out) and is the only
+home of adaptation code: training, validation, testing and `metarun.load` all call
+it. `task_loss` (adapt, then score the queries) is written for a single task so the
+engine can either loop over tasks or vmap it over the task dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from metarun.metrics import task_loss_and_score
+
+Params = dict[str, torch.Tensor]
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Algorithm(nn.Module):
+    """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
+
+    model: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def params(self) -> Params:
+        """The meta-parameters as a dict, the form every functional method takes."""
+        return dict(self.named_parameters())
+
+    def run(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model evaluated with the given parameters instead of its own."""
+        return functional_call(self, params, (x,))
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+              steps: int | None = None) -> Predictor:
+        """Fits one task; returns a function from query inputs to predictions (logits)."""
+        raise NotImplementedError
+
+    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
+                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outer loss, score) of one task; override only if the outer loss is not on queries."""
+        predict = self.adapt(params, support_x, support_y, ways, steps)
+        return task_loss_and_score(predict(query_x), query_y)

@@ -1,0 +1,42 @@
+"""MAML (Finn, Abbeel, Levine 2017, arXiv:1703.03400): learn an initialisation from which a
+few gradient steps on a task's support set fit that task. `first_order=true` drops the
+second-order term of the meta-gradient (first-order MAML, same paper).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import grad
+
+from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.errors import ConfigError
+from metarun.metrics import task_loss_and_score
+
+
+class MAML(Algorithm):
+    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
+                 first_order: bool = False) -> None:
+        super().__init__()
+        if inner_lr <= 0 or inner_steps < 0:
+            raise ConfigError(f"algo.inner_lr must be > 0 and algo.inner_steps >= 0 "
+                              f"(got {inner_lr} and {inner_steps}).")
+        self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
+        self.out_features = out_features
+        self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
+
+    def support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return task_loss_and_score(self.run(params, x), y)[0]
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+              steps: int | None = None) -> Predictor:
+        if not support_y.dtype.is_floating_point and ways != self.out_features:
+            raise ConfigError(f"This MAML model has a {self.out_features}-way head but was given "
+                              f"{ways}-way tasks. Keep task.train_ways equal to task.ways for MAML.")
+        fast = params
+        for _ in range(self.inner_steps if steps is None else steps):
+            grads = grad(self.support_loss)(fast, support_x, support_y)
+            if self.first_order:
+                grads = {name: g.detach() for name, g in grads.items()}
+            fast = {name: fast[name] - self.inner_lr * grads[name] for name in fast}
+        return lambda query_x: self.run(fast, query_x)

@@ -1,0 +1,1 @@
+"""Feature extractors; each declares `out_features` so heads are sized automatically."""

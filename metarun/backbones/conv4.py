@@ -1,0 +1,30 @@
+"""Conv-4: 4 x [conv3x3(64), BatchNorm, ReLU, maxpool2], the MAML / ProtoNet embedding."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from metarun.backbones.task_batchnorm import TaskBatchNorm2d
+from metarun.errors import ConfigError
+
+
+class Conv4(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], hidden: int = 64, blocks: int = 4) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"backbone=conv4 needs images [C, H, W] but the dataset gives inputs of "
+                              f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs.")
+        channels, height, width = input_shape
+        layers: list[nn.Module] = []
+        for index in range(blocks):
+            layers += [nn.Conv2d(channels if index == 0 else hidden, hidden, 3, padding=1),
+                       TaskBatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2)]
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ConfigError(f"Images of {tuple(input_shape)} are too small for {blocks} pooling blocks; "
+                              "raise dataset.image_size.")
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = hidden * height * width
+
+    def forward(self, x):
+        return self.features(x)

@@ -1,0 +1,85 @@
+"""The one place that turns configs into objects (hydra.utils.instantiate) and checks them."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from metarun.algorithms.base import Algorithm
+from metarun.errors import ConfigError
+
+POSITIVE_SETTINGS = (
+    "task.ways", "task.shots", "task.queries", "task.meta_batch_size", "task.train_ways",
+    "trainer.iterations", "trainer.log_every", "trainer.val_every", "trainer.val_episodes",
+    "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.shots", "eval.batch_tasks",
+    "optimizer.lr", "algo.inner_lr",
+)
+NON_NEGATIVE_SETTINGS = ("algo.inner_steps", "eval.inner_steps")
+
+
+def _select(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Rejects counts and rates that cannot work, naming the setting."""
+    for key in POSITIVE_SETTINGS + NON_NEGATIVE_SETTINGS:
+        value = _select(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is not a number. Set {key} to a number.")
+        lowest = 0 if key in NON_NEGATIVE_SETTINGS else None
+        if (lowest is None and value <= 0) or (lowest == 0 and value < 0):
+            bound = "zero or more" if lowest == 0 else "greater than zero"
+            raise ConfigError(f"{key}={value} is not allowed: it must be {bound}. Change {key}.")
+
+
+def build(group: str, node: DictConfig, **kwargs):
+    """instantiate() with failures reported as the config group to fix."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"The '{group}' config could not be built: {cause or error}. Check the "
+                          f"keys under {group}. in the command line and configs/{group}/.") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but CUDA is not available here. Use device=cpu or device=auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device. Use device=auto, cpu or cuda[:N].") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
+    """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
+    backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
+    return build("algo", cfg.algo, backbone=backbone, out_features=dataset.out_features(cfg.task.ways))
+
+
+def build_optimizer(cfg: DictConfig, algo: Algorithm) -> tuple[torch.optim.Optimizer, object]:
+    """The outer optimiser and, when configured, its learning-rate scheduler."""
+    optimizer = build("optimizer", cfg.optimizer)(algo.parameters())
+    scheduler = build("scheduler", cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
+    return optimizer, scheduler

@@ -1,0 +1,55 @@
+"""`metarun train|eval [overrides]`: picks the Hydra app, turns user mistakes into one paragraph."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from metarun import run
+from metarun.errors import ConfigError
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=maml dataset=omniglot; -m to sweep)
+       metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]"""
+
+
+def _report(error: ConfigError) -> None:
+    print(f"metarun: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _train(cfg: DictConfig) -> float:
+    try:
+        results = run.train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as error:
+        _report(error)
+    metric = next(k for k in results if isinstance(results[k], dict) and "ci95" in results[k])
+    print(f"test {metric}: {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f} "
+          f"({results['episodes']} episodes)")
+    return results[metric]["mean"]
+
+
+def _eval(cfg: DictConfig) -> None:
+    try:
+        results = run.evaluate(cfg)
+    except ConfigError as error:
+        _report(error)
+    print(json.dumps(results, indent=2))
+
+
+COMMANDS = {"train": _train, "eval": _eval}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv.pop(1)
+    sys.argv[0] = f"metarun {command}"
+    app = hydra.main(config_path=CONFIG_DIR, config_name=command, version_base="1.3")(COMMANDS[command])
+    app()

@@ -1,0 +1,70 @@
+"""The one place a meta-batch of tasks is turned into a meta-gradient.
+
+`loop` runs tasks one after another and backpropagates each at once (low memory);
+`vmap` runs all tasks as one batched computation with torch.func.vmap. Both compute
+the mean over tasks of the algorithm's `task_loss` and so the same meta-gradient
+(the test suite checks this against a slow reference, with BatchNorm, in float64).
+Measured on a 2-core CPU: for Conv-4 the loop is 3-4x faster than vmap (all tasks'
+activations at once fall out of cache), for small MLPs vmap is far faster; on CUDA
+batching keeps the GPU busy. `auto` encodes that.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+from metarun.algorithms.base import Algorithm
+from metarun.episode import Episode
+from metarun.errors import ConfigError
+
+MODES = ("auto", "loop", "vmap")
+
+
+def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
+    """The concrete batching mode for this model and device."""
+    if mode not in MODES:
+        raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
+    if mode != "auto":
+        return mode
+    if device.type == "cuda":
+        return "vmap"
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
+    return "loop" if has_conv else "vmap"
+
+
+class Engine:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def _per_task(self, algo: Algorithm, batch: Episode, steps: int | None):
+        fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
+        return fn, (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+
+    def meta_backward(self, algo: Algorithm, batch: Episode, steps: int | None = None
+                      ) -> tuple[float, float]:
+        """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score)."""
+        fn, tensors = self._per_task(algo, batch, steps)
+        tasks = batch.num_tasks
+        if self.mode == "vmap":
+            losses, scores = vmap(fn)(*tensors)
+            losses.mean().backward()
+            return losses.mean().item(), scores.mean().item()
+        losses, scores = [], []
+        for index in range(tasks):
+            loss, score = fn(*(t[index] for t in tensors))
+            (loss / tasks).backward()
+            losses.append(loss.detach())
+            scores.append(score)
+        return torch.stack(losses).mean().item(), torch.stack(scores).mean().item()
+
+    @torch.no_grad()
+    def scores(self, algo: Algorithm, batch: Episode, steps: int | None = None) -> torch.Tensor:
+        """Per-task query scores (accuracy or MSE) after adaptation: [tasks]."""
+        fn, tensors = self._per_task(algo, batch, steps)
+        if self.mode == "vmap":
+            return vmap(fn)(*tensors)[1]
+        return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])

@@ -1,0 +1,25 @@
+"""Scores a model on fixed episodes: the same seed gives every model the same episodes."""
+
+from __future__ import annotations
+
+import torch
+
+from metarun.algorithms.base import Algorithm
+from metarun.engine import Engine
+from metarun.metrics import mean_ci95
+
+
+def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed: int,
+                   batch_tasks: int, steps: int | None = None) -> torch.Tensor:
+    """Per-episode scores on `episodes` episodes drawn from a generator seeded by `seed` alone.
+
+    All episodes are planned in one draw before any is built, so the episodes do not
+    depend on how many are evaluated at once.
+    """
+    plan = sampler.draw(episodes, torch.Generator().manual_seed(seed))
+    chunks = [engine.scores(algo, sampler.build(part), steps) for part in plan.split(batch_tasks)]
+    return torch.cat(chunks).cpu()
+
+
+def summarise(scores: torch.Tensor, metric: str) -> dict:
+    return {metric: mean_ci95(scores), "episodes": scores.numel()}

@@ -1,0 +1,117 @@
+"""train(cfg) and evaluate(cfg): wire the objects together and call the loops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
+                           resolve_device, seed_everything)
+from metarun.checkpoint import load_checkpoint, restore_model
+from metarun.engine import Engine, resolve_mode
+from metarun.errors import ConfigError
+from metarun.evaluator import episode_scores, summarise
+from metarun.trainer import Schedule, Trainer
+
+BATCHNORM_MODE = "transductive: every task is normalised with its own batch statistics"
+
+
+def _absolute_data_root(cfg: DictConfig) -> None:
+    """Stores dataset.root as an absolute path so the run folder works from any directory."""
+    if "root" in cfg.dataset:
+        cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+
+
+def _test(cfg: DictConfig, algo, engine: Engine, dataset, device, split: str, episodes: int) -> dict:
+    sampler = dataset.sampler(split, cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
+    scores = episode_scores(algo, engine, sampler, episodes, cfg.eval.seed, cfg.eval.batch_tasks,
+                            cfg.eval.inner_steps)
+    return summarise(scores, dataset.metric)
+
+
+def protocol(cfg: DictConfig, dataset, engine_mode: str) -> dict:
+    """What a published number must share with ours to be comparable."""
+    train_steps = cfg.algo.get("inner_steps")
+    test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
+    return {**dataset.protocol(), "eval_split": "test", "batchnorm": BATCHNORM_MODE,
+            "ways": cfg.task.ways, "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
+            "inner_steps_train": train_steps, "inner_steps_test": test_steps,
+            "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, "engine": engine_mode}
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Meta-trains, then tests the best-validation checkpoint; writes the run folder."""
+    check_settings(cfg)
+    run_dir = Path(run_dir)
+    _absolute_data_root(cfg)
+    (run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    dataset = build("dataset", cfg.dataset)
+    algo = build_algorithm(cfg, dataset).to(device)
+    engine = Engine(resolve_mode(cfg.engine, algo, device))
+    optimizer, scheduler = build_optimizer(cfg, algo)
+    train_sampler = dataset.sampler("train", cfg.task.train_ways, cfg.task.shots, cfg.task.queries,
+                                    device, ways_setting="task.train_ways")
+    val_sampler = dataset.sampler("val", cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
+
+    def validate() -> dict:
+        scores = episode_scores(algo, engine, val_sampler, cfg.trainer.val_episodes, cfg.eval.seed,
+                                cfg.eval.batch_tasks, cfg.eval.inner_steps)
+        return summarise(scores, dataset.metric)
+
+    t = cfg.trainer
+    schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every, t.ckpt_every)
+    trainer = Trainer(algo, engine, optimizer, scheduler, train_sampler, validate, schedule, run_dir,
+                      OmegaConf.to_container(cfg, resolve=True), dataset.metric, cfg.seed)
+    training = trainer.fit()
+
+    best = run_dir / "checkpoints" / "best.pt"
+    restore_model(algo, load_checkpoint(best), best)
+    results = _test(cfg, algo, engine, dataset, device, "test", cfg.eval.episodes)
+    results.update(checkpoint="best", iteration=training["best_iteration"],
+                   protocol=protocol(cfg, dataset, engine.mode), training=training)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        if not path.is_file():
+            raise ConfigError(f"The run folder {run_dir} has no checkpoints/{checkpoint}.pt. Check "
+                              "run_dir, or train it first; checkpoint=last|best|<path> picks another file.")
+        return path
+    return Path(checkpoint)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Rebuilds the model from the run folder's saved config and tests a checkpoint."""
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"run_dir={run_dir} is not a metarun run folder (no config.yaml there). "
+                          "Pass the folder that `metarun train` wrote, e.g. outputs/<date>/<time>.")
+    path = _checkpoint_path(run_dir, cfg.checkpoint)
+    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    for key, value in cfg.eval.items():
+        if value is not None and key != "output":
+            run_cfg.eval[key] = value
+    run_cfg.device = cfg.device
+    if cfg.engine is not None:
+        run_cfg.engine = cfg.engine
+    check_settings(run_cfg)
+    device = resolve_device(run_cfg.device)
+    dataset = build("dataset", run_cfg.dataset)
+    algo = build_algorithm(run_cfg, dataset)
+    restore_model(algo, load_checkpoint(path), path)
+    algo.to(device)
+    engine = Engine(resolve_mode(run_cfg.engine, algo, device))
+    results = _test(run_cfg, algo, engine, dataset, device, "test", run_cfg.eval.episodes)
+    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine.mode))
+    output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    return results
