@@ -12,13 +12,13 @@ from omegaconf import DictConfig
 from metarun.algorithms.base import Algorithm
 from metarun.errors import ConfigError
 
-POSITIVE_SETTINGS = (
+COUNTS = (  # whole numbers greater than zero
     "task.ways", "task.shots", "task.queries", "task.meta_batch_size", "task.train_ways",
     "trainer.iterations", "trainer.log_every", "trainer.val_every", "trainer.val_episodes",
     "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.shots", "eval.batch_tasks",
-    "optimizer.lr", "algo.inner_lr",
 )
-NON_NEGATIVE_SETTINGS = ("algo.inner_steps", "eval.inner_steps")
+STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps")  # whole numbers, zero allowed
+RATES = ("optimizer.lr", "algo.inner_lr")  # numbers greater than zero
 
 
 def _select(cfg: DictConfig, key: str):
@@ -32,15 +32,16 @@ def _select(cfg: DictConfig, key: str):
 
 def check_settings(cfg: DictConfig) -> None:
     """Rejects counts and rates that cannot work, naming the setting."""
-    for key in POSITIVE_SETTINGS + NON_NEGATIVE_SETTINGS:
+    for key in COUNTS + STEP_COUNTS + RATES:
         value = _select(cfg, key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} is not a number. Set {key} to a number.")
-        lowest = 0 if key in NON_NEGATIVE_SETTINGS else None
-        if (lowest is None and value <= 0) or (lowest == 0 and value < 0):
-            bound = "zero or more" if lowest == 0 else "greater than zero"
+        whole = key not in RATES
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            kind = "a whole number" if whole else "a number"
+            raise ConfigError(f"{key}={value!r} is not {kind}. Set {key} to {kind}.")
+        if value < 0 or (value == 0 and key not in STEP_COUNTS):
+            bound = "zero or more" if key in STEP_COUNTS else "greater than zero"
             raise ConfigError(f"{key}={value} is not allowed: it must be {bound}. Change {key}.")
 
 

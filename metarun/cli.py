@@ -50,6 +50,10 @@ def main() -> None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     command = sys.argv.pop(1)
+    if command == "eval" and not any(arg.startswith("run_dir=") for arg in sys.argv[1:]):
+        print("metarun: error: metarun eval needs run_dir=<run folder written by metarun train>, "
+              "e.g. metarun eval run_dir=outputs/2026-01-31/12-00-00.", file=sys.stderr)
+        sys.exit(2)
     sys.argv[0] = f"metarun {command}"
     app = hydra.main(config_path=CONFIG_DIR, config_name=command, version_base="1.3")(COMMANDS[command])
     app()

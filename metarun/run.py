@@ -24,11 +24,14 @@ def _absolute_data_root(cfg: DictConfig) -> None:
         cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
 
 
-def _test(cfg: DictConfig, algo, engine: Engine, dataset, device, split: str, episodes: int) -> dict:
-    sampler = dataset.sampler(split, cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
+def _eval_sampler(cfg: DictConfig, dataset, split: str, device):
+    return dataset.sampler(split, cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
+
+
+def _score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int) -> dict:
     scores = episode_scores(algo, engine, sampler, episodes, cfg.eval.seed, cfg.eval.batch_tasks,
                             cfg.eval.inner_steps)
-    return summarise(scores, dataset.metric)
+    return summarise(scores, metric)
 
 
 def protocol(cfg: DictConfig, dataset, engine_mode: str) -> dict:
@@ -54,14 +57,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     algo = build_algorithm(cfg, dataset).to(device)
     engine = Engine(resolve_mode(cfg.engine, algo, device))
     optimizer, scheduler = build_optimizer(cfg, algo)
+    # Every split is checked before training starts, so an impossible test episode fails now.
+    test_sampler = _eval_sampler(cfg, dataset, "test", device)
+    val_sampler = _eval_sampler(cfg, dataset, "val", device)
     train_sampler = dataset.sampler("train", cfg.task.train_ways, cfg.task.shots, cfg.task.queries,
                                     device, ways_setting="task.train_ways")
-    val_sampler = dataset.sampler("val", cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
 
     def validate() -> dict:
-        scores = episode_scores(algo, engine, val_sampler, cfg.trainer.val_episodes, cfg.eval.seed,
-                                cfg.eval.batch_tasks, cfg.eval.inner_steps)
-        return summarise(scores, dataset.metric)
+        return _score(cfg, algo, engine, val_sampler, dataset.metric, cfg.trainer.val_episodes)
 
     t = cfg.trainer
     schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every, t.ckpt_every)
@@ -71,7 +74,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
-    results = _test(cfg, algo, engine, dataset, device, "test", cfg.eval.episodes)
+    results = _score(cfg, algo, engine, test_sampler, dataset.metric, cfg.eval.episodes)
     results.update(checkpoint="best", iteration=training["best_iteration"],
                    protocol=protocol(cfg, dataset, engine.mode), training=training)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -109,7 +112,8 @@ def evaluate(cfg: DictConfig) -> dict:
     restore_model(algo, load_checkpoint(path), path)
     algo.to(device)
     engine = Engine(resolve_mode(run_cfg.engine, algo, device))
-    results = _test(run_cfg, algo, engine, dataset, device, "test", run_cfg.eval.episodes)
+    sampler = _eval_sampler(run_cfg, dataset, "test", device)
+    results = _score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
     results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine.mode))
     output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real Omniglot copy and tiny composed configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+DATA_ROOT = Path(os.environ.get("METARUN_DATA", REPO.parent / "shared" / "datasets")).resolve()
+
+TINY_OMNIGLOT = [
+    "task.meta_batch_size=2", "trainer.iterations=4", "trainer.log_every=2", "trainer.val_every=2",
+    "trainer.val_episodes=4", "trainer.ckpt_every=2", "eval.episodes=6", "eval.queries=2",
+    "task.queries=2", "backbone.hidden=8", "device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "omniglot").is_dir():
+        pytest.fail(f"Omniglot not found under {DATA_ROOT}; set METARUN_DATA to the folder holding omniglot/.")
+    return DATA_ROOT
+
+
+@pytest.fixture
+def make_cfg(data_root):
+    """compose('train', overrides) with the data root set; no Hydra run is started."""
+
+    def make(*overrides: str, config: str = "train") -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            extra = [f"dataset.root={data_root}"] if config == "train" and not any(
+                o.startswith("dataset=sinusoid") or "sinusoid" in o for o in overrides) else []
+            return compose(config_name=config, overrides=[*extra, *overrides])
+
+    return make
+
+
+@pytest.fixture
+def cli_env(data_root) -> dict:
+    """Environment for running the real `metarun` command in a subprocess."""
+    return {**os.environ, "METARUN_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+
+
+METARUN = shutil.which("metarun", path=str(Path(sys.executable).parent)) or "metarun"
+
+
+def metarun(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """Runs the installed `metarun` command from the repository root."""
+    return subprocess.run([METARUN, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_root) -> Path:
+    """A tiny Omniglot run folder made by the real command, shared by the CLI tests."""
+    env = {**os.environ, "METARUN_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path_factory.mktemp("run")
+    done = metarun("train", *TINY_OMNIGLOT, f"hydra.run.dir={run_dir}", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir

@@ -1,0 +1,97 @@
+"""Every user mistake ends in one clear paragraph naming the setting, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import metarun
+
+QUICK = ["trainer.iterations=1", "trainer.val_episodes=2", "eval.episodes=2", "device=cpu"]
+
+TRAIN_MISTAKES = [
+    (["algo=nope"], "Available options in 'algo'"),
+    (["dataset=nope"], "Available options in 'dataset'"),
+    (["backbone=nope"], "Available options in 'backbone'"),
+    (["optimizer=nope"], "Available options in 'optimizer'"),
+    (["experiment=nope"], "Available options in 'experiment'"),
+    (["task.wayz=3"], "task.wayz"),
+    (["+algo.foo=1"], "'algo' config could not be built"),
+    (["task.ways=abc"], "task.ways='abc' is not a whole number"),
+    (["task.ways=2000"], "task.ways=2000 but the 'test' split has only 1692"),
+    (["task.ways=1000"], "task.ways=1000 but the 'val' split has only 688"),
+    (["task.shots=12", "task.queries=10"], "task.shots + queries"),
+    (["task.shots=0"], "task.shots=0 is not allowed"),
+    (["task.queries=-1"], "task.queries=-1 is not allowed"),
+    (["task.meta_batch_size=0"], "task.meta_batch_size=0"),
+    (["trainer.iterations=1.5"], "trainer.iterations=1.5 is not a whole number"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
+    (["algo.inner_lr=0"], "algo.inner_lr=0"),
+    (["algo.inner_steps=-1"], "algo.inner_steps=-1"),
+    (["eval.episodes=0"], "eval.episodes=0"),
+    (["dataset.root=/nonexistent/data", "dataset.download=false"], "dataset.root"),
+    (["dataset.split=nope"], "dataset.split='nope'"),
+    (["dataset=sinusoid"], "backbone=mlp"),
+    (["dataset=sinusoid", "backbone=mlp", "algo=protonet"], "algo=protonet"),
+    (["task.train_ways=10"], "task.train_ways"),
+    (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
+    (["engine=fast"], "engine='fast'"),
+]
+
+
+def assert_clear_failure(done, expected: str) -> None:
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
+    assert expected in output, output[-2000:]
+
+
+@pytest.mark.parametrize("overrides, expected", TRAIN_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_train_mistake(overrides, expected, cli_env, tmp_path):
+    done = metarun("train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}", env=cli_env)
+    assert_clear_failure(done, expected)
+
+
+@pytest.fixture
+def broken_runs(trained_run, tmp_path):
+    """Run folders made wrong in the ways a user meets: empty, truncated, other shape, foreign file."""
+    no_checkpoint = tmp_path / "no_checkpoint"
+    no_checkpoint.mkdir()
+    shutil.copy(trained_run / "config.yaml", no_checkpoint / "config.yaml")
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(trained_run, truncated)
+    best = truncated / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+
+    other_shape = tmp_path / "other_shape"
+    shutil.copytree(trained_run, other_shape)
+    config = other_shape / "config.yaml"
+    config.write_text(config.read_text().replace("hidden: 8", "hidden: 16"))
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    return {"no_checkpoint": no_checkpoint, "truncated": truncated, "other_shape": other_shape,
+            "foreign": foreign, "good": trained_run}
+
+
+EVAL_MISTAKES = [
+    ([], "needs run_dir="),
+    (["run_dir={tmp}"], "is not a metarun run folder"),
+    (["run_dir={no_checkpoint}"], "no checkpoints/best.pt"),
+    (["run_dir={truncated}"], "cannot be read"),
+    (["run_dir={other_shape}"], "different shape"),
+    (["run_dir={good}", "checkpoint={foreign}"], "not a metarun checkpoint"),
+    (["run_dir={good}", "checkpoint=/nonexistent/model.pt"], "No checkpoint at /nonexistent/model.pt"),
+    (["run_dir={good}", "eval.episodes=0"], "eval.episodes=0"),
+    (["run_dir={good}", "eval.shots=30"], "task.shots + queries"),
+]
+
+
+@pytest.mark.parametrize("arguments, expected", EVAL_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_eval_mistake(arguments, expected, broken_runs, cli_env, tmp_path):
+    paths = {**broken_runs, "tmp": tmp_path}
+    done = metarun("eval", *(a.format(**paths) for a in arguments), env=cli_env)
+    assert_clear_failure(done, expected)

@@ -1,0 +1,93 @@
+"""MAML's meta-gradient against a slow reference, finite differences and the Hessian term."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metarun.algorithms.maml import MAML
+from metarun.backbones.conv4 import Conv4
+from metarun.backbones.mlp import MLP
+from metarun.engine import Engine
+from metarun.episode import Episode
+
+from reference import maml_meta_gradient
+
+
+def classification_batch(tasks=3, ways=3, shots=2, queries=2, size=12):
+    g = torch.Generator().manual_seed(1)
+    labels = lambda n: torch.arange(ways).repeat_interleave(n).repeat(tasks, 1)
+    return Episode(torch.rand(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
+                   labels(shots), torch.rand(tasks, ways * queries, 1, size, size, generator=g,
+                                              dtype=torch.float64), labels(queries), ways)
+
+
+def regression_batch(tasks=4, points=5):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(tasks, 2 * points, 1, generator=g, dtype=torch.float64) * 10 - 5
+    y = torch.sin(x) * 2
+    return Episode(x[:, :points], y[:, :points], x[:, points:], y[:, points:], 1)
+
+
+def engine_gradient(algo, batch, mode):
+    algo.zero_grad()
+    Engine(mode).meta_backward(algo, batch)
+    return {name: p.grad.clone() for name, p in algo.named_parameters()}
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_conv4_with_batchnorm_matches_reference_loop(mode, first_order):
+    torch.manual_seed(0)
+    algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2,
+                first_order=first_order).double()
+    batch = classification_batch()
+    expected = maml_meta_gradient(algo, batch, 0.4, 2, first_order)
+    actual = engine_gradient(algo, batch, mode)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_mlp_meta_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    algo = MAML(MLP((1,), hidden=[6, 6]), 1, inner_lr=0.05, inner_steps=1).double()
+    batch = regression_batch()
+    analytic = engine_gradient(algo, batch, "vmap")
+
+    def meta_loss() -> float:
+        with torch.no_grad():
+            return Engine("loop").scores(algo, batch).mean().item()
+
+    eps = 1e-6
+    for name, param in algo.named_parameters():
+        flat = param.data.view(-1)
+        for index in range(0, flat.numel(), max(1, flat.numel() // 4)):
+            original = flat[index].item()
+            flat[index] = original + eps
+            up = meta_loss()
+            flat[index] = original - eps
+            down = meta_loss()
+            flat[index] = original
+            numeric = (up - down) / (2 * eps)
+            assert abs(numeric - analytic[name].view(-1)[index].item()) < 1e-6, (name, index)
+
+
+def test_first_order_differs_by_the_hessian_term():
+    """For one step, g_2nd = g_1st - inner_lr * H_support(theta) @ g_1st (per task)."""
+    torch.manual_seed(0)
+    algo = MAML(MLP((1,), hidden=[6, 6]), 1, inner_lr=0.05, inner_steps=1).double()
+    batch = regression_batch(tasks=1)
+    second = engine_gradient(algo, batch, "loop")
+    algo.first_order = True
+    first = engine_gradient(algo, batch, "loop")
+    params = {n: p.detach().requires_grad_(True) for n, p in algo.named_parameters()}
+    support = F.mse_loss(functional_call(algo, params, (batch.support_x[0],)), batch.support_y[0])
+    support_grad = torch.autograd.grad(support, list(params.values()), create_graph=True)
+    product = sum((g * first[n]).sum() for n, g in zip(params, support_grad))
+    hessian_times_first = dict(zip(params, torch.autograd.grad(product, list(params.values()))))
+    for name in params:
+        expected = first[name] - 0.05 * hessian_times_first[name]
+        torch.testing.assert_close(second[name], expected, rtol=1e-9, atol=1e-12, msg=name)
+    assert any((second[n] - first[n]).abs().max() > 1e-6 for n in params), "the term is not zero here"

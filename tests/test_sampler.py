@@ -1,0 +1,70 @@
+"""Episode sampler invariants, on real Omniglot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metarun.data.omniglot import Omniglot
+from metarun.data.sampler import ClassImageSampler
+from metarun.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def omniglot(data_root):
+    return Omniglot(str(data_root), download=False)
+
+
+def plan_and_episode(images, ways=5, shots=2, queries=3, tasks=8, seed=0):
+    sampler = ClassImageSampler(images, "test", ways, shots, queries)
+    plan = sampler.draw(tasks, torch.Generator().manual_seed(seed))
+    return sampler, plan, sampler.build(plan)
+
+
+def test_episode_shapes_and_labels(omniglot):
+    _, _, episode = plan_and_episode(omniglot.split_images("test"))
+    assert episode.support_x.shape == (8, 10, 1, 28, 28)
+    assert episode.query_x.shape == (8, 15, 1, 28, 28)
+    for labels, per_class in ((episode.support_y, 2), (episode.query_y, 3)):
+        assert torch.equal(labels.bincount(minlength=5) if labels.dim() == 1 else
+                           torch.stack([row.bincount(minlength=5) for row in labels]),
+                           torch.full((8, 5), per_class))
+
+
+def test_classes_distinct_and_support_query_disjoint(omniglot):
+    sampler, plan, _ = plan_and_episode(omniglot.split_images("test"), tasks=50)
+    per_class = sampler.images.shape[1]
+    classes = plan // per_class  # [tasks, ways, S+Q]
+    assert (classes == classes[..., :1]).all(), "one class per way"
+    for task in classes[..., 0]:
+        assert task.unique().numel() == 5
+    for task in plan:
+        assert task.flatten().unique().numel() == task.numel(), "no image twice in a task"
+
+
+def test_same_seed_same_episodes_and_different_seed_differs(omniglot):
+    images = omniglot.split_images("val")
+    first = plan_and_episode(images, seed=3)[2]
+    again = plan_and_episode(images, seed=3)[2]
+    other = plan_and_episode(images, seed=4)[2]
+    assert torch.equal(first.support_x, again.support_x) and torch.equal(first.query_x, again.query_x)
+    assert not torch.equal(first.support_x, other.support_x)
+
+
+def test_splits_share_no_character(omniglot):
+    split_characters = {s: {line.rsplit("/", 1)[0] for line in
+                            (omniglot.folder / "splits" / "vinyals" / f"{s}.txt").read_text().split()}
+                        for s in ("train", "val", "test")}
+    assert not split_characters["train"] & split_characters["val"]
+    assert not split_characters["train"] & split_characters["test"]
+    assert not split_characters["val"] & split_characters["test"]
+
+
+def test_too_many_ways_is_a_clear_error(omniglot):
+    with pytest.raises(ConfigError, match=r"task.ways=700 .* only 688 classes"):
+        ClassImageSampler(omniglot.split_images("val"), "val", 700, 1, 1)
+
+
+def test_too_many_shots_and_queries_is_a_clear_error(omniglot):
+    with pytest.raises(ConfigError, match=r"20 images but task.shots \+ queries = 10 \+ 15"):
+        ClassImageSampler(omniglot.split_images("val"), "val", 5, 10, 15)
