@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import vmap
 
 from metarun.algorithms.base import Algorithm
+from metarun.backbones.task_batchnorm import vmap_safe_batchnorm
 from metarun.episode import Episode
 from metarun.errors import ConfigError
 
@@ -50,8 +51,9 @@ class Engine:
         fn, tensors = self._per_task(algo, batch, steps)
         tasks = batch.num_tasks
         if self.mode == "vmap":
-            losses, scores = vmap(fn)(*tensors)
-            losses.mean().backward()
+            with vmap_safe_batchnorm():
+                losses, scores = vmap(fn)(*tensors)
+                losses.mean().backward()
             return losses.mean().item(), scores.mean().item()
         losses, scores = [], []
         for index in range(tasks):
@@ -66,5 +68,6 @@ class Engine:
         """Per-task query scores (accuracy or MSE) after adaptation: [tasks]."""
         fn, tensors = self._per_task(algo, batch, steps)
         if self.mode == "vmap":
-            return vmap(fn)(*tensors)[1]
+            with vmap_safe_batchnorm():
+                return vmap(fn)(*tensors)[1]
         return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])

@@ -105,6 +105,8 @@ def evaluate(cfg: DictConfig) -> dict:
     run_cfg.device = cfg.device
     if cfg.engine is not None:
         run_cfg.engine = cfg.engine
+    if cfg.dataset_root is not None and "root" in run_cfg.dataset:
+        run_cfg.dataset.root = cfg.dataset_root
     check_settings(run_cfg)
     device = resolve_device(run_cfg.device)
     dataset = build("dataset", run_cfg.dataset)
