@@ -49,3 +49,15 @@ def test_missing_data_names_the_folder_and_the_setting(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset.root") as error:
         Omniglot(str(tmp_path), download=False).split_images("train")
     assert str(tmp_path) in str(error.value)
+
+
+@pytest.mark.slow
+def test_unreadable_cache_is_rebuilt(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("METARUN_CACHE", str(tmp_path))
+    dataset = Omniglot(str(data_root), download=False)
+    cache = dataset._cache_path()
+    assert cache.parent == tmp_path, "a read-only data folder keeps its cache elsewhere"
+    cache.write_bytes(b"not a tensor file")
+    names, images = dataset._load()
+    assert len(names) == 1623 and images.shape[0] == 1623
+    assert torch.load(cache, weights_only=True)["images"].shape == images.shape
