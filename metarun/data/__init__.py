@@ -1,0 +1,1 @@
+"""Datasets that yield device-resident episode samplers."""

@@ -1,0 +1,69 @@
+"""Episodes from a class-indexed image tensor that lives on the training device.
+
+Which classes and images make up each episode is drawn on the CPU from a seeded
+generator (cheap integer work), so the same seed gives the same episodes on any
+device; the pixels are gathered on the device in one indexing operation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metarun.episode import Episode
+from metarun.errors import ConfigError
+
+
+def check_positive(**counts: int) -> None:
+    """Reject zero or negative episode counts with the setting's name."""
+    for name, value in counts.items():
+        if value is None or int(value) <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}. Set {name}=1 or more.")
+
+
+class ClassImageSampler:
+    """Samples N-way K-shot episodes from images stored as [classes, per_class, C, H, W] uint8."""
+
+    def __init__(self, images: torch.Tensor, split: str, ways: int, shots: int, queries: int,
+                 ways_setting: str = "task.ways") -> None:
+        check_positive(**{ways_setting: ways, "task.shots": shots, "task.queries": queries})
+        num_classes, per_class = images.shape[:2]
+        if ways > num_classes:
+            raise ConfigError(
+                f"{ways_setting}={ways} but the '{split}' split has only {num_classes} classes. "
+                f"Lower {ways_setting} to at most {num_classes}."
+            )
+        if shots + queries > per_class:
+            raise ConfigError(
+                f"Each class of the '{split}' split has {per_class} images but task.shots + queries = "
+                f"{shots} + {queries} = {shots + queries}. Lower task.shots or the query count so "
+                f"their sum is at most {per_class}."
+            )
+        self.images = images
+        self.ways, self.shots, self.queries = ways, shots, queries
+
+    def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Flat image indices for each task: [tasks, ways, shots+queries], drawn on the CPU."""
+        num_classes, per_class = self.images.shape[:2]
+        classes = torch.rand(num_tasks, num_classes, generator=generator).argsort(dim=1)[:, : self.ways]
+        picks = torch.rand(num_tasks, self.ways, per_class, generator=generator).argsort(dim=2)
+        picks = picks[:, :, : self.shots + self.queries]
+        return classes.unsqueeze(-1) * per_class + picks
+
+    def build(self, plan: torch.Tensor) -> Episode:
+        """Gathers the planned images on the device and splits them into support and query."""
+        tasks = plan.shape[0]
+        flat = self.images.flatten(0, 1)
+        pixels = flat[plan.to(flat.device)].float().div_(255.0)  # [tasks, ways, S+Q, C, H, W]
+        labels = torch.arange(self.ways, device=flat.device).view(1, self.ways, 1)
+        labels = labels.expand(tasks, self.ways, self.shots + self.queries)
+        s = self.shots
+        return Episode(
+            support_x=pixels[:, :, :s].flatten(1, 2),  # [tasks, ways*shots, C, H, W]
+            support_y=labels[:, :, :s].flatten(1, 2),
+            query_x=pixels[:, :, s:].flatten(1, 2),  # [tasks, ways*queries, C, H, W]
+            query_y=labels[:, :, s:].flatten(1, 2),
+            ways=self.ways,
+        )
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
+        return self.build(self.draw(num_tasks, generator))

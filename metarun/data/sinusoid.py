@@ -1,0 +1,69 @@
+"""Sinusoid regression exactly as in MAML (Finn et al., 2017, arXiv:1703.03400):
+y = A sin(x - phase) with A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5]; loss is MSE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metarun.data.sampler import check_positive
+from metarun.episode import Episode
+
+
+class SinusoidSampler:
+    """Draws (amplitude, phase, xs) per task on the CPU; builds the targets on the device."""
+
+    def __init__(self, amplitude: tuple[float, float], phase: tuple[float, float],
+                 x_range: tuple[float, float], shots: int, queries: int, device: torch.device) -> None:
+        check_positive(**{"task.shots": shots, "task.queries": queries})
+        self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
+        self.shots, self.queries, self.device = shots, queries, device
+
+    def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """[tasks, 2 + shots + queries]: amplitude, phase, then the x positions."""
+        def uniform(bounds: tuple[float, float], *shape: int) -> torch.Tensor:
+            low, high = bounds
+            return torch.rand(*shape, generator=generator) * (high - low) + low
+
+        points = self.shots + self.queries
+        return torch.cat([uniform(self.amplitude, num_tasks, 1), uniform(self.phase, num_tasks, 1),
+                          uniform(self.x_range, num_tasks, points)], dim=1)
+
+    def build(self, plan: torch.Tensor) -> Episode:
+        plan = plan.to(self.device)
+        amplitude, phase, x = plan[:, :1], plan[:, 1:2], plan[:, 2:]
+        y = (amplitude * torch.sin(x - phase)).unsqueeze(-1)  # [tasks, points, 1]
+        x = x.unsqueeze(-1)
+        s = self.shots
+        return Episode(x[:, :s], y[:, :s], x[:, s:], y[:, s:], ways=1)
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
+        return self.build(self.draw(num_tasks, generator))
+
+
+class Sinusoid:
+    """Every split draws from the same task distribution, as in the paper; `ways` is unused."""
+
+    metric = "mse"
+    input_shape = (1,)
+
+    def __init__(self, amplitude: tuple[float, float] = (0.1, 5.0), phase: tuple[float, float] = (0.0, math.pi),
+                 x_range: tuple[float, float] = (-5.0, 5.0)) -> None:
+        self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
+
+    def out_features(self, ways: int) -> int:
+        return 1
+
+    def preprocess(self, x: float | torch.Tensor) -> torch.Tensor:
+        """A scalar input position -> the model's input [1]."""
+        return torch.as_tensor(x, dtype=torch.float32).reshape(1)
+
+    def protocol(self) -> dict:
+        return {"dataset": "sinusoid", "amplitude": list(self.amplitude), "phase": list(self.phase),
+                "x_range": list(self.x_range)}
+
+    def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device,
+                ways_setting: str = "task.ways") -> SinusoidSampler:
+        return SinusoidSampler(self.amplitude, self.phase, self.x_range, shots, queries, device)
