@@ -40,30 +40,33 @@ class Trainer:
         self.best_score = -math.inf if self.higher_is_better else math.inf
         self.best_iteration = 0
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
+        self.shown = ("train_loss", f"train_{metric}", "tasks_per_s", f"val_{metric}")
 
     def fit(self) -> dict:
         """Trains for the configured iterations; returns throughput and the best validation."""
         s = self.schedule
-        window: list[tuple[float, float]] = []
-        window_start = started = time.perf_counter()
+        window: list[tuple[float, float]] = []  # (loss, score) of the steps since the last log row
+        window_seconds, started = 0.0, time.perf_counter()
         bar = tqdm(range(1, s.iterations + 1), desc="meta-train", dynamic_ncols=True)
         for iteration in bar:
+            step_start = time.perf_counter()
             window.append(self._step())
-            if iteration % s.log_every == 0 or iteration == s.iterations:
-                elapsed = time.perf_counter() - window_start
-                row = self._train_row(iteration, window, len(window) * s.meta_batch_size / elapsed)
-                if iteration % s.val_every == 0 or iteration == s.iterations:
-                    row.update(self._validate_and_keep_best(iteration))
-                bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items()
-                                 if k in ("train_loss", f"train_{self.metric}", "tasks_per_s", f"val_{self.metric}")})
+            window_seconds += time.perf_counter() - step_start
+            last = iteration == s.iterations
+            row: dict = {}
+            if iteration % s.log_every == 0 or last:
+                tasks_per_s = len(window) * s.meta_batch_size / window_seconds
+                row.update(self._train_row(iteration, window, tasks_per_s))
+                window, window_seconds = [], 0.0
+            if iteration % s.val_every == 0 or last:
+                row.update(iteration=iteration, **self._validate_and_keep_best(iteration))
+            if row:
                 self.metrics.write(row)
-                window, window_start = [], time.perf_counter()
-            elif iteration % s.val_every == 0:
-                self.metrics.write({"iteration": iteration, **self._validate_and_keep_best(iteration)})
-            if iteration % s.ckpt_every == 0 or iteration == s.iterations:
+                bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items() if k in self.shown})
+            if iteration % s.ckpt_every == 0 or last:
                 self.save("last", iteration)
         wall = time.perf_counter() - started
-        return {"wall_time_s": wall, "tasks_per_s": s.iterations * s.meta_batch_size / wall,
+        return {"wall_time_s": wall, "tasks_per_s_overall": s.iterations * s.meta_batch_size / wall,
                 "best_iteration": self.best_iteration, f"best_val_{self.metric}": self.best_score}
 
     def _step(self) -> tuple[float, float]:
