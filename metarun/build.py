@@ -19,6 +19,7 @@ COUNTS = (  # whole numbers greater than zero
 )
 STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps")  # whole numbers, zero allowed
 RATES = ("optimizer.lr", "algo.inner_lr")  # numbers greater than zero
+CHOICES = {"trainer.nonfinite": ("stop", "skip")}
 
 
 def _select(cfg: DictConfig, key: str):
@@ -31,7 +32,11 @@ def _select(cfg: DictConfig, key: str):
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """Rejects counts and rates that cannot work, naming the setting."""
+    """Rejects counts, rates and choices that cannot work, naming the setting."""
+    for key, allowed in CHOICES.items():
+        value = _select(cfg, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}. Set {key} to one of them.")
     for key in COUNTS + STEP_COUNTS + RATES:
         value = _select(cfg, key)
         if value is None:

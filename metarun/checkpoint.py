@@ -1,23 +1,28 @@
 """One checkpoint format: a dict holding everything to resume or evaluate from the file alone.
 
-Writes are atomic (temporary file, flush, fsync, rename) so a crash mid-save never
-destroys the previous checkpoint; reads never execute pickled code.
+Writes are atomic (temporary file, flush, fsync, rename) so a crash or a full disk
+mid-save never destroys a checkpoint; the periodic checkpoint it replaces is kept as
+previous.pt, so a newest file that later turns out damaged still leaves one to resume
+from. Reads never execute pickled code (weights_only).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, TrainingError
 
 FORMAT_VERSION = 1
+RESUME_ORDER = ("last.pt", "previous.pt")
 
 
-def atomic_save(obj: dict, path: Path) -> None:
+def atomic_save(obj: dict, path: Path, previous: Path | None = None) -> None:
+    """Writes obj to path atomically; the file it replaces is renamed to `previous` if given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,7 +31,14 @@ def atomic_save(obj: dict, path: Path) -> None:
             torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise TrainingError(f"Could not write {path} ({error.strerror or error}). The checkpoint "
+                            f"that was there before is intact. Free disk space (or point "
+                            "hydra.run.dir at another disk) and resume with trainer.resume=auto.") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -47,6 +59,20 @@ def load_checkpoint(path: Path) -> dict:
         raise ConfigError(f"{path} is not a metarun checkpoint (format {FORMAT_VERSION}). "
                           "Pass a file written by `metarun train`.")
     return state
+
+
+def newest_valid_checkpoint(folder: Path) -> tuple[dict, Path] | None:
+    """The resumable checkpoint with the highest iteration, skipping (and reporting) bad files."""
+    found = []
+    for name in RESUME_ORDER:
+        path = Path(folder) / name
+        if not path.exists():
+            continue
+        try:
+            found.append((load_checkpoint(path), path))
+        except ConfigError as error:
+            print(f"metarun: warning: {error} Falling back to an older checkpoint.", file=sys.stderr)
+    return max(found, key=lambda item: item[0]["iteration"], default=None)
 
 
 def restore_model(model: torch.nn.Module, state: dict, path: Path) -> None:

@@ -11,22 +11,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from metarun import run
-from metarun.errors import ConfigError
+from metarun.errors import MetarunError, Preempted
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=maml dataset=omniglot; -m to sweep)
        metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]"""
 
 
-def _report(error: ConfigError) -> None:
-    print(f"metarun: error: {error}", file=sys.stderr)
-    sys.exit(2)
+def _report(error: MetarunError) -> None:
+    kind = "stopped" if isinstance(error, Preempted) else "error"
+    print(f"metarun: {kind}: {error}", file=sys.stderr)
+    sys.exit(error.exit_status)
 
 
 def _train(cfg: DictConfig) -> float:
     try:
         results = run.train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as error:
+    except MetarunError as error:
         _report(error)
     metric = next(k for k in results if isinstance(results[k], dict) and "ci95" in results[k])
     print(f"test {metric}: {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f} "
@@ -37,7 +38,7 @@ def _train(cfg: DictConfig) -> float:
 def _eval(cfg: DictConfig) -> None:
     try:
         results = run.evaluate(cfg)
-    except ConfigError as error:
+    except MetarunError as error:
         _report(error)
     print(json.dumps(results, indent=2))
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
                            resolve_device, seed_everything)
-from metarun.checkpoint import load_checkpoint, restore_model
+from metarun.checkpoint import load_checkpoint, newest_valid_checkpoint, restore_model
 from metarun.engine import Engine, resolve_mode
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
@@ -44,6 +45,24 @@ def protocol(cfg: DictConfig, dataset, engine_mode: str) -> dict:
             "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, "engine": engine_mode}
 
 
+def _resume(trainer: Trainer, resume: str, run_dir: Path) -> None:
+    """trainer.resume=auto: this run folder's newest valid checkpoint, if any; else a folder or file."""
+    source = run_dir if resume == "auto" else Path(resume)
+    if source.is_dir():
+        found = newest_valid_checkpoint(source / "checkpoints")
+    else:
+        found = (load_checkpoint(source), source) if source.exists() else None
+    if found is None:
+        if resume == "auto":
+            return
+        raise ConfigError(f"trainer.resume={resume} has no valid checkpoint to resume from. Pass a run "
+                          "folder or .pt file written by `metarun train`, or trainer.resume=auto.")
+    state, path = found
+    restore_model(trainer.algo, state, path)
+    trainer.restore(state)
+    print(f"metarun: resuming from {path} at iteration {state['iteration']}", file=sys.stderr)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Meta-trains, then tests the best-validation checkpoint; writes the run folder."""
     check_settings(cfg)
@@ -67,9 +86,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         return _score(cfg, algo, engine, val_sampler, dataset.metric, cfg.trainer.val_episodes)
 
     t = cfg.trainer
-    schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every, t.ckpt_every)
+    schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every, t.ckpt_every,
+                        t.nonfinite)
     trainer = Trainer(algo, engine, optimizer, scheduler, train_sampler, validate, schedule, run_dir,
                       OmegaConf.to_container(cfg, resolve=True), dataset.metric, cfg.seed)
+    if t.resume:
+        _resume(trainer, t.resume, run_dir)
     training = trainer.fit()
 
     best = run_dir / "checkpoints" / "best.pt"

@@ -1,22 +1,29 @@
 """The outer loop: sample -> meta-gradient -> step, with validation, checkpoints and metrics.
 
 It knows nothing about any algorithm: everything algorithm-specific sits behind the
-engine (which calls the algorithm's task_loss) and the evaluator.
+engine (which calls the algorithm's task_loss) and the evaluator. Everything that
+influences the rest of a run (weights, optimiser, scheduler, every random generator,
+the unlogged part of the metrics window) goes into the checkpoint, so a resumed run
+is the same run.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from metarun.checkpoint import FORMAT_VERSION, atomic_save
+from metarun.errors import Preempted, TrainingError
 from metarun.metrics import JsonlWriter
 
 
@@ -27,6 +34,7 @@ class Schedule:
     log_every: int
     val_every: int
     ckpt_every: int
+    nonfinite: str = "stop"  # stop | skip
 
 
 class Trainer:
@@ -38,58 +46,117 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.higher_is_better = metric == "accuracy"
         self.best_score = -math.inf if self.higher_is_better else math.inf
-        self.best_iteration = 0
+        self.best_iteration = self.iteration = self.skipped = 0
+        self.window: list[tuple[float, float]] = []  # (loss, score) of steps since the last log row
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.shown = ("train_loss", f"train_{metric}", "tasks_per_s", f"val_{metric}")
+        self.stop_signal: int | None = None
+        self.last_saved: int | None = None
 
     def fit(self) -> dict:
-        """Trains for the configured iterations; returns throughput and the best validation."""
+        """Trains up to the configured iterations; returns throughput and the best validation."""
         s = self.schedule
-        window: list[tuple[float, float]] = []  # (loss, score) of the steps since the last log row
-        window_seconds, started = 0.0, time.perf_counter()
-        bar = tqdm(range(1, s.iterations + 1), desc="meta-train", dynamic_ncols=True)
-        for iteration in bar:
-            step_start = time.perf_counter()
-            window.append(self._step())
-            window_seconds += time.perf_counter() - step_start
-            last = iteration == s.iterations
-            row: dict = {}
-            if iteration % s.log_every == 0 or last:
-                tasks_per_s = len(window) * s.meta_batch_size / window_seconds
-                row.update(self._train_row(iteration, window, tasks_per_s))
-                window, window_seconds = [], 0.0
-            if iteration % s.val_every == 0 or last:
-                row.update(iteration=iteration, **self._validate_and_keep_best(iteration))
-            if row:
-                self.metrics.write(row)
-                bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items() if k in self.shown})
-            if iteration % s.ckpt_every == 0 or last:
-                self.save("last", iteration)
+        window_seconds, started, first = 0.0, time.perf_counter(), self.iteration
+        bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,
+                   initial=first, total=s.iterations)
+        with self._preemptible():
+            for iteration in bar:
+                step_start = time.perf_counter()
+                self._step(iteration)
+                window_seconds += time.perf_counter() - step_start
+                self.iteration = iteration
+                row = self._log_and_validate(iteration, window_seconds)
+                if row:
+                    window_seconds = 0.0
+                    bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items() if k in self.shown})
+                if iteration % s.ckpt_every == 0 or iteration == s.iterations or self.stop_signal:
+                    self.save("last", iteration)
+                if self.stop_signal:
+                    raise Preempted(f"Stopped by signal {self.stop_signal} after iteration {iteration}; "
+                                    f"checkpoint written to {self.run_dir / 'checkpoints' / 'last.pt'}. "
+                                    f"Resume with the same command plus hydra.run.dir={self.run_dir} "
+                                    "trainer.resume=auto.")
         wall = time.perf_counter() - started
-        return {"wall_time_s": wall, "tasks_per_s_overall": s.iterations * s.meta_batch_size / wall,
-                "best_iteration": self.best_iteration, f"best_val_{self.metric}": self.best_score}
+        return {"wall_time_s": wall,
+                "tasks_per_s_overall": (s.iterations - first) * s.meta_batch_size / max(wall, 1e-9),
+                "best_iteration": self.best_iteration, f"best_val_{self.metric}": self.best_score,
+                "skipped_nonfinite": self.skipped}
 
-    def _step(self) -> tuple[float, float]:
+    def _step(self, iteration: int) -> None:
         batch = self.sampler.sample(self.schedule.meta_batch_size, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss, score = self.engine.meta_backward(self.algo, batch)
+        if not self._finite(loss):
+            if self.schedule.nonfinite != "skip":
+                raise TrainingError(
+                    f"The meta-loss or its gradient is not finite at iteration {iteration}. "
+                    f"{self._last_good()} Lower optimizer.lr or "
+                    "algo.inner_lr, or set trainer.nonfinite=skip to skip such meta-batches.")
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return loss, score
+        self.window.append((loss, score))
 
-    def _train_row(self, iteration: int, window: list[tuple[float, float]], tasks_per_s: float) -> dict:
-        losses, scores = zip(*window)
-        return {"iteration": iteration, "train_loss": sum(losses) / len(losses),
-                f"train_{self.metric}": sum(scores) / len(scores), "tasks_per_s": tasks_per_s}
+    def _last_good(self) -> str:
+        if self.last_saved is None:
+            return "No checkpoint has been written yet."
+        return (f"The last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'} "
+                f"(iteration {self.last_saved}).")
+
+    def _finite(self, loss: float) -> bool:
+        grads = [p.grad.flatten() for p in self.algo.parameters() if p.grad is not None]
+        return math.isfinite(loss) and (not grads or bool(torch.cat(grads).isfinite().all()))
+
+    def _log_and_validate(self, iteration: int, window_seconds: float) -> dict:
+        """Writes a metrics row when one is due; returns it (empty when none was due)."""
+        s, last = self.schedule, iteration == self.schedule.iterations
+        row: dict = {}
+        if iteration % s.log_every == 0 or last:
+            row["iteration"] = iteration
+            if self.window:
+                losses, scores = zip(*self.window)
+                row.update(train_loss=sum(losses) / len(losses),
+                           **{f"train_{self.metric}": sum(scores) / len(scores)},
+                           tasks_per_s=len(self.window) * s.meta_batch_size / window_seconds)
+            if self.skipped:
+                row["skipped_nonfinite"] = self.skipped
+            self.window = []
+        if iteration % s.val_every == 0 or last:
+            row.update(iteration=iteration, **self._validate_and_keep_best(iteration))
+        if row:
+            self.metrics.write(row)
+        return row
 
     def _validate_and_keep_best(self, iteration: int) -> dict:
         summary = self.validate()[self.metric]
         better = summary["mean"] > self.best_score if self.higher_is_better else summary["mean"] < self.best_score
-        if better:
+        if better or self.best_iteration == 0:  # the first validation always leaves a best.pt
             self.best_score, self.best_iteration = summary["mean"], iteration
             self.save("best", iteration)
         return {f"val_{self.metric}": summary["mean"], f"val_{self.metric}_ci95": summary["ci95"]}
+
+    @contextmanager
+    def _preemptible(self) -> Iterator[None]:
+        """First SIGTERM/SIGINT: finish the iteration, checkpoint, stop. A second: exit at once."""
+        def request_stop(signum, frame) -> None:
+            if self.stop_signal is not None:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+            self.stop_signal = signum
+
+        handled = (signal.SIGTERM, signal.SIGINT)
+        try:
+            previous = {s: signal.signal(s, request_stop) for s in handled}
+        except ValueError:  # not the main thread: leave signals to the host program
+            previous = {}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def save(self, name: str, iteration: int) -> None:
         """Writes checkpoints/<name>.pt atomically with everything needed to resume or evaluate."""
@@ -101,9 +168,41 @@ class Trainer:
             "iteration": iteration,
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
+            "skipped_nonfinite": self.skipped,
+            "window": self.window,
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "sampler": self.generator.get_state()},
             "config": self.config,
         }
-        atomic_save(state, self.run_dir / "checkpoints" / f"{name}.pt")
+        folder = self.run_dir / "checkpoints"
+        atomic_save(state, folder / f"{name}.pt", previous=folder / "previous.pt" if name == "last" else None)
+        if name == "last":
+            self.last_saved = iteration
+
+    def restore(self, state: dict) -> None:
+        """Continues from a checkpoint exactly where it was written."""
+        self.algo.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration, self.skipped = state["iteration"], state["skipped_nonfinite"]
+        self.last_saved = state["iteration"]
+        self.best_score, self.best_iteration = state["best_score"], state["best_iteration"]
+        self.window = [tuple(pair) for pair in state["window"]]
+        rng = state["rng"]
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.generator.set_state(rng["sampler"])
+        self._drop_metrics_after(self.iteration)
+
+    def _drop_metrics_after(self, iteration: int) -> None:
+        """Rows logged after the checkpoint will be logged again by the resumed run."""
+        path = self.metrics.path
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line)["iteration"] <= iteration]
+            path.write_text("".join(row + "\n" for row in rows))

@@ -1,0 +1,133 @@
+"""Killed, preempted and damaged runs: real processes, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarun import checkpoint, run
+from metarun.errors import TrainingError
+
+from conftest import METARUN, REPO, TINY_OMNIGLOT, metarun
+
+LONG = [*TINY_OMNIGLOT, "trainer.iterations=40", "trainer.ckpt_every=5", "trainer.log_every=1",
+        "trainer.val_every=10"]
+
+
+def start(run_dir: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([METARUN, "train", *LONG, f"hydra.run.dir={run_dir}", *extra], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def saved_iteration(run_dir: Path) -> int:
+    try:
+        return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"]
+    except Exception:
+        return 0
+
+
+def final_state(run_dir: Path) -> tuple[dict, list[dict]]:
+    model = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return model, [{k: v for k, v in row.items() if k != "tasks_per_s"} for row in rows]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(cli_env, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert metarun("train", *LONG, f"hydra.run.dir={straight}", env=cli_env).returncode == 0
+
+    process = start(killed, cli_env)
+    wait_for(lambda: saved_iteration(killed) >= 10, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert saved_iteration(killed) < 40, "killed before the end"
+    done = metarun("train", *LONG, f"hydra.run.dir={killed}", "trainer.resume=auto", env=cli_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stderr
+
+    (model_a, rows_a), (model_b, rows_b) = final_state(straight), final_state(killed)
+    assert rows_a == rows_b
+    for name in model_a:
+        assert torch.equal(model_a[name], model_b[name]), name
+    assert json.loads((straight / "results.json").read_text())["accuracy"] == \
+        json.loads((killed / "results.json").read_text())["accuracy"]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_finished_iteration_and_resume_continues(cli_env, tmp_path):
+    process = start(tmp_path, cli_env)
+    metrics = tmp_path / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr[-2000:]
+    stopped_at = saved_iteration(tmp_path)
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["iteration"]
+    assert stopped_at == last_logged and 3 <= stopped_at < 40
+    assert "trainer.resume=auto" in stderr
+
+    done = metarun("train", *LONG, f"hydra.run.dir={tmp_path}", "trainer.resume=auto", env=cli_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"at iteration {stopped_at}" in done.stderr
+    assert saved_iteration(tmp_path) == 40
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_cfg, tmp_path, capsys):
+    run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=4", "trainer.ckpt_every=1"), tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    capsys.readouterr()
+    run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=6", "trainer.ckpt_every=1",
+                       "trainer.resume=auto"), tmp_path)
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "Falling back" in err
+    assert "previous.pt at iteration 3" in err
+    assert saved_iteration(tmp_path) == 6
+
+
+def test_disk_full_during_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.atomic_save({"format": 1, "model": {}, "iteration": 1}, path)
+
+    def full_disk(obj, stream):
+        stream.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(TrainingError, match="No space left on device.*intact"):
+        checkpoint.atomic_save({"format": 1, "model": {}, "iteration": 2}, path, previous=tmp_path / "previous.pt")
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file left behind"
+
+
+NONFINITE = ["experiment=maml_sinusoid", "algo.inner_lr=1e30", "trainer.iterations=3",
+             "trainer.log_every=1", "trainer.val_every=3", "trainer.val_episodes=4", "eval.episodes=4",
+             "trainer.ckpt_every=1"]
+
+
+def test_nonfinite_loss_stops_naming_the_iteration(cli_env, tmp_path):
+    done = metarun("train", *NONFINITE, f"hydra.run.dir={tmp_path}", env=cli_env)
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "not finite at iteration 1" in done.stderr and "trainer.nonfinite=skip" in done.stderr
+
+
+def test_nonfinite_meta_batches_can_be_skipped_and_counted(make_cfg, tmp_path):
+    run.train(make_cfg(*NONFINITE, "trainer.nonfinite=skip"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_nonfinite"] == 3
