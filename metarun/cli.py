@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metarun import run
@@ -24,15 +25,23 @@ def _report(error: MetarunError) -> None:
     sys.exit(error.exit_status)
 
 
-def _train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> dict:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        if (run_dir / "results.json").is_file():
+            print(f"metarun: {run_dir} already finished; skipping it.", file=sys.stderr)
+            return json.loads((run_dir / "results.json").read_text())
+        if not cfg.trainer.resume:
+            cfg.trainer.resume = "auto"
     try:
-        results = run.train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = run.train(cfg, run_dir)
     except MetarunError as error:
         _report(error)
     metric = next(k for k in results if isinstance(results[k], dict) and "ci95" in results[k])
     print(f"test {metric}: {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f} "
           f"({results['episodes']} episodes)")
-    return results[metric]["mean"]
+    return results
 
 
 def _eval(cfg: DictConfig) -> None:

@@ -1,40 +1,46 @@
-"""Prints one table of a finished Hydra sweep: each job's overrides and its test result."""
+"""Sweeps: one table of a finished Hydra multirun, and re-runs that skip finished jobs.
+
+Each job's folder is named by its overrides (hydra.sweep.subdir), so running the same
+sweep command again finds every job's earlier folder: finished jobs (results.json
+present) are skipped and unfinished ones resume from their newest checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 
-def sweep_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
-        overrides_file, results_file = job / ".hydra" / "overrides.yaml", job / "results.json"
-        if not overrides_file.is_file():
-            continue
-        row = {"job": job.name, "overrides": " ".join(OmegaConf.load(overrides_file))}
-        if results_file.is_file():
-            results = json.loads(results_file.read_text())
-            metric = next(k for k, v in results.items() if isinstance(v, dict) and "ci95" in v)
-            row["result"] = f"{metric} {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f}"
-        else:
-            row["result"] = "no results (failed or unfinished)"
-        rows.append(row)
-    return rows
+def result_line(job_dir: Path) -> str:
+    results_file = Path(job_dir) / "results.json"
+    if not results_file.is_file():
+        return "no results (failed or unfinished)"
+    results = json.loads(results_file.read_text())
+    metric = next(k for k, v in results.items() if isinstance(v, dict) and "ci95" in v)
+    return f"{metric} {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f}"
 
 
 class SweepSummary(Callback):
+    """Collects the jobs of this sweep as they end and prints their results as one table."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, Path]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        output_dir = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
+        self.jobs.append((" ".join(job_return.overrides or []), output_dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = sweep_rows(sweep_dir)
-        if not rows:
+        if not self.jobs:
             return
-        width = max(len(r["overrides"]) for r in rows)
-        lines = [f"{'job':>4}  {'overrides':<{width}}  result"]
-        lines += [f"{r['job']:>4}  {r['overrides']:<{width}}  {r['result']}" for r in rows]
+        rows = [(overrides, result_line(job_dir)) for overrides, job_dir in self.jobs]
+        width = max(len(overrides) for overrides, _ in rows)
+        lines = [f"{'overrides':<{width}}  result"] + [f"{o:<{width}}  {r}" for o, r in rows]
         table = "\n".join(lines)
+        sweep_dir = Path(config.hydra.sweep.dir)
         (sweep_dir / "summary.txt").write_text(table + "\n")
         print(f"\nSweep summary ({sweep_dir}):\n{table}")

@@ -38,6 +38,8 @@ TRAIN_MISTAKES = [
     (["task.train_ways=10"], "task.train_ways"),
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),
+    (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
+    (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
 ]
 
 
@@ -95,3 +97,21 @@ def test_eval_mistake(arguments, expected, broken_runs, cli_env, tmp_path):
     paths = {**broken_runs, "tmp": tmp_path}
     done = metarun("eval", *(a.format(**paths) for a in arguments), env=cli_env)
     assert_clear_failure(done, expected)
+
+
+def test_unreadable_image_in_a_dataset_folder_is_named(cli_env, tmp_path):
+    character = tmp_path / "data" / "omniglot" / "images_background" / "Alphabet" / "character01"
+    character.mkdir(parents=True)
+    (character / "0001_01.png").write_bytes(b"this is not a png")
+    done = metarun("train", *QUICK, f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                   f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
+    assert_clear_failure(done, "Alphabet/character01/0001_01.png")
+
+
+def test_partial_dataset_says_what_is_missing(cli_env, tmp_path, data_root):
+    folder = tmp_path / "data" / "omniglot"
+    folder.mkdir(parents=True)
+    (folder / "images_background.zip").symlink_to(data_root / "omniglot" / "images_background.zip")
+    done = metarun("train", *QUICK, f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                   f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
+    assert_clear_failure(done, "images_evaluation.zip")

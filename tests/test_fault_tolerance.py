@@ -131,3 +131,19 @@ def test_nonfinite_meta_batches_can_be_skipped_and_counted(make_cfg, tmp_path):
     run.train(make_cfg(*NONFINITE, "trainer.nonfinite=skip"), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_nonfinite"] == 3
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_unfinished(cli_env, tmp_path):
+    sweep = ["train", "-m", *TINY_OMNIGLOT, "trainer.ckpt_every=1", "algo=maml,fomaml",
+             f"hydra.sweep.dir={tmp_path}"]
+    assert metarun(*sweep, env=cli_env).returncode == 0
+    finished, unfinished = sorted(tmp_path.glob("*/results.json"))
+    finished_before = finished.read_text()
+    unfinished.unlink()  # as if that job had been killed after its last checkpoint
+
+    again = metarun(*sweep, env=cli_env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{finished.parent} already finished; skipping" in again.stderr
+    assert f"resuming from {unfinished.parent / 'checkpoints'}" in again.stderr
+    assert finished.read_text() == finished_before and unfinished.is_file()
