@@ -87,6 +87,19 @@ def test_sigterm_checkpoints_the_finished_iteration_and_resume_continues(cli_env
     assert saved_iteration(tmp_path) == 40
 
 
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once(cli_env, tmp_path):
+    slow_iterations = ["task.meta_batch_size=32", "backbone.hidden=32"]  # ~0.5 s each
+    process = start(tmp_path, cli_env, *slow_iterations)
+    metrics = tmp_path / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.1)  # signals sent back to back would be coalesced into one
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGINT
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_cfg, tmp_path, capsys):
     run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=4", "trainer.ckpt_every=1"), tmp_path)
     last = tmp_path / "checkpoints" / "last.pt"
