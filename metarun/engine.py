@@ -11,7 +11,9 @@ batching keeps the GPU busy. `auto` encodes that.
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from functools import partial
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from metarun.episode import Episode
 from metarun.errors import ConfigError
 
 MODES = ("auto", "loop", "vmap")
+PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
@@ -38,36 +41,63 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
 
 
 class Engine:
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
+    """mode: loop | vmap. precision: fp32, or bf16 (autocast + channels_last; weights stay fp32)."""
+
+    def __init__(self, mode: str, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision={precision!r} is not known. Use one of: {', '.join(PRECISIONS)}.")
+        self.mode, self.precision = mode, precision
+
+    @contextmanager
+    def _computing(self, device: torch.device) -> Iterator[None]:
+        with ExitStack() as stack:
+            if self.mode == "vmap":
+                stack.enter_context(vmap_safe_batchnorm())
+            if self.precision == "bf16":
+                stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+            yield
+
+    def prepare(self, algo: Algorithm) -> Algorithm:
+        """bf16 convolutions are fastest with channels_last weights and images (CPU and CUDA)."""
+        if self.precision == "bf16":
+            algo.to(memory_format=torch.channels_last)
+        return algo
 
     def _per_task(self, algo: Algorithm, batch: Episode, steps: int | None):
         fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
         return fn, (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+
+    def _task(self, tensors: tuple[torch.Tensor, ...], index: int) -> list[torch.Tensor]:
+        """One task's tensors; images [N, C, H, W] in channels_last under bf16."""
+        if self.precision != "bf16":
+            return [t[index] for t in tensors]
+        return [t[index].contiguous(memory_format=torch.channels_last) if t.dim() == 5 else t[index]
+                for t in tensors]
 
     def meta_backward(self, algo: Algorithm, batch: Episode, steps: int | None = None
                       ) -> tuple[float, float]:
         """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score)."""
         fn, tensors = self._per_task(algo, batch, steps)
         tasks = batch.num_tasks
-        if self.mode == "vmap":
-            with vmap_safe_batchnorm():
+        with self._computing(batch.support_x.device):
+            if self.mode == "vmap":
                 losses, scores = vmap(fn)(*tensors)
                 losses.mean().backward()
-            return losses.mean().item(), scores.mean().item()
-        losses, scores = [], []
-        for index in range(tasks):
-            loss, score = fn(*(t[index] for t in tensors))
-            (loss / tasks).backward()
-            losses.append(loss.detach())
-            scores.append(score)
+                return losses.mean().item(), scores.mean().item()
+            losses, scores = [], []
+            for index in range(tasks):
+                loss, score = fn(*self._task(tensors, index))
+                (loss / tasks).backward()
+                losses.append(loss.detach())
+                scores.append(score)
         return torch.stack(losses).mean().item(), torch.stack(scores).mean().item()
 
     @torch.no_grad()
     def scores(self, algo: Algorithm, batch: Episode, steps: int | None = None) -> torch.Tensor:
         """Per-task query scores (accuracy or MSE) after adaptation: [tasks]."""
         fn, tensors = self._per_task(algo, batch, steps)
-        if self.mode == "vmap":
-            with vmap_safe_batchnorm():
+        with self._computing(batch.support_x.device):
+            if self.mode == "vmap":
                 return vmap(fn)(*tensors)[1]
-        return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])
+            return torch.stack([fn(*self._task(tensors, index))[1]
+                                for index in range(batch.num_tasks)])

@@ -25,6 +25,13 @@ def _absolute_data_root(cfg: DictConfig) -> None:
         cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
 
 
+def _engine(cfg: DictConfig, algo, device) -> Engine:
+    # Runs saved before the precision setting existed ran in fp32.
+    engine = Engine(resolve_mode(cfg.engine, algo, device), cfg.get("precision", "fp32"))
+    engine.prepare(algo)
+    return engine
+
+
 def _eval_sampler(cfg: DictConfig, dataset, split: str, device):
     return dataset.sampler(split, cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
 
@@ -35,14 +42,15 @@ def _score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes
     return summarise(scores, metric)
 
 
-def protocol(cfg: DictConfig, dataset, engine_mode: str) -> dict:
+def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     """What a published number must share with ours to be comparable."""
     train_steps = cfg.algo.get("inner_steps")
     test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
     return {**dataset.protocol(), "eval_split": "test", "batchnorm": BATCHNORM_MODE,
             "ways": cfg.task.ways, "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
             "inner_steps_train": train_steps, "inner_steps_test": test_steps,
-            "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, "engine": engine_mode}
+            "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, "engine": engine.mode,
+            "precision": engine.precision}
 
 
 def _resume(trainer: Trainer, resume: str, run_dir: Path) -> None:
@@ -74,7 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
     algo = build_algorithm(cfg, dataset).to(device)
-    engine = Engine(resolve_mode(cfg.engine, algo, device))
+    engine = _engine(cfg, algo, device)
     optimizer, scheduler = build_optimizer(cfg, algo)
     # Every split is checked before training starts, so an impossible test episode fails now.
     test_sampler = _eval_sampler(cfg, dataset, "test", device)
@@ -98,7 +106,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     restore_model(algo, load_checkpoint(best), best)
     results = _score(cfg, algo, engine, test_sampler, dataset.metric, cfg.eval.episodes)
     results.update(checkpoint="best", iteration=training["best_iteration"],
-                   protocol=protocol(cfg, dataset, engine.mode), training=training)
+                   protocol=protocol(cfg, dataset, engine), training=training)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -125,8 +133,9 @@ def evaluate(cfg: DictConfig) -> dict:
         if value is not None and key != "output":
             run_cfg.eval[key] = value
     run_cfg.device = cfg.device
-    if cfg.engine is not None:
-        run_cfg.engine = cfg.engine
+    for key in ("engine", "precision"):
+        if cfg[key] is not None:
+            run_cfg[key] = cfg[key]
     if cfg.dataset_root is not None and "root" in run_cfg.dataset:
         run_cfg.dataset.root = cfg.dataset_root
     check_settings(run_cfg)
@@ -135,10 +144,10 @@ def evaluate(cfg: DictConfig) -> dict:
     algo = build_algorithm(run_cfg, dataset)
     restore_model(algo, load_checkpoint(path), path)
     algo.to(device)
-    engine = Engine(resolve_mode(run_cfg.engine, algo, device))
+    engine = _engine(run_cfg, algo, device)
     sampler = _eval_sampler(run_cfg, dataset, "test", device)
     results = _score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
-    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine.mode))
+    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine))
     output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))

@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     model = metarun.load(args.run_dir)
     cfg, device = model.config, torch.device("cpu")
-    engine = Engine(resolve_mode(cfg.engine, model.algo, device))
+    engine = Engine(resolve_mode(cfg.engine, model.algo, device), cfg.get("precision", "fp32"))
     print("| K | steps | MSE mean +- 95% (all tasks) | median | diverged tasks | mean +- 95% without them |")
     print("|---|---|---|---|---|---|")
     for shots in args.shots:

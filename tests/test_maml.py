@@ -91,3 +91,20 @@ def test_first_order_differs_by_the_hessian_term():
         expected = first[name] - 0.05 * hessian_times_first[name]
         torch.testing.assert_close(second[name], expected, rtol=1e-9, atol=1e-12, msg=name)
     assert any((second[n] - first[n]).abs().max() > 1e-6 for n in params), "the term is not zero here"
+
+
+def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
+    torch.manual_seed(0)
+    algo = MAML(Conv4((1, 12, 12), hidden=8, blocks=2), 3, inner_lr=0.4, inner_steps=1)
+    batch = classification_batch()
+    batch = Episode(batch.support_x.float(), batch.support_y, batch.query_x.float(), batch.query_y, 3)
+    expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order=False)
+    engine = Engine("loop", precision="bf16")
+    engine.prepare(algo)
+    algo.zero_grad()
+    engine.meta_backward(algo, batch)
+    actual = torch.cat([p.grad.flatten() for p in algo.parameters()])
+    reference = torch.cat([expected[name].flatten() for name, _ in algo.named_parameters()])
+    relative_error = (actual - reference).norm() / reference.norm()
+    assert relative_error < 0.05, relative_error
+    assert relative_error > 0, "bf16 really ran (its result is not bit-identical to fp32)"
