@@ -14,4 +14,5 @@ for module in meta_dataset task_dataset transforms; do
   cython -3 "learn2learn/data/$module.pyx"
 done
 pip install -q --no-build-isolation .
+cd /
 python -c "import learn2learn; print('learn2learn', learn2learn.__version__, 'installed')"

@@ -1,0 +1,310 @@
+"""Meta-training speed of metarun against a plain PyTorch loop and the peer libraries.
+
+    python scripts/bench.py                       # every workload, every implementation found
+    python scripts/bench.py --workloads W1 W5 --repeats 5 --json bench.json
+
+Each (workload, implementation) runs in its own process on synthetic data of the
+workload's shapes (same seed, same initial weights for everyone), after one warm-up
+meta-batch; it reports the median tasks/s over `--repeats` meta-batches, the peak
+resident memory the workload added, and the largest absolute difference between its
+meta-gradient and the plain loop's, so a speed-up can never come from computing
+something else. Peers (learn2learn, higher, torchopt) are used where installed
+(`pip install -e '.[bench]'` and `scripts/install_learn2learn.sh`); a missing one is
+reported as missing. The episode-sampling row uses the real Omniglot ($METARUN_DATA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.algorithms.maml import MAML
+from metarun.algorithms.protonet import ProtoNet
+from metarun.backbones.conv4 import Conv4
+from metarun.backbones.mlp import MLP
+from metarun.engine import Engine, resolve_mode
+from metarun.episode import Episode
+
+
+@dataclass(frozen=True)
+class Workload:
+    title: str
+    kind: str  # maml | protonet | sampling
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    tasks: int = 32
+    steps: int = 1
+    inner_lr: float = 0.4
+    first_order: bool = False
+    model: str = "conv4"  # conv4 | mlp
+
+    @property
+    def implementations(self) -> list[str]:
+        if self.kind == "sampling":
+            return ["metarun", "learn2learn"]
+        names = ["plain", "metarun"] + (["metarun-bf16"] if self.model == "conv4" else [])
+        return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
+
+
+WORKLOADS = {
+    "W1": Workload("MAML 2nd order, 5w1s 15q, Conv-4, 1 step, 32 tasks", "maml"),
+    "W2": Workload("MAML 1st order, 5w1s 15q, Conv-4, 1 step, 32 tasks", "maml", first_order=True),
+    "W3": Workload("MAML 2nd order, 20w1s 15q, Conv-4, 5 steps, 16 tasks", "maml", ways=20, tasks=16,
+                   steps=5, inner_lr=0.1),
+    "W4": Workload("ProtoNet 60w5s 5q, Conv-4, 1 episode", "protonet", ways=60, shots=5, queries=5, tasks=1),
+    "W5": Workload("MAML sinusoid, MLP 1-40-40-1, K=10, 1 step, 25 tasks", "maml", ways=1, shots=10,
+                   queries=10, tasks=25, inner_lr=0.01, model="mlp"),
+    "S": Workload("episode sampling, Omniglot 5w1s 15q", "sampling"),
+}
+
+
+def plain_model(w: Workload) -> nn.Module:
+    """The workload's network from stock torch.nn layers (what the peers are given)."""
+    if w.model == "mlp":
+        return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    layers: list[nn.Module] = []
+    for index in range(4):
+        layers += [nn.Conv2d(1 if index == 0 else 64, 64, 3, padding=1),
+                   nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+    head = [nn.Linear(64, w.ways)] if w.kind == "maml" else []
+    return nn.Sequential(*layers, nn.Flatten(), *head)
+
+
+def metarun_algorithm(w: Workload, weights: nn.Module):
+    backbone = MLP((1,), [40, 40]) if w.model == "mlp" else Conv4((1, 28, 28))
+    if w.kind == "maml":
+        algo = MAML(backbone, 1 if w.model == "mlp" else w.ways, w.inner_lr, w.steps, w.first_order)
+    else:
+        algo = ProtoNet(backbone, w.ways)
+    with torch.no_grad():  # same initial weights as the plain model, parameter by parameter
+        for mine, theirs in zip(algo.parameters(), weights.parameters(), strict=True):
+            mine.copy_(theirs)
+    return algo
+
+
+def synthetic_batch(w: Workload) -> Episode:
+    g = torch.Generator().manual_seed(0)
+    if w.model == "mlp":
+        x = torch.rand(w.tasks, w.shots + w.queries, 1, generator=g) * 10 - 5
+        y = 3 * torch.sin(x - 1)
+        return Episode(x[:, : w.shots], y[:, : w.shots], x[:, w.shots:], y[:, w.shots:], 1)
+    labels = lambda n: torch.arange(w.ways).repeat_interleave(n).repeat(w.tasks, 1)
+    return Episode(torch.rand(w.tasks, w.ways * w.shots, 1, 28, 28, generator=g), labels(w.shots),
+                   torch.rand(w.tasks, w.ways * w.queries, 1, 28, 28, generator=g), labels(w.queries), w.ways)
+
+
+def loss_fn(prediction, target):
+    return F.mse_loss(prediction, target) if target.dtype.is_floating_point else F.cross_entropy(prediction, target)
+
+
+def plain_step(w: Workload, model: nn.Module, batch: Episode) -> None:
+    """The bar to beat: one task after another with torch.autograd.grad."""
+    if w.kind == "protonet":
+        support, query = model(batch.support_x[0]), model(batch.query_x[0])
+        prototypes = support.view(w.ways, w.shots, -1).mean(1)
+        loss_fn(-torch.cdist(query, prototypes).pow(2), batch.query_y[0]).backward()
+        return
+    names, params = zip(*model.named_parameters())
+    for t in range(batch.num_tasks):
+        fast = params
+        for _ in range(w.steps):
+            out = torch.func.functional_call(model, dict(zip(names, fast)), (batch.support_x[t],))
+            grads = torch.autograd.grad(loss_fn(out, batch.support_y[t]), fast, create_graph=not w.first_order)
+            fast = [p - w.inner_lr * g for p, g in zip(fast, grads)]
+        out = torch.func.functional_call(model, dict(zip(names, fast)), (batch.query_x[t],))
+        (loss_fn(out, batch.query_y[t]) / batch.num_tasks).backward()
+
+
+def peer_step(name: str, w: Workload, model: nn.Module, batch: Episode):
+    """Returns a function running one meta-batch with a peer library, or raises ImportError."""
+    if name == "learn2learn":
+        import learn2learn as l2l
+
+        maml = l2l.algorithms.MAML(model, lr=w.inner_lr, first_order=w.first_order)
+
+        def step() -> None:
+            for t in range(batch.num_tasks):
+                learner = maml.clone()
+                for _ in range(w.steps):
+                    learner.adapt(loss_fn(learner(batch.support_x[t]), batch.support_y[t]))
+                (loss_fn(learner(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+        return step
+    if w.first_order:
+        raise NotImplementedError(f"{name} has no first-order MAML mode")
+    if name == "higher":
+        import higher
+
+        inner = torch.optim.SGD(model.parameters(), lr=w.inner_lr)
+
+        def step() -> None:
+            for t in range(batch.num_tasks):
+                with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+                    for _ in range(w.steps):
+                        diffopt.step(loss_fn(fmodel(batch.support_x[t]), batch.support_y[t]))
+                    (loss_fn(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+        return step
+    import torchopt
+
+    inner = torchopt.MetaSGD(model, lr=w.inner_lr)
+    state = torchopt.extract_state_dict(model)
+
+    def step() -> None:
+        for t in range(batch.num_tasks):
+            for _ in range(w.steps):
+                inner.step(loss_fn(model(batch.support_x[t]), batch.support_y[t]))
+            (loss_fn(model(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+            torchopt.recover_state_dict(model, state)
+    return step
+
+
+def gradients(module: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in module.parameters()])
+
+
+def run_one(workload: str, impl: str, repeats: int) -> dict:
+    """Times one implementation on one workload in this process."""
+    w = WORKLOADS[workload]
+    if w.kind == "sampling":
+        return run_sampling(impl, repeats)
+    torch.manual_seed(0)
+    model, batch = plain_model(w), synthetic_batch(w)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    if impl.startswith("metarun"):
+        algo = metarun_algorithm(w, model)
+        engine = Engine(resolve_mode("auto", algo, torch.device("cpu")), "bf16" if impl.endswith("bf16") else "fp32")
+        engine.prepare(algo)
+        target, step = algo, lambda: engine.meta_backward(algo, batch)
+        detail = f"engine={engine.mode}, precision={engine.precision}"
+    elif impl == "plain":
+        target, step, detail = model, lambda: plain_step(w, model, batch), "torch.autograd.grad loop"
+    else:
+        target, step, detail = model, peer_step(impl, w, model, batch), ""
+    baseline_kb = rss_kb()
+    target.zero_grad()
+    step()  # warm-up; its meta-gradient is checked below
+    first_gradient = gradients(target)
+    times = []
+    for _ in range(repeats):
+        target.zero_grad()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+    reference_model = plain_model(w)  # after timing, so it does not count in the peak
+    reference_model.load_state_dict(initial)
+    plain_step(w, reference_model, batch)
+    difference = (first_gradient - gradients(reference_model)).abs().max().item()
+    return {"tasks_per_s": w.tasks / statistics.median(times), "peak_mb": peak_mb,
+            "grad_max_abs_diff": difference, "detail": detail}
+
+
+def rss_kb() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def run_sampling(impl: str, repeats: int) -> dict:
+    """Episodes per second for 5-way 1-shot 15-query episodes from the real Omniglot train split."""
+    from metarun.data.omniglot import Omniglot
+    from metarun.data.sampler import ClassImageSampler
+
+    images = Omniglot(os.environ.get("METARUN_DATA", "data"), download=False).split_images("train")
+    baseline_kb = rss_kb()
+    if impl == "metarun":
+        sampler, g, per_call = ClassImageSampler(images, "train", 5, 1, 15), torch.Generator().manual_seed(0), 32
+        draw = lambda: sampler.sample(per_call, g)
+        detail = f"{per_call} episodes per call, device-resident uint8 images"
+    else:
+        import learn2learn as l2l
+
+        flat = images.flatten(0, 1).float() / 255  # [classes*20, 1, 28, 28]
+        labels = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
+        dataset = l2l.data.MetaDataset(torch.utils.data.TensorDataset(flat, labels))
+        transforms = [l2l.data.transforms.NWays(dataset, 5), l2l.data.transforms.KShots(dataset, 16),
+                      l2l.data.transforms.LoadData(dataset), l2l.data.transforms.RemapLabels(dataset)]
+        tasks, per_call = l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1), 1
+
+        def draw():
+            x, y = tasks.sample()
+            order = y.argsort(stable=True).view(5, 16)  # one support image per class, the rest queries
+            return x[order[:, :1].flatten()], x[order[:, 1:].flatten()]
+        detail = "TaskDataset with NWays, KShots, LoadData, RemapLabels"
+    draw()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(max(1, 64 // per_call)):
+            draw()
+        times.append((time.perf_counter() - start) / (max(1, 64 // per_call) * per_call))
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+    return {"tasks_per_s": 1 / statistics.median(times), "peak_mb": peak_mb, "grad_max_abs_diff": None,
+            "detail": detail}
+
+
+def measure(workload: str, impl: str, repeats: int) -> dict:
+    """Runs one cell in a fresh process, so peak memory is its own."""
+    done = subprocess.run([sys.executable, __file__, "--one", workload, impl, "--repeats", str(repeats)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        missing = "No module named" in reason or "ModuleNotFoundError" in reason
+        return {"status": "not installed" if missing else "failed", "reason": reason}
+    return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def table(results: dict) -> str:
+    lines = ["| workload | implementation | tasks/s | peak MB | vs fastest peer | vs plain loop | max abs grad diff vs plain |",
+             "|---|---|---|---|---|---|---|"]
+    for workload, cells in results.items():
+        peers = [c["tasks_per_s"] for n, c in cells.items() if n in ("learn2learn", "higher", "torchopt")
+                 and c["status"] == "ok"]
+        plain = cells.get("plain", {}).get("tasks_per_s")
+        for name, cell in cells.items():
+            if cell["status"] != "ok":
+                lines.append(f"| {workload} | {name} | {cell['status']}: {cell['reason'][:80]} | | | | |")
+                continue
+            speed = cell["tasks_per_s"]
+            ratio_peer = f"{speed / max(peers):.2f}x" if peers else "-"
+            ratio_plain = f"{speed / plain:.2f}x" if plain else "-"
+            diff = "-" if cell["grad_max_abs_diff"] is None else f"{cell['grad_max_abs_diff']:.1e}"
+            lines.append(f"| {workload} | {name} | {speed:.1f} | {cell['peak_mb']:.0f} | {ratio_peer} | "
+                         f"{ratio_plain} | {diff} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one, args.repeats)))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    results = {}
+    for workload in args.workloads:
+        w = WORKLOADS[workload]
+        print(f"{workload}: {w.title}", flush=True)
+        results[workload] = {impl: measure(workload, impl, args.repeats) for impl in w.implementations}
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"workloads": {k: WORKLOADS[k].title for k in results}, "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
