@@ -54,7 +54,7 @@ class Workload:
     def implementations(self) -> list[str]:
         if self.kind == "sampling":
             return ["metarun", "learn2learn"]
-        names = ["plain", "metarun"] + (["metarun-bf16"] if self.model == "conv4" else [])
+        names = ["plain", "metarun-loop", "metarun-vmap"] + (["metarun-loop-bf16"] if self.model == "conv4" else [])
         return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
 
 
@@ -183,10 +183,12 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     if impl.startswith("metarun"):
         algo = metarun_algorithm(w, model)
-        engine = Engine(resolve_mode("auto", algo, torch.device("cpu")), "bf16" if impl.endswith("bf16") else "fp32")
+        _, mode, *precision = impl.split("-")
+        engine = Engine(mode, precision[0] if precision else "fp32")
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
-        detail = f"engine={engine.mode}, precision={engine.precision}"
+        auto = resolve_mode("auto", algo, torch.device("cpu"))
+        detail = f"engine={mode}{' (the CPU default)' if mode == auto else ''}, precision={engine.precision}"
     elif impl == "plain":
         target, step, detail = model, lambda: plain_step(w, model, batch), "torch.autograd.grad loop"
     else:
@@ -265,22 +267,22 @@ def measure(workload: str, impl: str, repeats: int) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| workload | implementation | tasks/s | peak MB | vs fastest peer | vs plain loop | max abs grad diff vs plain |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| workload | implementation | tasks/s | peak MB | vs fastest peer | vs plain loop | max abs grad diff vs plain | notes |",
+             "|---|---|---|---|---|---|---|---|"]
     for workload, cells in results.items():
         peers = [c["tasks_per_s"] for n, c in cells.items() if n in ("learn2learn", "higher", "torchopt")
                  and c["status"] == "ok"]
         plain = cells.get("plain", {}).get("tasks_per_s")
         for name, cell in cells.items():
             if cell["status"] != "ok":
-                lines.append(f"| {workload} | {name} | {cell['status']}: {cell['reason'][:80]} | | | | |")
+                lines.append(f"| {workload} | {name} | {cell['status']} | | | | | {cell['reason'][:90]} |")
                 continue
             speed = cell["tasks_per_s"]
             ratio_peer = f"{speed / max(peers):.2f}x" if peers else "-"
             ratio_plain = f"{speed / plain:.2f}x" if plain else "-"
             diff = "-" if cell["grad_max_abs_diff"] is None else f"{cell['grad_max_abs_diff']:.1e}"
             lines.append(f"| {workload} | {name} | {speed:.1f} | {cell['peak_mb']:.0f} | {ratio_peer} | "
-                         f"{ratio_plain} | {diff} |")
+                         f"{ratio_plain} | {diff} | {cell['detail']} |")
     return "\n".join(lines)
 
 
