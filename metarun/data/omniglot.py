@@ -137,26 +137,44 @@ class Omniglot:
     def _decode_all(self) -> dict:
         names, images, background_count = [], [], 0
         for archive in ARCHIVES:
-            for character, drawings in sorted(self._read_archive(archive).items()):
+            for character, pixels in sorted(self._read_archive(archive).items()):
                 names.append(character)
-                images.append(torch.stack([to_pixels(d, self.image_size) for d in drawings]))
+                images.append(pixels)
             if archive == ARCHIVES[0]:
                 background_count = len(names)
+        counts = {name: len(pixels) for name, pixels in zip(names, images)}
+        short = [name for name, count in counts.items() if count != max(counts.values())]
+        if short:
+            raise ConfigError(f"{len(short)} characters in {self.folder} have fewer drawings than the "
+                              f"others (e.g. {short[0]}: {counts[short[0]]}). The dataset folder is partial: "
+                              "restore the official zips (or their folders).")
         return {"version": CACHE_VERSION, "image_size": self.image_size, "names": names,
                 "images": torch.stack(images), "background_count": background_count}
 
-    def _read_archive(self, archive: str) -> dict[str, list[Image.Image]]:
-        """{'Alphabet/characterNN': [20 drawings in file order]} from a zip or its folder."""
+    def _read_archive(self, archive: str) -> dict[str, torch.Tensor]:
+        """{'Alphabet/characterNN': uint8 [drawings, 1, H, W] in file order} from a zip or its folder."""
         folder, zipped = self.folder / archive, self.folder / f"{archive}.zip"
         if not folder.is_dir() and not zipped.exists():
             self._fetch()
         if folder.is_dir():
             files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.png")}
-            return _group(files, str(folder))
+            return self._decode(files, str(folder))
         with zipfile.ZipFile(zipped) as handle:
             members = [m for m in handle.namelist() if m.endswith(".png")]
             files = {m.split("/", 1)[1]: handle.read(m) for m in members}
-        return _group(files, str(zipped))
+        return self._decode(files, str(zipped))
+
+    def _decode(self, files: dict[str, bytes], source: str) -> dict[str, torch.Tensor]:
+        characters: dict[str, list[torch.Tensor]] = {}
+        for relative in sorted(files):
+            alphabet, character, _ = relative.split("/")[-3:]
+            try:
+                pixels = to_pixels(Image.open(io.BytesIO(files[relative])), self.image_size)
+            except Exception:
+                raise ConfigError(f"The image {relative} in {source} cannot be read. Replace it with the "
+                                  "official file, or delete it and restore the official zip.") from None
+            characters.setdefault(f"{alphabet}/{character}", []).append(pixels)
+        return {name: torch.stack(drawings) for name, drawings in characters.items()}
 
     def _fetch(self) -> None:
         """Downloads the official files, or explains where they were looked for."""
@@ -169,27 +187,14 @@ class Omniglot:
 
         try:
             for archive in ARCHIVES:
-                if not (self.folder / archive).is_dir():
+                if not (self.folder / archive).is_dir() and not (self.folder / f"{archive}.zip").exists():
                     download_url(ARCHIVE_URL.format(archive), str(self.folder))
             for split in SPLITS + ("trainval",):
-                download_url(SPLIT_URL.format(split), str(self.folder / "splits" / "vinyals"))
+                if not (self.folder / "splits" / "vinyals" / f"{split}.txt").exists():
+                    download_url(SPLIT_URL.format(split), str(self.folder / "splits" / "vinyals"))
         except Exception as error:  # any network or disk failure ends in the same advice
             raise ConfigError(f"{where} Downloading them from the official release failed ({error}). "
                               "Point dataset.root (or METARUN_DATA) at a local copy.") from None
-
-
-def _group(files: dict[str, bytes], source: str) -> dict[str, list[Image.Image]]:
-    characters: dict[str, list[Image.Image]] = {}
-    for relative in sorted(files):
-        alphabet, character, _ = relative.split("/")[-3:]
-        try:
-            image = Image.open(io.BytesIO(files[relative]))
-            image.load()
-        except Exception:
-            raise ConfigError(f"The image {relative} in {source} cannot be read. Replace it with the "
-                              "official file or remove the damaged copy and let it be restored.") from None
-        characters.setdefault(f"{alphabet}/{character}", []).append(image)
-    return characters
 
 
 def _read_cache(path: Path, image_size: int) -> dict | None:
