@@ -52,11 +52,13 @@ class Trainer:
         self.shown = ("train_loss", f"train_{metric}", "tasks_per_s", f"val_{metric}")
         self.stop_signal: int | None = None
         self.last_saved: int | None = None
+        self.elapsed_before = self.elapsed = 0.0  # training wall time before this process, and so far
 
     def fit(self) -> dict:
         """Trains up to the configured iterations; returns throughput and the best validation."""
         s = self.schedule
-        window_seconds, started, first = 0.0, time.perf_counter(), self.iteration
+        window_seconds, first = 0.0, self.iteration
+        started = time.perf_counter() - self.elapsed_before  # wall time carries over a resume
         bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,
                    initial=first, total=s.iterations)
         with self._preemptible():
@@ -65,6 +67,7 @@ class Trainer:
                 self._step(iteration)
                 window_seconds += time.perf_counter() - step_start
                 self.iteration = iteration
+                self.elapsed = time.perf_counter() - started
                 row = self._log_and_validate(iteration, window_seconds)
                 if row:
                     window_seconds = 0.0
@@ -77,8 +80,9 @@ class Trainer:
                                     f"Resume with the same command plus hydra.run.dir={self.run_dir} "
                                     "trainer.resume=auto.")
         wall = time.perf_counter() - started
+        this_process = max(wall - self.elapsed_before, 1e-9)
         return {"wall_time_s": wall,
-                "tasks_per_s_overall": (s.iterations - first) * s.meta_batch_size / max(wall, 1e-9),
+                "tasks_per_s_overall": (s.iterations - first) * s.meta_batch_size / this_process,
                 "best_iteration": self.best_iteration, f"best_val_{self.metric}": self.best_score,
                 "skipped_nonfinite": self.skipped}
 
@@ -127,6 +131,7 @@ class Trainer:
         if iteration % s.val_every == 0 or last:
             row.update(iteration=iteration, **self._validate_and_keep_best(iteration))
         if row:
+            row["elapsed_s"] = round(self.elapsed, 3)
             self.metrics.write(row)
         return row
 
@@ -169,6 +174,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
             "skipped_nonfinite": self.skipped,
+            "elapsed_s": self.elapsed,
             "window": self.window,
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -188,6 +194,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.iteration, self.skipped = state["iteration"], state["skipped_nonfinite"]
         self.last_saved = state["iteration"]
+        self.elapsed_before = self.elapsed = state["elapsed_s"]
         self.best_score, self.best_iteration = state["best_score"], state["best_iteration"]
         self.window = [tuple(pair) for pair in state["window"]]
         rng = state["rng"]
