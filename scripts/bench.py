@@ -54,7 +54,9 @@ class Workload:
     def implementations(self) -> list[str]:
         if self.kind == "sampling":
             return ["metarun", "learn2learn"]
-        names = ["plain", "metarun-loop", "metarun-vmap"] + (["metarun-loop-bf16"] if self.model == "conv4" else [])
+        names = ["plain", "metarun-loop", "metarun-vmap"]
+        if self.model == "conv4":
+            names += ["metarun-loop-bf16"] + (["metarun-compiled"] if self.kind == "maml" else [])
         return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
 
 

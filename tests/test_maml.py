@@ -108,3 +108,16 @@ def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
     relative_error = (actual - reference).norm() / reference.norm()
     assert relative_error < 0.05, relative_error
     assert relative_error > 0, "bf16 really ran (its result is not bit-identical to fp32)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_order", [False, True])
+def test_compiled_engine_matches_reference_loop(first_order):
+    torch.manual_seed(0)
+    algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1,
+                first_order=first_order).double()
+    batch = classification_batch()
+    expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order)
+    actual = engine_gradient(algo, batch, "compiled")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
