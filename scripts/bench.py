@@ -5,10 +5,10 @@
 
 Each (workload, implementation) runs in its own process on synthetic data of the
 workload's shapes (same seed, same initial weights for everyone), after one warm-up
-meta-batch; it reports the median tasks/s over `--repeats` meta-batches, the peak
-resident memory the workload added, and the largest absolute difference between its
-meta-gradient and the plain loop's, so a speed-up can never come from computing
-something else. Peers (learn2learn, higher, torchopt) are used where installed
+meta-batch (for metarun-compiled it includes the compilation); it reports the median
+tasks/s over `--repeats` meta-batches, the peak resident memory the workload added,
+and the largest absolute difference between its meta-gradient and the plain loop's,
+so a speed-up can never come from computing something else. Peers (learn2learn, higher, torchopt) are used where installed
 (`pip install -e '.[bench]'` and `scripts/install_learn2learn.sh`); a missing one is
 reported as missing. The episode-sampling row uses the real Omniglot ($METARUN_DATA).
 """
