@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -74,7 +75,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seeds every global generator a model or user algorithm may draw from."""
     random.seed(seed)
+    numpy.random.seed(seed)
     torch.manual_seed(seed)
 
 

@@ -19,12 +19,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy
 import torch
 from tqdm import tqdm
 
 from metarun.checkpoint import FORMAT_VERSION, atomic_save
 from metarun.errors import Preempted, TrainingError
 from metarun.metrics import JsonlWriter
+
+
+def capture_rng(sampler: torch.Generator) -> dict:
+    """Every random generator's state: Python, NumPy, torch CPU and CUDA, the episode sampler."""
+    name, keys, position, has_gauss, gauss = numpy.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(numpy.int64)), position, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "sampler": sampler.get_state()}
+
+
+def restore_rng(state: dict, sampler: torch.Generator) -> None:
+    """Puts every generator back as capture_rng found it (tuples arrive as lists from a file)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    numpy.random.set_state((name, keys.numpy().astype(numpy.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    sampler.set_state(state["sampler"])
 
 
 @dataclass(frozen=True)
@@ -176,9 +199,7 @@ class Trainer:
             "skipped_nonfinite": self.skipped,
             "elapsed_s": self.elapsed,
             "window": self.window,
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "sampler": self.generator.get_state()},
+            "rng": capture_rng(self.generator),
             "config": self.config,
         }
         folder = self.run_dir / "checkpoints"
@@ -197,13 +218,7 @@ class Trainer:
         self.elapsed_before = self.elapsed = state["elapsed_s"]
         self.best_score, self.best_iteration = state["best_score"], state["best_iteration"]
         self.window = [tuple(pair) for pair in state["window"]]
-        rng = state["rng"]
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.generator.set_state(rng["sampler"])
+        restore_rng(state["rng"], self.generator)
         self._drop_metrics_after(self.iteration)
 
     def _drop_metrics_after(self, iteration: int) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
 from metarun import checkpoint, run
 from metarun.errors import TrainingError
+from metarun.trainer import restore_rng
 
 from conftest import METARUN, REPO, TINY_OMNIGLOT, metarun
 
@@ -161,3 +164,15 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_unfinished(cli_env, t
     assert f"{finished.parent} already finished; skipping" in again.stderr
     assert f"resuming from {unfinished.parent / 'checkpoints'}" in again.stderr
     assert finished.read_text() == finished_before and unfinished.is_file()
+
+
+def test_checkpoint_restores_every_random_generator(make_cfg, tmp_path):
+    run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=2"), tmp_path)
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")  # through a file
+    sampler = torch.Generator()
+    restore_rng(state["rng"], sampler)
+    expected = (random.random(), numpy.random.rand(), torch.rand(1).item(), torch.rand(1, generator=sampler).item())
+    random.seed(99), numpy.random.seed(99), torch.manual_seed(99), sampler.manual_seed(99)
+    restore_rng(state["rng"], sampler)
+    assert (random.random(), numpy.random.rand(), torch.rand(1).item(),
+            torch.rand(1, generator=sampler).item()) == expected
