@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from metarun import run
 from metarun.errors import MetarunError, Preempted
@@ -55,11 +58,38 @@ def _eval(cfg: DictConfig) -> None:
 COMMANDS = {"train": _train, "eval": _eval}
 
 
+def _check_keys(command: str, overrides: list[str]) -> None:
+    """Hydra rejects an unknown key without saying which keys exist; this names them."""
+    if any(o.startswith("-") for o in overrides):  # --multirun, --cfg ...: Hydra's own checks
+        return
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        try:
+            compose(command, plain)
+            return
+        except ConfigCompositionException as error:
+            key = getattr(error.__cause__, "full_key", None)
+            if not isinstance(error.__cause__, ConfigAttributeError) or not key:
+                return  # Hydra reports it with its own message
+            parent, _, name = key.rpartition(".")
+            try:
+                base = compose(command, [o for o in plain if not o.startswith(f"{key}=")])
+            except Exception:
+                return
+        node = OmegaConf.select(base, parent) if parent else base
+        known = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else ""
+    where = f"under {parent}" if parent else "at the top level"
+    print(f"metarun: error: {key} is not a setting. Settings {where}: {known}. Fix the spelling, "
+          f"or prefix it with + (+{key}=...) to add a new key on purpose.", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     command = sys.argv.pop(1)
+    _check_keys(command, sys.argv[1:])
     if command == "eval" and not any(arg.startswith("run_dir=") for arg in sys.argv[1:]):
         print("metarun: error: metarun eval needs run_dir=<run folder written by metarun train>, "
               "e.g. metarun eval run_dir=outputs/2026-01-31/12-00-00.", file=sys.stderr)
