@@ -190,7 +190,8 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
         auto = resolve_mode("auto", algo, torch.device("cpu"))
-        detail = f"engine={mode}{' (the CPU default)' if mode == auto else ''}, precision={engine.precision}"
+        default = mode == auto and engine.precision == "fp32"
+        detail = f"engine={mode}, precision={engine.precision}{' (the CPU default)' if default else ''}"
     elif impl == "plain":
         target, step, detail = model, lambda: plain_step(w, model, batch), "torch.autograd.grad loop"
     else:
@@ -292,6 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", metavar="IMPL", help="run only these implementations")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -303,7 +305,8 @@ def main() -> None:
     for workload in args.workloads:
         w = WORKLOADS[workload]
         print(f"{workload}: {w.title}", flush=True)
-        results[workload] = {impl: measure(workload, impl, args.repeats) for impl in w.implementations}
+        chosen = [impl for impl in w.implementations if not args.only or impl in args.only]
+        results[workload] = {impl: measure(workload, impl, args.repeats) for impl in chosen}
     print(table(results))
     if args.json:
         with open(args.json, "w") as handle:
