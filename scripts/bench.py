@@ -196,6 +196,7 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         target, step, detail = model, lambda: plain_step(w, model, batch), "torch.autograd.grad loop"
     else:
         target, step, detail = model, peer_step(impl, w, model, batch), ""
+    torch.func.grad(torch.sum)(torch.ones(1))  # its one-off lazy imports (~160 MB) are not the workload's
     baseline_kb = rss_kb()
     target.zero_grad()
     step()  # warm-up; its meta-gradient is checked below
