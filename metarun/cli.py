@@ -18,7 +18,7 @@ from metarun import run
 from metarun.errors import MetarunError, Preempted
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=maml dataset=omniglot; -m to sweep)
+USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=<name> dataset=<name>; -m to sweep)
        metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]"""
 
 
