@@ -4,12 +4,13 @@
 `vmap` runs all tasks as one batched computation with torch.func.vmap; `compiled`
 loops over tasks but computes each task's meta-gradient with one torch.compile'd
 torch.func.grad of its task_loss (minutes of compilation per episode shape, then
-about 1.5x the loop for Conv-4 on a CPU: worth it for long runs only). All compute
+7-20% faster than the loop for Conv-4 on a CPU: worth it for long runs only). All compute
 the mean over tasks of the algorithm's `task_loss` and so the same meta-gradient
 (the test suite checks each against a slow reference, with BatchNorm).
-Measured on a 2-core CPU: for Conv-4 the loop is 3-4x faster than vmap (all tasks'
-activations at once fall out of cache), for small MLPs vmap is far faster; on CUDA
-batching keeps the GPU busy. `auto` encodes that.
+Measured with scripts/bench.py on a 2-core CPU: for Conv-4 the loop is about 2x faster
+than vmap with 1/15 of its memory (all tasks' activations at once fall out of cache);
+for the sinusoid MLP vmap is 11x faster than the loop; on CUDA batching keeps the GPU
+busy. `auto` encodes that.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
 
 
 class Engine:
-    """mode: loop | vmap. precision: fp32, or bf16 (autocast + channels_last; weights stay fp32)."""
+    """mode: loop | vmap | compiled.
+
+    precision: fp32, or bf16 (autocast + channels_last; weights and losses stay fp32).
+    """
 
     def __init__(self, mode: str, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
