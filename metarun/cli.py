@@ -16,6 +16,7 @@ from omegaconf.errors import ConfigAttributeError
 
 from metarun import run
 from metarun.errors import MetarunError, Preempted
+from metarun.evaluator import describe
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=<name> dataset=<name>; -m to sweep)
@@ -41,9 +42,7 @@ def _train(cfg: DictConfig) -> dict:
         results = run.train(cfg, run_dir)
     except MetarunError as error:
         _report(error)
-    metric = next(k for k in results if isinstance(results[k], dict) and "ci95" in results[k])
-    print(f"test {metric}: {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f} "
-          f"({results['episodes']} episodes)")
+    print(f"test {describe(results)}")
     return results
 
 

@@ -22,4 +22,11 @@ def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed
 
 
 def summarise(scores: torch.Tensor, metric: str) -> dict:
-    return {metric: mean_ci95(scores), "episodes": scores.numel()}
+    """The results.json core: {"metric": name, name: {"mean", "ci95"}, "episodes": n}."""
+    return {"metric": metric, metric: mean_ci95(scores), "episodes": scores.numel()}
+
+
+def describe(results: dict) -> str:
+    """One line for people: 'accuracy 0.9725 +- 0.0029 (600 episodes)'."""
+    summary = results[results["metric"]]
+    return f"{results['metric']} {summary['mean']:.4f} +- {summary['ci95']:.4f} ({results['episodes']} episodes)"

@@ -14,14 +14,14 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from metarun.evaluator import describe
+
 
 def result_line(job_dir: Path) -> str:
     results_file = Path(job_dir) / "results.json"
     if not results_file.is_file():
         return "no results (failed or unfinished)"
-    results = json.loads(results_file.read_text())
-    metric = next(k for k, v in results.items() if isinstance(v, dict) and "ci95" in v)
-    return f"{metric} {results[metric]['mean']:.4f} +- {results[metric]['ci95']:.4f}"
+    return describe(json.loads(results_file.read_text()))
 
 
 class SweepSummary(Callback):
