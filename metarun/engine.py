@@ -1,20 +1,25 @@
 """The one place a meta-batch of tasks is turned into a meta-gradient.
 
-`loop` runs tasks one after another and backpropagates each at once (low memory);
-`vmap` runs all tasks as one batched computation with torch.func.vmap; `compiled`
-loops over tasks but computes each task's meta-gradient with one torch.compile'd
-torch.func.grad of its task_loss (minutes of compilation per episode shape, then
-7-20% faster than the loop for Conv-4 on a CPU: worth it for long runs only). All compute
-the mean over tasks of the algorithm's `task_loss` and so the same meta-gradient
-(the test suite checks each against a slow reference, with BatchNorm).
-Measured with scripts/bench.py on a 2-core CPU: for Conv-4 the loop is about 2x faster
-than vmap with 1/15 of its memory (all tasks' activations at once fall out of cache);
-for the sinusoid MLP vmap is 11x faster than the loop; on CUDA batching keeps the GPU
-busy. `auto` encodes that.
+Four independent settings, all computing the mean over tasks of the algorithm's
+`task_loss` and so the same meta-gradient (the test suite checks every combination it
+ships against a slow reference, with BatchNorm):
+- mode: `loop` runs tasks one after another and backpropagates each at once (low
+  memory); `vmap` runs all tasks as one batched torch.func.vmap computation.
+- compile: the meta-gradient (one task's under loop, the meta-batch's under vmap) is
+  one torch.compile'd torch.func.grad; costs a compilation per episode shape.
+- precision: fp32, or bf16 autocast (weights, optimiser state and losses stay fp32).
+- channels_last: images and convolution weights in NHWC memory order.
+Measured with scripts/bench.py on a 2-core CPU (README): for Conv-4 the loop is about
+2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
+cache); for the sinusoid MLP vmap is 7x and compiled vmap about 50x the fastest peer;
+channels_last speeds first-order convolutional training (ProtoNet) 1.5x but slows
+MAML's double backward. `auto` encodes that.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Iterator
@@ -28,8 +33,13 @@ from metarun.backbones.task_batchnorm import vmap_safe_batchnorm
 from metarun.episode import Episode
 from metarun.errors import ConfigError
 
-MODES = ("auto", "loop", "vmap", "compiled")
+MODES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "bf16")
+COMPILE = ("auto", True, False)
+
+
+def _has_convolutions(algo: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 
 
 def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
@@ -38,23 +48,48 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
         raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
-    if device.type == "cuda":
-        return "vmap"
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
-    return "loop" if has_conv else "vmap"
+    return "vmap" if device.type == "cuda" or not _has_convolutions(algo) else "loop"
+
+
+def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
+    """auto: compile the vmapped meta-batch of small models without convolutions (measured
+    ~8x there), not convolutional models (minutes of compilation for 7-20%)."""
+    if compile not in COMPILE:
+        raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
+    if compile != "auto":
+        return compile
+    return mode == "vmap" and not _has_convolutions(algo)
+
+
+def keep_freed_memory() -> None:
+    """Lets glibc reuse freed activation memory instead of returning it to the OS.
+
+    By default every large activation is a fresh mmap whose pages fault in on first
+    touch; on the benchmark's CPU that page-faulting was 10-20% of a Conv-4 MAML step.
+    Peak memory is unchanged; the process just keeps its peak. No-op off glibc.
+    """
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 31)
 
 
 class Engine:
-    """mode: loop | vmap | compiled.
-
-    precision: fp32, or bf16 (autocast + channels_last; weights and losses stay fp32).
-    """
-
-    def __init__(self, mode: str, precision: str = "fp32") -> None:
+    def __init__(self, mode: str, precision: str = "fp32", compile: bool = False,
+                 channels_last: bool = False) -> None:
+        if mode not in MODES[1:]:
+            raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision={precision!r} is not known. Use one of: {', '.join(PRECISIONS)}.")
-        self.mode, self.precision = mode, precision
+        self.mode, self.precision, self.compile, self.channels_last = mode, precision, compile, channels_last
         self._compiled: dict[tuple, object] = {}
+
+    def describe(self) -> dict:
+        return {"engine": self.mode, "precision": self.precision, "compile": self.compile,
+                "channels_last": self.channels_last}
 
     @contextmanager
     def _computing(self, device: torch.device) -> Iterator[None]:
@@ -66,58 +101,59 @@ class Engine:
             yield
 
     def prepare(self, algo: Algorithm) -> Algorithm:
-        """bf16 convolutions are fastest with channels_last weights and images (CPU and CUDA)."""
-        if self.precision == "bf16":
+        """Puts the weights in the engine's memory format and tunes the CPU allocator."""
+        if self.channels_last:
             algo.to(memory_format=torch.channels_last)
+        if all(p.device.type == "cpu" for p in algo.parameters()):
+            keep_freed_memory()
         return algo
 
-    def _per_task(self, algo: Algorithm, batch: Episode, steps: int | None):
-        fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
-        return fn, (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-
-    def _task(self, tensors: tuple[torch.Tensor, ...], index: int) -> list[torch.Tensor]:
-        """One task's tensors; images [N, C, H, W] in channels_last under bf16."""
-        if self.precision != "bf16":
-            return [t[index] for t in tensors]
-        return [t[index].contiguous(memory_format=torch.channels_last) if t.dim() == 5 else t[index]
-                for t in tensors]
+    def _tasks(self, batch: Episode) -> tuple[torch.Tensor, ...]:
+        """The meta-batch's tensors; images [T, N, C, H, W] in channels_last per task if asked."""
+        tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        if not self.channels_last:
+            return tensors
+        return tuple(t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
+                     for t in tensors)
 
     def meta_backward(self, algo: Algorithm, batch: Episode, steps: int | None = None
                       ) -> tuple[float, float]:
         """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score)."""
-        fn, tensors = self._per_task(algo, batch, steps)
-        tasks = batch.num_tasks
+        tensors, tasks = self._tasks(batch), batch.num_tasks
         with self._computing(batch.support_x.device):
+            if self.compile:
+                return self._compiled_meta_backward(algo, batch.ways, steps, tensors, tasks)
+            fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
             if self.mode == "vmap":
                 losses, scores = vmap(fn)(*tensors)
                 losses.mean().backward()
                 return losses.mean().item(), scores.mean().item()
-            if self.mode == "compiled":
-                return self._compiled_meta_backward(algo, batch, steps, tensors)
             losses, scores = [], []
             for index in range(tasks):
-                loss, score = fn(*self._task(tensors, index))
+                loss, score = fn(*(t[index] for t in tensors))
                 (loss / tasks).backward()
                 losses.append(loss.detach())
                 scores.append(score)
         return torch.stack(losses).mean().item(), torch.stack(scores).mean().item()
 
-    def _compiled_meta_backward(self, algo: Algorithm, batch: Episode, steps: int | None,
-                                tensors: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-        key = (id(algo), batch.ways, steps)
+    def _compiled_meta_backward(self, algo: Algorithm, ways: int, steps: int | None,
+                                tensors: tuple[torch.Tensor, ...], tasks: int) -> tuple[float, float]:
+        key = (id(algo), ways, steps)
         if key not in self._compiled:
-            def objective(params, *task):
-                loss, score = algo.task_loss(params, *task, ways=batch.ways, steps=steps)
-                return loss, (loss.detach(), score)
+            def objective(params, *task_tensors):
+                fn = partial(algo.task_loss, params, ways=ways, steps=steps)
+                losses, scores = vmap(fn)(*task_tensors) if self.mode == "vmap" else fn(*task_tensors)
+                return losses.mean(), (losses.detach().mean(), scores.mean())
 
             self._compiled[key] = torch.compile(torch.func.grad(objective, has_aux=True))
         meta_gradient = self._compiled[key]
         params = {name: p.detach() for name, p in algo.named_parameters()}
+        parts = [tensors] if self.mode == "vmap" else [tuple(t[i] for t in tensors) for i in range(tasks)]
         losses, scores = [], []
-        for index in range(batch.num_tasks):
-            grads, (loss, score) = meta_gradient(params, *self._task(tensors, index))
+        for part in parts:
+            grads, (loss, score) = meta_gradient(params, *part)
             for name, p in algo.named_parameters():
-                g = grads[name] / batch.num_tasks
+                g = grads[name] / len(parts)
                 p.grad = g if p.grad is None else p.grad + g
             losses.append(loss)
             scores.append(score)
@@ -126,9 +162,9 @@ class Engine:
     @torch.no_grad()
     def scores(self, algo: Algorithm, batch: Episode, steps: int | None = None) -> torch.Tensor:
         """Per-task query scores (accuracy or MSE) after adaptation: [tasks]."""
-        fn, tensors = self._per_task(algo, batch, steps)
+        tensors = self._tasks(batch)
+        fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
         with self._computing(batch.support_x.device):
             if self.mode == "vmap":
                 return vmap(fn)(*tensors)[1]
-            return torch.stack([fn(*self._task(tensors, index))[1]
-                                for index in range(batch.num_tasks)])
+            return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])

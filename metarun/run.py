@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
                            resolve_device, seed_everything)
 from metarun.checkpoint import load_checkpoint, newest_valid_checkpoint, restore_model
-from metarun.engine import Engine, resolve_mode
+from metarun.engine import Engine, resolve_compile, resolve_mode
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
 from metarun.trainer import Schedule, Trainer
@@ -25,9 +25,12 @@ def _absolute_data_root(cfg: DictConfig) -> None:
         cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
 
 
-def _engine(cfg: DictConfig, algo, device) -> Engine:
-    # Runs saved before the precision setting existed ran in fp32.
-    engine = Engine(resolve_mode(cfg.engine, algo, device), cfg.get("precision", "fp32"))
+def make_engine(cfg: DictConfig, algo, device) -> Engine:
+    """The engine a run's settings ask for, with its `auto` choices made for this model and device."""
+    # Runs saved before these settings existed ran in fp32, uncompiled, contiguous.
+    mode = resolve_mode(cfg.engine, algo, device)
+    engine = Engine(mode, cfg.get("precision", "fp32"), resolve_compile(cfg.get("compile", False), mode, algo),
+                    cfg.get("channels_last", False))
     engine.prepare(algo)
     return engine
 
@@ -49,8 +52,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     return {**dataset.protocol(), "eval_split": "test", "batchnorm": BATCHNORM_MODE,
             "ways": cfg.task.ways, "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
             "inner_steps_train": train_steps, "inner_steps_test": test_steps,
-            "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, "engine": engine.mode,
-            "precision": engine.precision}
+            "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, **engine.describe()}
 
 
 def _resume(trainer: Trainer, resume: str, run_dir: Path) -> None:
@@ -82,7 +84,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
     algo = build_algorithm(cfg, dataset).to(device)
-    engine = _engine(cfg, algo, device)
+    engine = make_engine(cfg, algo, device)
     optimizer, scheduler = build_optimizer(cfg, algo)
     # Every split is checked before training starts, so an impossible test episode fails now.
     test_sampler = _eval_sampler(cfg, dataset, "test", device)
@@ -133,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if value is not None and key != "output":
             run_cfg.eval[key] = value
     run_cfg.device = cfg.device
-    for key in ("engine", "precision"):
+    for key in ("engine", "precision", "compile", "channels_last"):
         if cfg[key] is not None:
             run_cfg[key] = cfg[key]
     if cfg.dataset_root is not None and "root" in run_cfg.dataset:
@@ -144,7 +146,7 @@ def evaluate(cfg: DictConfig) -> dict:
     algo = build_algorithm(run_cfg, dataset)
     restore_model(algo, load_checkpoint(path), path)
     algo.to(device)
-    engine = _engine(run_cfg, algo, device)
+    engine = make_engine(run_cfg, algo, device)
     sampler = _eval_sampler(run_cfg, dataset, "test", device)
     results = _score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
     results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine))

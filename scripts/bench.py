@@ -5,7 +5,7 @@
 
 Each (workload, implementation) runs in its own process on synthetic data of the
 workload's shapes (same seed, same initial weights for everyone), after one warm-up
-meta-batch (for metarun-compiled it includes the compilation); it reports the median
+meta-batch (for the -compiled rows it includes the compilation); it reports the median
 tasks/s over `--repeats` meta-batches, the peak resident memory the workload added,
 and the largest absolute difference between its meta-gradient and the plain loop's,
 so a speed-up can never come from computing something else. Peers (learn2learn, higher, torchopt) are used where installed
@@ -33,7 +33,7 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
-from metarun.engine import Engine, resolve_mode
+from metarun.engine import Engine, keep_freed_memory, resolve_compile, resolve_mode
 from metarun.episode import Episode
 
 
@@ -54,10 +54,25 @@ class Workload:
     def implementations(self) -> list[str]:
         if self.kind == "sampling":
             return ["metarun", "learn2learn"]
-        names = ["plain", "metarun-loop", "metarun-vmap"]
-        if self.model == "conv4":
-            names += ["metarun-loop-bf16"] + (["metarun-compiled"] if self.kind == "maml" else [])
+        if self.model == "mlp":
+            names = ["plain", "metarun-loop", "metarun-vmap", "metarun-vmap-compiled"]
+        elif self.kind == "maml":
+            names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-compiled",
+                     "metarun-loop-channels-last", "metarun-loop-bf16", "metarun-vmap"]
+        else:
+            names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-channels-last",
+                     "metarun-loop-bf16", "metarun-vmap"]
         return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
+
+
+ENGINES = {  # implementation name -> metarun Engine settings
+    "metarun-loop": dict(mode="loop"),
+    "metarun-vmap": dict(mode="vmap"),
+    "metarun-loop-compiled": dict(mode="loop", compile=True),
+    "metarun-vmap-compiled": dict(mode="vmap", compile=True),
+    "metarun-loop-channels-last": dict(mode="loop", channels_last=True),
+    "metarun-loop-bf16": dict(mode="loop", precision="bf16", channels_last=True),
+}
 
 
 WORKLOADS = {
@@ -185,15 +200,17 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     if impl.startswith("metarun"):
         algo = metarun_algorithm(w, model)
-        _, mode, *precision = impl.split("-")
-        engine = Engine(mode, precision[0] if precision else "fp32")
+        engine = Engine(**ENGINES[impl])
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
-        auto = resolve_mode("auto", algo, torch.device("cpu"))
-        default = mode == auto and engine.precision == "fp32"
-        detail = f"engine={mode}, precision={engine.precision}{' (the CPU default)' if default else ''}"
-    elif impl == "plain":
-        target, step, detail = model, lambda: plain_step(w, model, batch), "torch.autograd.grad loop"
+        auto_mode = resolve_mode("auto", algo, torch.device("cpu"))
+        default = engine.describe() == Engine(auto_mode, compile=resolve_compile("auto", auto_mode, algo)).describe()
+        detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items()) + (" (auto)" if default else "")
+    elif impl.startswith("plain"):
+        if impl == "plain-keep-freed-memory":
+            keep_freed_memory()
+        target, step = model, lambda: plain_step(w, model, batch)
+        detail = "torch.autograd.grad loop" + (", glibc keeps freed memory (as metarun does)" if impl != "plain" else "")
     else:
         target, step, detail = model, peer_step(impl, w, model, batch), ""
     torch.func.grad(torch.sum)(torch.ones(1))  # its one-off lazy imports (~160 MB) are not the workload's

@@ -15,8 +15,8 @@ import argparse
 import torch
 
 import metarun
-from metarun.engine import Engine, resolve_mode
 from metarun.evaluator import episode_scores
+from metarun.run import make_engine
 from metarun.metrics import mean_ci95
 
 DIVERGED = 100.0
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     model = metarun.load(args.run_dir)
     cfg, device = model.config, torch.device("cpu")
-    engine = Engine(resolve_mode(cfg.engine, model.algo, device), cfg.get("precision", "fp32"))
+    engine = make_engine(cfg, model.algo, device)
     print("| K | steps | MSE mean +- 95% (all tasks) | median | diverged tasks | mean +- 95% without them |")
     print("|---|---|---|---|---|---|")
     for shots in args.shots:

@@ -11,8 +11,10 @@ def loss_fn(prediction, target):
     return F.mse_loss(prediction, target) if target.dtype.is_floating_point else F.cross_entropy(prediction, target)
 
 
-def maml_meta_gradient(algo, batch, inner_lr: float, steps: int, first_order: bool) -> dict:
-    """d/d(theta) of the mean query loss after `steps` plain SGD steps on each task's support."""
+def maml_meta_gradient(algo, batch, inner_lr: float, steps: int, first_order: bool,
+                       adapts=lambda name: True) -> dict:
+    """d/d(theta) of the mean query loss after `steps` plain SGD steps on each task's support,
+    adapting the parameters whose names `adapts` accepts."""
     params = {name: p.detach().clone().requires_grad_(True) for name, p in algo.named_parameters()}
     total = 0.0
     for index in range(batch.num_tasks):
@@ -20,7 +22,8 @@ def maml_meta_gradient(algo, batch, inner_lr: float, steps: int, first_order: bo
         for _ in range(steps):
             support = loss_fn(functional_call(algo, fast, (batch.support_x[index],)), batch.support_y[index])
             grads = torch.autograd.grad(support, list(fast.values()), create_graph=not first_order)
-            fast = {name: value - inner_lr * g for (name, value), g in zip(fast.items(), grads)}
+            fast = {name: value - inner_lr * g if adapts(name) else value
+                    for (name, value), g in zip(fast.items(), grads)}
         total = total + loss_fn(functional_call(algo, fast, (batch.query_x[index],)), batch.query_y[index])
     meta = torch.autograd.grad(total / batch.num_tasks, list(params.values()))
     return dict(zip(params, meta))

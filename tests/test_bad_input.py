@@ -39,6 +39,7 @@ TRAIN_MISTAKES = [
     (["task.train_ways=10"], "task.train_ways"),
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),
+    (["compile=sometimes"], "compile='sometimes'"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
 ]

@@ -31,21 +31,23 @@ def regression_batch(tasks=4, points=5):
     return Episode(x[:, :points], y[:, :points], x[:, points:], y[:, points:], 1)
 
 
-def engine_gradient(algo, batch, mode):
+def engine_gradient(algo, batch, mode, **options):
     algo.zero_grad()
-    Engine(mode).meta_backward(algo, batch)
+    engine = Engine(mode, **options)
+    engine.prepare(algo)
+    engine.meta_backward(algo, batch)
     return {name: p.grad.clone() for name, p in algo.named_parameters()}
 
 
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
+@pytest.mark.parametrize("mode, channels_last", [("loop", False), ("vmap", False), ("loop", True)])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_conv4_with_batchnorm_matches_reference_loop(mode, first_order):
+def test_conv4_with_batchnorm_matches_reference_loop(mode, channels_last, first_order):
     torch.manual_seed(0)
     algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2,
                 first_order=first_order).double()
     batch = classification_batch()
     expected = maml_meta_gradient(algo, batch, 0.4, 2, first_order)
-    actual = engine_gradient(algo, batch, mode)
+    actual = engine_gradient(algo, batch, mode, channels_last=channels_last)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-11, msg=name)
 
@@ -99,7 +101,7 @@ def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
     batch = classification_batch()
     batch = Episode(batch.support_x.float(), batch.support_y, batch.query_x.float(), batch.query_y, 3)
     expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order=False)
-    engine = Engine("loop", precision="bf16")
+    engine = Engine("loop", precision="bf16", channels_last=True)
     engine.prepare(algo)
     algo.zero_grad()
     engine.meta_backward(algo, batch)
@@ -112,12 +114,33 @@ def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("first_order", [False, True])
-def test_compiled_engine_matches_reference_loop(first_order):
+def test_compiled_loop_matches_reference_loop(first_order):
     torch.manual_seed(0)
     algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1,
                 first_order=first_order).double()
     batch = classification_batch()
     expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order)
-    actual = engine_gradient(algo, batch, "compiled")
+    actual = engine_gradient(algo, batch, "loop", compile=True)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_vmap_matches_reference_loop():
+    torch.manual_seed(0)
+    algo = MAML(MLP((1,), hidden=[6, 6]), 1, inner_lr=0.05, inner_steps=2).double()
+    batch = regression_batch()
+    expected = maml_meta_gradient(algo, batch, 0.05, 2, first_order=False)
+    actual = engine_gradient(algo, batch, "vmap", compile=True)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_conv4_pools_before_relu_without_changing_the_function():
+    torch.manual_seed(0)
+    net = Conv4((1, 12, 12), hidden=4, blocks=2)
+    x = torch.randn(5, 1, 12, 12)
+    conventional = x
+    for conv, norm in ((net.features[0], net.features[1]), (net.features[4], net.features[5])):
+        conventional = F.max_pool2d(F.relu(norm(conv(conventional))), 2)
+    torch.testing.assert_close(net(x), conventional.flatten(1), rtol=0, atol=0)

@@ -25,18 +25,26 @@ class MAML(Algorithm):
         self.out_features = out_features
         self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
 
-    def support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss_and_score(self.run(params, x), y)[0]
+    def support_loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return task_loss_and_score(self.run(fast, x), y)[0]
+
+    def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
+        if not support_y.dtype.is_floating_point and ways != self.out_features:
+            raise ConfigError(f"This model has a {self.out_features}-way head but was given "
+                              f"{ways}-way tasks. Keep task.train_ways equal to task.ways for "
+                              f"{type(self).__name__}.")
+
+    def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
+        """One inner SGD step of the network's weights; Meta-SGD and MAML++ learn the rates."""
+        return {name: fast[name] - self.inner_lr * grads[name] for name in fast}
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:
-        if not support_y.dtype.is_floating_point and ways != self.out_features:
-            raise ConfigError(f"This MAML model has a {self.out_features}-way head but was given "
-                              f"{ways}-way tasks. Keep task.train_ways equal to task.ways for MAML.")
-        fast = params
-        for _ in range(self.inner_steps if steps is None else steps):
+        self.check_ways(support_y, ways)
+        fast = {name: value for name, value in params.items() if name.startswith("model.")}
+        for step in range(self.inner_steps if steps is None else steps):
             grads = grad(self.support_loss)(fast, support_x, support_y)
             if self.first_order:
                 grads = {name: g.detach() for name, g in grads.items()}
-            fast = {name: fast[name] - self.inner_lr * grads[name] for name in fast}
+            fast = self.inner_update(params, fast, grads, step)
         return lambda query_x: self.run(fast, query_x)

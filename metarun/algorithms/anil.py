@@ -1,0 +1,37 @@
+"""ANIL (Raghu, Raghu, Bengio, Vinyals 2019, arXiv:1909.09157): MAML whose inner loop adapts
+only the linear head; the backbone is meta-learned but never adapted per task, so each
+task embeds its support set once and the inner steps are a cheap linear problem.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad
+
+from metarun.algorithms.base import Params, Predictor
+from metarun.algorithms.maml import MAML
+from metarun.metrics import task_loss_and_score
+
+
+def _part(params: Params, prefix: str) -> Params:
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
+class ANIL(MAML):
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+              steps: int | None = None) -> Predictor:
+        self.check_ways(support_y, ways)
+        backbone, head = self.model
+        body_params, head_params = _part(params, "model.0."), _part(params, "model.1.")
+        features = functional_call(backbone, body_params, (support_x,))
+
+        def head_loss(weights: Params) -> torch.Tensor:
+            return task_loss_and_score(functional_call(head, weights, (features,)), support_y)[0]
+
+        for _ in range(self.inner_steps if steps is None else steps):
+            grads = grad(head_loss)(head_params)
+            if self.first_order:
+                grads = {name: g.detach() for name, g in grads.items()}
+            head_params = {name: head_params[name] - self.inner_lr * grads[name] for name in head_params}
+        return lambda query_x: functional_call(head, head_params,
+                                               (functional_call(backbone, body_params, (query_x,)),))
