@@ -22,11 +22,16 @@ def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, iterations", [("protonet", 60), ("maml", 60)])
-def test_short_omniglot_run_is_clearly_above_chance(make_cfg, tmp_path, algo, iterations):
+@pytest.mark.parametrize("algo, iterations, overrides", [
+    ("protonet", 60, []), ("maml", 60, []), ("anil", 60, []), ("meta_sgd", 60, []),
+    ("reptile", 60, ["algo.inner_lr=0.003", "task.shots=5", "eval.shots=1", "eval.inner_steps=10", "optimizer=sgd",
+                     "optimizer.lr=1.0", "optimizer.momentum=0"]),
+    ("imaml", 30, ["algo.inner_steps=3", "algo.cg_steps=2"]),
+])
+def test_short_omniglot_run_is_clearly_above_chance(make_cfg, tmp_path, algo, iterations, overrides):
     cfg = make_cfg(f"algo={algo}", "task.queries=1", "task.meta_batch_size=8", "backbone.hidden=32",
                    f"trainer.iterations={iterations}", "trainer.log_every=20", "trainer.val_every=60",
                    "trainer.val_episodes=40", "trainer.ckpt_every=60", "eval.episodes=100",
-                   "eval.queries=5", "device=cpu")
+                   "eval.queries=5", "device=cpu", *overrides)
     results = run.train(cfg, tmp_path)
     assert results["accuracy"]["mean"] > 0.5, results  # chance is 0.2 for 5-way

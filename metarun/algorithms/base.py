@@ -48,3 +48,13 @@ class Algorithm(nn.Module):
         """(outer loss, score) of one task; override only if the outer loss is not on queries."""
         predict = self.adapt(params, support_x, support_y, ways, steps)
         return task_loss_and_score(predict(query_x), query_y)
+
+
+def loss_with_gradient(value: torch.Tensor, params: Params, gradient: Params) -> torch.Tensor:
+    """A scalar equal to `value` whose gradient with respect to `params` is `gradient`.
+
+    How an algorithm whose meta-update is not the gradient of its loss (Reptile, iMAML)
+    hands that update to the engine, which only ever backpropagates task losses.
+    """
+    return value.detach() + sum(((params[name] - params[name].detach()) * g.detach()).sum()
+                                for name, g in gradient.items())
