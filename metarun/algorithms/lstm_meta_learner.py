@@ -1,0 +1,81 @@
+"""The LSTM meta-learner (Ravi & Larochelle 2017, "Optimization as a model for few-shot
+learning"): a coordinate-wise LSTM whose cell state is the learner's weights. Each inner
+step reads the (preprocessed) support gradient and loss of every coordinate, and updates
+
+    c_t = f_t * c_{t-1} - i_t * grad_t
+
+with the input gate i_t acting as a learned learning rate and the forget gate f_t as a
+learned weight decay. The learner's initial weights c_0 are meta-learned with the LSTM.
+As in the paper, gradients and losses enter as inputs only (no second derivatives).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value
+
+from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.errors import ConfigError
+from metarun.metrics import task_loss_and_score
+
+
+def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
+    """Andrychowicz et al.'s scaling of values spanning many magnitudes: [..., 2]."""
+    large = x.abs() >= math.exp(-p)
+    magnitude = torch.where(large, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
+    direction = torch.where(large, x.sign(), math.exp(p) * x)
+    return torch.stack([magnitude, direction], dim=-1)
+
+
+def _part(params: Params, prefix: str) -> Params:
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
+class LSTMMetaLearner(Algorithm):
+    def __init__(self, backbone: nn.Module, out_features: int, inner_steps: int, hidden: int = 20,
+                 forget_bias: tuple[float, float] = (4.0, 6.0), input_bias: tuple[float, float] = (-5.0, -4.0)
+                 ) -> None:
+        """forget_bias/input_bias: the gates' initial biases are drawn from these ranges (the
+        paper's choice), so training starts close to SGD with a small rate and no decay."""
+        super().__init__()
+        if inner_steps < 0 or hidden < 1:
+            raise ConfigError(f"algo.inner_steps must be >= 0 and algo.hidden >= 1 (got {inner_steps}, {hidden}).")
+        self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
+        self.out_features, self.inner_steps = out_features, inner_steps
+        self.lstm = nn.LSTMCell(4, hidden)
+        self.input_gate, self.forget_gate = nn.Linear(hidden + 2, 1), nn.Linear(hidden + 2, 1)
+        with torch.no_grad():
+            for gate, bias in ((self.input_gate, input_bias), (self.forget_gate, forget_bias)):
+                gate.weight.uniform_(-0.01, 0.01)
+                gate.bias.uniform_(*bias)
+        self.shapes = {f"model.{name}": p.shape for name, p in self.model.named_parameters()}
+
+    def _unflatten(self, flat: torch.Tensor) -> Params:
+        sizes = [shape.numel() for shape in self.shapes.values()]
+        return {name: part.view(shape) for (name, shape), part in zip(self.shapes.items(), flat.split(sizes))}
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+              steps: int | None = None) -> Predictor:
+        if not support_y.dtype.is_floating_point and ways != self.out_features:
+            raise ConfigError(f"This model has a {self.out_features}-way head but was given {ways}-way tasks. "
+                              "Keep task.train_ways equal to task.ways for the LSTM meta-learner.")
+        cell = torch.cat([params[name].flatten() for name in self.shapes])  # c_0: the learner's weights
+        support_loss = lambda weights: task_loss_and_score(self.run(self._unflatten(weights), support_x), support_y)[0]
+        lstm, input_gate, forget_gate = (_part(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate"))
+        count, hidden = cell.numel(), self.lstm.hidden_size
+        state = (cell.new_zeros(count, hidden), cell.new_zeros(count, hidden))
+        rate, decay = cell.new_zeros(count, 1), cell.new_zeros(count, 1)
+        for _ in range(self.inner_steps if steps is None else steps):
+            gradient, loss = grad_and_value(support_loss)(cell.detach())
+            features = torch.cat([preprocess(gradient), preprocess(loss.detach()).expand(count, 2)], dim=1)
+            state = functional_call(self.lstm, lstm, (features, state))
+            rate = torch.sigmoid(functional_call(self.input_gate, input_gate,
+                                                 (torch.cat([state[0], cell.unsqueeze(1), rate], 1),)))
+            decay = torch.sigmoid(functional_call(self.forget_gate, forget_gate,
+                                                  (torch.cat([state[0], cell.unsqueeze(1), decay], 1),)))
+            cell = decay.squeeze(1) * cell - rate.squeeze(1) * gradient
+        fast = self._unflatten(cell)
+        return lambda query_x: self.run(fast, query_x)
