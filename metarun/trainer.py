@@ -112,6 +112,7 @@ class Trainer:
     def _step(self, iteration: int) -> None:
         batch = self.sampler.sample(self.schedule.meta_batch_size, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
+        self.algo.set_progress(iteration)
         loss, score = self.engine.meta_backward(self.algo, batch)
         if not self._finite(loss):
             if self.schedule.nonfinite != "skip":

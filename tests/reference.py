@@ -21,9 +21,10 @@ def maml_meta_gradient(algo, batch, inner_lr: float, steps: int, first_order: bo
         fast = params
         for _ in range(steps):
             support = loss_fn(functional_call(algo, fast, (batch.support_x[index],)), batch.support_y[index])
-            grads = torch.autograd.grad(support, list(fast.values()), create_graph=not first_order)
-            fast = {name: value - inner_lr * g if adapts(name) else value
+            grads = torch.autograd.grad(support, list(fast.values()), create_graph=not first_order,
+                                        allow_unused=True)
+            fast = {name: value - inner_lr * g if adapts(name) and g is not None else value
                     for (name, value), g in zip(fast.items(), grads)}
         total = total + loss_fn(functional_call(algo, fast, (batch.query_x[index],)), batch.query_y[index])
-    meta = torch.autograd.grad(total / batch.num_tasks, list(params.values()))
-    return dict(zip(params, meta))
+    meta = torch.autograd.grad(total / batch.num_tasks, list(params.values()), allow_unused=True)
+    return {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), meta)}

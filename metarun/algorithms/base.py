@@ -26,6 +26,10 @@ class Algorithm(nn.Module):
 
     model: nn.Module
 
+    def set_progress(self, iteration: int) -> None:
+        """Told the meta-training iteration before each meta-batch; for schedules inside an
+        algorithm (MAML++'s loss weights and derivative order). Most ignore it."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

@@ -25,8 +25,12 @@ class MAML(Algorithm):
         self.out_features = out_features
         self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
 
-    def support_loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss_and_score(self.run(fast, x), y)[0]
+    def run_at_step(self, fast: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The network during inner step `step`; MAML++ gives each step its own BatchNorm."""
+        return self.run(fast, x)
+
+    def support_loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        return task_loss_and_score(self.run_at_step(fast, x, step), y)[0]
 
     def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
         if not support_y.dtype.is_floating_point and ways != self.out_features:
@@ -38,13 +42,23 @@ class MAML(Algorithm):
         """One inner SGD step of the network's weights; Meta-SGD and MAML++ learn the rates."""
         return {name: fast[name] - self.inner_lr * grads[name] for name in fast}
 
+    def uses_first_order(self) -> bool:
+        return self.first_order
+
+    def inner_loop(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+                   steps: int | None = None) -> list[Params]:
+        """The network's weights before and after each inner step: [steps + 1] dicts."""
+        self.check_ways(support_y, ways)
+        weights = [{name: value for name, value in params.items() if name.startswith("model.")}]
+        for step in range(self.inner_steps if steps is None else steps):
+            grads = grad(self.support_loss)(weights[-1], support_x, support_y, step)
+            if self.uses_first_order():
+                grads = {name: g.detach() for name, g in grads.items()}
+            weights.append(self.inner_update(params, weights[-1], grads, step))
+        return weights
+
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:
-        self.check_ways(support_y, ways)
-        fast = {name: value for name, value in params.items() if name.startswith("model.")}
-        for step in range(self.inner_steps if steps is None else steps):
-            grads = grad(self.support_loss)(fast, support_x, support_y)
-            if self.first_order:
-                grads = {name: g.detach() for name, g in grads.items()}
-            fast = self.inner_update(params, fast, grads, step)
-        return lambda query_x: self.run(fast, query_x)
+        weights = self.inner_loop(params, support_x, support_y, ways, steps)
+        last = max(len(weights) - 2, 0)
+        return lambda query_x: self.run_at_step(weights[-1], query_x, last)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _vmap_safe = False
+_step = 0
 
 
 @contextmanager
@@ -32,6 +33,17 @@ def vmap_safe_batchnorm() -> Iterator[None]:
         _vmap_safe = previous
 
 
+@contextmanager
+def batchnorm_step(step: int) -> Iterator[None]:
+    """Within this block a per-step TaskBatchNorm2d uses the scale and shift of inner step `step`."""
+    global _step
+    previous, _step = _step, step
+    try:
+        yield
+    finally:
+        _step = previous
+
+
 class TaskBatchNorm2d(nn.Module):
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -39,9 +51,19 @@ class TaskBatchNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
+    def per_step(self, steps: int) -> None:
+        """Gives every inner step its own scale and shift (MAML++), all starting from the current ones."""
+        with torch.no_grad():
+            self.weight = nn.Parameter(self.weight.expand(steps, -1).clone())
+            self.bias = nn.Parameter(self.bias.expand(steps, -1).clone())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
+        weight, bias = self.weight, self.bias
+        if weight.dim() == 2:
+            index = min(_step, weight.shape[0] - 1)
+            weight, bias = weight[index], bias[index]
         if not _vmap_safe:
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
         var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
-        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
-        return torch.addcmul(self.bias.view(1, -1, 1, 1) - mean * scale, x, scale)
+        scale = torch.rsqrt(var + self.eps) * weight.view(1, -1, 1, 1)
+        return torch.addcmul(bias.view(1, -1, 1, 1) - mean * scale, x, scale)

@@ -1,0 +1,87 @@
+"""MAML++ (Antoniou, Edwards, Storkey 2019, arXiv:1810.09502, "How to train your MAML"):
+MAML with fixes for its instability, each a switch here (all off is MAML exactly):
+
+- multi_step_loss: the outer loss weighs the query loss after every inner step; the
+  weights move linearly towards the last step over `msl_epochs` epochs, after which only
+  the last step counts.
+- first_order_epochs (derivative-order annealing): first-order meta-gradients for the
+  first epochs, second order after; 0 turns it off.
+- learned_step_sizes: a learned inner learning rate per weight tensor and per step.
+- per_step_bn_weights: BatchNorm scale and shift per inner step.
+- cosine annealing of the outer learning rate is the preset's scheduler
+  (torch.optim.lr_scheduler.CosineAnnealingLR), not code here.
+An epoch is `iterations_per_epoch` meta-iterations (500 in the paper's code).
+Per-step BatchNorm running statistics are not implemented: Conv-4 here normalises with
+each batch's own statistics (see README, BatchNorm).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metarun.algorithms.base import Params
+from metarun.algorithms.maml import MAML
+from metarun.backbones.task_batchnorm import TaskBatchNorm2d, batchnorm_step
+from metarun.metrics import task_loss_and_score
+
+
+class MAMLPlusPlus(MAML):
+    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
+                 first_order: bool = False, multi_step_loss: bool = False, msl_epochs: int = 10,
+                 first_order_epochs: int = 0, learned_step_sizes: bool = False,
+                 per_step_bn_weights: bool = False, iterations_per_epoch: int = 500) -> None:
+        super().__init__(backbone, out_features, inner_lr, inner_steps, first_order)
+        self.multi_step_loss, self.msl_epochs = multi_step_loss, msl_epochs
+        self.first_order_epochs, self.iterations_per_epoch = first_order_epochs, iterations_per_epoch
+        self.epoch = 0
+        steps = max(inner_steps, 1)
+        self.step_sizes = nn.ParameterList(
+            nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in self.model.parameters()
+        ) if learned_step_sizes else None
+        if per_step_bn_weights:
+            for module in self.model.modules():
+                if isinstance(module, TaskBatchNorm2d):
+                    module.per_step(steps)
+        self.step_size_of = {f"model.{name}": f"step_sizes.{index}"
+                             for index, (name, _) in enumerate(self.model.named_parameters())}
+
+    def set_progress(self, iteration: int) -> None:
+        self.epoch = iteration // self.iterations_per_epoch
+
+    def uses_first_order(self) -> bool:
+        return self.first_order or self.epoch < self.first_order_epochs
+
+    def run_at_step(self, fast: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+        with batchnorm_step(step):
+            return self.run(fast, x)
+
+    def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
+        if self.step_sizes is None:
+            return super().inner_update(params, fast, grads, step)
+        return {name: fast[name] - params[self.step_size_of[name]][min(step, self.inner_steps - 1)] * grads[name]
+                for name in fast}
+
+    def step_weights(self, steps: int) -> list[float]:
+        """Weights of the query losses after steps 1..steps: uniform at first, all on the last
+        step after msl_epochs; the others never fall below 0.03/steps while annealing."""
+        if not self.multi_step_loss or self.epoch >= self.msl_epochs or steps < 2:
+            return [0.0] * (steps - 1) + [1.0]
+        floor, start = 0.03 / steps, 1.0 / steps
+        shift = self.epoch / self.msl_epochs * start
+        others = [max(start - shift, floor)] * (steps - 1)
+        return others + [1.0 - sum(others)]
+
+    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
+                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.inner_loop(params, support_x, support_y, ways, steps)
+        if len(weights) == 1:
+            return task_loss_and_score(self.run_at_step(weights[0], query_x, 0), query_y)
+        total, score = 0.0, None
+        for step, (fast, weight) in enumerate(zip(weights[1:], self.step_weights(len(weights) - 1))):
+            if weight == 0.0:
+                continue
+            loss, score = task_loss_and_score(self.run_at_step(fast, query_x, step), query_y)
+            total = total + weight * loss
+        return total, score
