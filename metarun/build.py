@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from metarun.algorithms.base import Algorithm
+from metarun.algorithms.base import BATCHNORM_MODES, Algorithm
 from metarun.errors import ConfigError
 
 COUNTS = (  # whole numbers greater than zero
@@ -20,7 +20,7 @@ COUNTS = (  # whole numbers greater than zero
 )
 STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps")  # whole numbers, zero allowed
 RATES = ("optimizer.lr", "algo.inner_lr")  # numbers greater than zero
-CHOICES = {"trainer.nonfinite": ("stop", "skip")}
+CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(BATCHNORM_MODES)}
 
 
 def _select(cfg: DictConfig, key: str):
@@ -84,7 +84,9 @@ def seed_everything(seed: int) -> None:
 def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
-    return build("algo", cfg.algo, backbone=backbone, out_features=dataset.out_features(cfg.task.ways))
+    algo = build("algo", cfg.algo, backbone=backbone, out_features=dataset.out_features(cfg.task.ways))
+    algo.bn = cfg.get("bn", "transductive")  # runs saved before the setting existed were transductive
+    return algo
 
 
 def build_optimizer(cfg: DictConfig, algo: Algorithm) -> tuple[torch.optim.Optimizer, object]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from metarun.algorithms.base import BATCHNORM_MODES
 from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
                            resolve_device, seed_everything)
 from metarun.checkpoint import load_checkpoint, newest_valid_checkpoint, restore_model
@@ -15,8 +16,6 @@ from metarun.engine import Engine, resolve_compile, resolve_mode
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
 from metarun.trainer import Schedule, Trainer
-
-BATCHNORM_MODE = "transductive: every task is normalised with its own batch statistics"
 
 
 def _absolute_data_root(cfg: DictConfig) -> None:
@@ -49,7 +48,8 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     """What a published number must share with ours to be comparable."""
     train_steps = cfg.algo.get("inner_steps")
     test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
-    return {**dataset.protocol(), "eval_split": "test", "batchnorm": BATCHNORM_MODE,
+    bn = cfg.get("bn", "transductive")
+    return {**dataset.protocol(), "eval_split": "test", "batchnorm": f"{bn}: {BATCHNORM_MODES[bn]}",
             "ways": cfg.task.ways, "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
             "inner_steps_train": train_steps, "inner_steps_test": test_steps,
             "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, **engine.describe()}
@@ -135,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if value is not None and key != "output":
             run_cfg.eval[key] = value
     run_cfg.device = cfg.device
-    for key in ("engine", "precision", "compile", "channels_last"):
+    for key in ("engine", "precision", "compile", "channels_last", "bn"):
         if cfg[key] is not None:
             run_cfg[key] = cfg[key]
     if cfg.dataset_root is not None and "root" in run_cfg.dataset:

@@ -40,6 +40,7 @@ TRAIN_MISTAKES = [
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),
     (["compile=sometimes"], "compile='sometimes'"),
+    (["bn=running"], "bn='running'"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
 ]

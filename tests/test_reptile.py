@@ -44,17 +44,3 @@ def test_update_moves_theta_towards_the_mean_adapted_weights(mode):
         mean_phi = torch.stack([phi[index] for phi in phis]).mean(0)
         torch.testing.assert_close(p.detach(), theta[index] + eps * (mean_phi - theta[index]),
                                    rtol=1e-7, atol=1e-9)
-
-
-def test_non_transductive_prediction_normalises_with_the_support_plus_one_query():
-    torch.manual_seed(0)
-    algo = Reptile(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.01, inner_steps=2,
-                   inner_batch=6, transductive=False).double()
-    batch = classification_batch(tasks=1)
-    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
-    predictions = algo.adapt(algo.params(), sx, sy, ways=3)(qx)
-    algo.transductive = True
-    phi = algo.adapt(algo.params(), sx, sy, ways=3)
-    expected = torch.stack([phi(torch.cat([sx, qx[i:i + 1]]))[-1] for i in range(len(qx))])
-    torch.testing.assert_close(predictions, expected)
-    assert not torch.allclose(predictions, phi(qx)), "transductive batch statistics differ"

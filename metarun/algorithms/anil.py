@@ -33,5 +33,5 @@ class ANIL(MAML):
             if self.first_order:
                 grads = {name: g.detach() for name, g in grads.items()}
             head_params = {name: head_params[name] - self.inner_lr * grads[name] for name in head_params}
-        return lambda query_x: functional_call(head, head_params,
-                                               (functional_call(backbone, body_params, (query_x,)),))
+        embed = lambda x: functional_call(backbone, body_params, (x,))
+        return lambda query_x: functional_call(head, head_params, (self.on_queries(embed, support_x, query_x),))

@@ -13,18 +13,26 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
+from metarun.backbones.task_batchnorm import batchnorm_statistics_from
 from metarun.metrics import task_loss_and_score
 
 Params = dict[str, torch.Tensor]
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+BATCHNORM_MODES = {
+    "transductive": "queries are normalised as one batch with their own statistics",
+    "support": "queries are normalised with the support set's statistics",
+    "support_plus_one": "each query is normalised with the statistics of the support set plus itself",
+}
 
 
 class Algorithm(nn.Module):
     """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
 
     model: nn.Module
+    bn: str = "transductive"  # one of BATCHNORM_MODES; set from the `bn` setting
 
     def set_progress(self, iteration: int) -> None:
         """Told the meta-training iteration before each meta-batch; for schedules inside an
@@ -40,6 +48,17 @@ class Algorithm(nn.Module):
     def run(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model evaluated with the given parameters instead of its own."""
         return functional_call(self, params, (x,))
+
+    def on_queries(self, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
+                   query_x: torch.Tensor) -> torch.Tensor:
+        """network(query_x) with BatchNorm statistics taken as the `bn` mode says."""
+        if self.bn == "transductive":
+            return network(query_x)
+        if self.bn == "support":
+            with batchnorm_statistics_from(support_x.shape[0]):
+                return network(torch.cat([support_x, query_x]))[support_x.shape[0]:]
+        with batchnorm_statistics_from(support_x.shape[0] + 1):
+            return vmap(lambda query: network(torch.cat([support_x, query.unsqueeze(0)]))[-1])(query_x)
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:

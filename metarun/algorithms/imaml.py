@@ -57,7 +57,7 @@ class IMAML(Algorithm):
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:
         fast = self.fit(params, support_x, support_y, ways, steps)
-        return lambda query_x: self.run(fast, query_x)
+        return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
 
     def implicit_gradient(self, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                           query_gradient: Params) -> Params:
@@ -85,7 +85,8 @@ class IMAML(Algorithm):
         """Query loss and score of phi, carrying the implicit meta-gradient."""
         fast = self.fit(params, support_x, support_y, ways, steps)
         def query_loss(weights: Params):
-            loss, score = task_loss_and_score(self.run(weights, query_x), query_y)
+            loss, score = task_loss_and_score(self.on_queries(lambda x: self.run(weights, x), support_x, query_x),
+                                              query_y)
             return loss, (loss.detach(), score)
 
         query_gradient, (loss, score) = grad(query_loss, has_aux=True)(fast)

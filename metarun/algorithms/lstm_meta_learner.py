@@ -78,4 +78,4 @@ class LSTMMetaLearner(Algorithm):
                                                   (torch.cat([state[0], cell.unsqueeze(1), decay], 1),)))
             cell = decay.squeeze(1) * cell - rate.squeeze(1) * gradient
         fast = self._unflatten(cell)
-        return lambda query_x: self.run(fast, query_x)
+        return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)

@@ -61,4 +61,4 @@ class MAML(Algorithm):
               steps: int | None = None) -> Predictor:
         weights = self.inner_loop(params, support_x, support_y, ways, steps)
         last = max(len(weights) - 2, 0)
-        return lambda query_x: self.run_at_step(weights[-1], query_x, last)
+        return lambda query_x: self.on_queries(lambda x: self.run_at_step(weights[-1], x, last), support_x, query_x)

@@ -77,11 +77,13 @@ class MAMLPlusPlus(MAML):
                   steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.inner_loop(params, support_x, support_y, ways, steps)
         if len(weights) == 1:
-            return task_loss_and_score(self.run_at_step(weights[0], query_x, 0), query_y)
+            return task_loss_and_score(self.on_queries(lambda x: self.run_at_step(weights[0], x, 0), support_x,
+                                                       query_x), query_y)
         total, score = 0.0, None
         for step, (fast, weight) in enumerate(zip(weights[1:], self.step_weights(len(weights) - 1))):
             if weight == 0.0:
                 continue
-            loss, score = task_loss_and_score(self.run_at_step(fast, query_x, step), query_y)
+            predictions = self.on_queries(lambda x: self.run_at_step(fast, x, step), support_x, query_x)
+            loss, score = task_loss_and_score(predictions, query_y)
             total = total + weight * loss
         return total, score

@@ -26,7 +26,7 @@ class ProtoNet(Algorithm):
         prototypes = one_hot.T @ embeddings / one_hot.sum(0).unsqueeze(-1)  # [ways, D]
 
         def negative_squared_distance(query_x: torch.Tensor) -> torch.Tensor:
-            queries = self.run(params, query_x)  # [Q, D]
+            queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)  # [Q, D]
             return -(queries.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)  # [Q, ways]
 
         return negative_squared_distance

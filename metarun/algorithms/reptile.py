@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import grad
 
 from metarun.algorithms.base import Algorithm, Params, Predictor, loss_with_gradient
 from metarun.errors import ConfigError
@@ -22,8 +22,8 @@ from metarun.metrics import task_loss_and_score
 
 class Reptile(Algorithm):
     def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
-                 inner_batch: int, inner_optimizer: str = "adam", adam_betas: tuple[float, float] = (0.0, 0.999),
-                 transductive: bool = True) -> None:
+                 inner_batch: int, inner_optimizer: str = "adam",
+                 adam_betas: tuple[float, float] = (0.0, 0.999)) -> None:
         super().__init__()
         if inner_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"algo.inner_optimizer={inner_optimizer!r} is not known. Use adam or sgd.")
@@ -33,7 +33,7 @@ class Reptile(Algorithm):
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.out_features = out_features
         self.inner_lr, self.inner_steps, self.inner_batch = inner_lr, inner_steps, inner_batch
-        self.inner_optimizer, self.adam_betas, self.transductive = inner_optimizer, tuple(adam_betas), transductive
+        self.inner_optimizer, self.adam_betas = inner_optimizer, tuple(adam_betas)
 
     def _mini_batches(self, support_y: torch.Tensor, ways: int) -> torch.Tensor:
         """The order the support set is cycled through: one example of each class in turn."""
@@ -72,15 +72,7 @@ class Reptile(Algorithm):
         return self._predictor(self.fit(params, support_x, support_y, ways, steps), support_x)
 
     def _predictor(self, fast: Params, support_x: torch.Tensor) -> Predictor:
-        if self.transductive:
-            return lambda query_x: self.run(fast, query_x)
-
-        def one_query_at_a_time(query_x: torch.Tensor) -> torch.Tensor:
-            """Batch statistics from the support set plus this one query (the paper's setting)."""
-            with_support = lambda x: self.run(fast, torch.cat([support_x, x.unsqueeze(0)]))[-1]
-            return vmap(with_support)(query_x)
-
-        return one_query_at_a_time
+        return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
 
     def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                   query_x: torch.Tensor, query_y: torch.Tensor, ways: int,

@@ -20,6 +20,7 @@ from torch import nn
 
 _vmap_safe = False
 _step = 0
+_statistics_rows: int | None = None
 
 
 @contextmanager
@@ -44,6 +45,18 @@ def batchnorm_step(step: int) -> Iterator[None]:
         _step = previous
 
 
+@contextmanager
+def batchnorm_statistics_from(rows: int) -> Iterator[None]:
+    """Within this block BatchNorm normalises every row with the statistics of the first `rows`
+    (the support set), so queries appended after them do not influence each other."""
+    global _statistics_rows
+    previous, _statistics_rows = _statistics_rows, rows
+    try:
+        yield
+    finally:
+        _statistics_rows = previous
+
+
 class TaskBatchNorm2d(nn.Module):
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -62,8 +75,9 @@ class TaskBatchNorm2d(nn.Module):
         if weight.dim() == 2:
             index = min(_step, weight.shape[0] - 1)
             weight, bias = weight[index], bias[index]
-        if not _vmap_safe:
+        if not _vmap_safe and _statistics_rows is None:
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
+        reference = x if _statistics_rows is None else x[:_statistics_rows]
+        var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
         scale = torch.rsqrt(var + self.eps) * weight.view(1, -1, 1, 1)
         return torch.addcmul(bias.view(1, -1, 1, 1) - mean * scale, x, scale)

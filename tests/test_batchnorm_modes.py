@@ -1,0 +1,67 @@
+"""The `bn` setting: how BatchNorm normalises queries, the same for every algorithm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metarun.algorithms.maml import MAML
+from metarun.algorithms.protonet import ProtoNet
+from metarun.backbones.conv4 import Conv4
+
+from test_maml import classification_batch
+
+
+def maml():
+    torch.manual_seed(0)
+    return MAML(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1).double()
+
+
+def task():
+    batch = classification_batch(tasks=1)
+    return batch.support_x[0], batch.support_y[0], batch.query_x[0]
+
+
+def one_block(algo, x, statistics_of):
+    """conv -> BatchNorm with the statistics of `statistics_of`'s activations -> pool -> ReLU -> head."""
+    conv, norm = algo.model[0].features[0], algo.model[0].features[1]
+    reference = conv(statistics_of)
+    var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
+    normalised = (conv(x) - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+    return algo.model[1](F.relu(F.max_pool2d(normalised, 2)).flatten(1))
+
+
+def test_transductive_normalises_the_queries_with_their_own_statistics():
+    algo, (sx, sy, qx) = maml(), task()
+    predict = algo.adapt(algo.params(), sx, sy, ways=3, steps=0)
+    torch.testing.assert_close(predict(qx), one_block(algo, qx, statistics_of=qx))
+
+
+def test_support_mode_normalises_every_query_with_the_support_statistics():
+    algo, (sx, sy, qx) = maml(), task()
+    algo.bn = "support"
+    predict = algo.adapt(algo.params(), sx, sy, ways=3, steps=0)
+    torch.testing.assert_close(predict(qx), one_block(algo, qx, statistics_of=sx))
+    torch.testing.assert_close(predict(qx[:1]), predict(qx)[:1])  # a query's prediction is its own
+
+
+def test_support_plus_one_normalises_each_query_with_the_support_and_itself():
+    algo, (sx, sy, qx) = maml(), task()
+    algo.bn = "support_plus_one"
+    predict = algo.adapt(algo.params(), sx, sy, ways=3, steps=0)
+    expected = torch.cat([one_block(algo, qx[i:i + 1], statistics_of=torch.cat([sx, qx[i:i + 1]]))
+                          for i in range(len(qx))])
+    torch.testing.assert_close(predict(qx), expected)
+
+
+@pytest.mark.parametrize("bn", ["support", "support_plus_one"])
+def test_every_algorithm_shares_the_setting(bn):
+    torch.manual_seed(0)
+    algo = ProtoNet(Conv4((1, 12, 12), hidden=4, blocks=1), 3).double()
+    sx, sy, qx = task()
+    transductive = algo.adapt(algo.params(), sx, sy, ways=3)(qx)
+    algo.bn = bn
+    inductive = algo.adapt(algo.params(), sx, sy, ways=3)(qx)
+    assert not torch.allclose(transductive, inductive)
+    torch.testing.assert_close(algo.adapt(algo.params(), sx, sy, ways=3)(qx[:2]), inductive[:2])
