@@ -9,6 +9,7 @@ ships against a slow reference, with BatchNorm):
   one torch.compile'd torch.func.grad; costs a compilation per episode shape.
 - precision: fp32, or bf16 autocast (weights, optimiser state and losses stay fp32).
 - channels_last: images and convolution weights in NHWC memory order.
+- keep_freed_memory (CPU): glibc reuses freed activation memory (faster, higher peak RSS).
 Measured with scripts/bench.py on a 2-core CPU (README): for Conv-4 the loop is about
 2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
 cache); for the sinusoid MLP vmap is 7x and compiled vmap about 50x the fastest peer;
@@ -65,8 +66,9 @@ def keep_freed_memory() -> None:
     """Lets glibc reuse freed activation memory instead of returning it to the OS.
 
     By default every large activation is a fresh mmap whose pages fault in on first
-    touch; on the benchmark's CPU that page-faulting was 10-20% of a Conv-4 MAML step.
-    Peak memory is unchanged; the process just keeps its peak. No-op off glibc.
+    touch; on the benchmark's CPU that page-faulting was 15-25% of a Conv-4 MAML step.
+    The price is fragmentation: peak resident memory rose by about a third on W3.
+    Process-wide and not undone. No-op off glibc.
     """
     libc_name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(libc_name) if libc_name else None
@@ -79,17 +81,18 @@ def keep_freed_memory() -> None:
 
 class Engine:
     def __init__(self, mode: str, precision: str = "fp32", compile: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, keep_freed_memory: bool = False) -> None:
         if mode not in MODES[1:]:
             raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision={precision!r} is not known. Use one of: {', '.join(PRECISIONS)}.")
         self.mode, self.precision, self.compile, self.channels_last = mode, precision, compile, channels_last
+        self.keep_freed_memory = keep_freed_memory
         self._compiled: dict[tuple, object] = {}
 
     def describe(self) -> dict:
         return {"engine": self.mode, "precision": self.precision, "compile": self.compile,
-                "channels_last": self.channels_last}
+                "channels_last": self.channels_last, "keep_freed_memory": self.keep_freed_memory}
 
     @contextmanager
     def _computing(self, device: torch.device) -> Iterator[None]:
@@ -104,7 +107,7 @@ class Engine:
         """Puts the weights in the engine's memory format and tunes the CPU allocator."""
         if self.channels_last:
             algo.to(memory_format=torch.channels_last)
-        if all(p.device.type == "cpu" for p in algo.parameters()):
+        if self.keep_freed_memory and all(p.device.type == "cpu" for p in algo.parameters()):
             keep_freed_memory()
         return algo
 

@@ -29,7 +29,7 @@ def make_engine(cfg: DictConfig, algo, device) -> Engine:
     # Runs saved before these settings existed ran in fp32, uncompiled, contiguous.
     mode = resolve_mode(cfg.engine, algo, device)
     engine = Engine(mode, cfg.get("precision", "fp32"), resolve_compile(cfg.get("compile", False), mode, algo),
-                    cfg.get("channels_last", False))
+                    cfg.get("channels_last", False), cfg.get("keep_freed_memory", False))
     engine.prepare(algo)
     return engine
 
@@ -135,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if value is not None and key != "output":
             run_cfg.eval[key] = value
     run_cfg.device = cfg.device
-    for key in ("engine", "precision", "compile", "channels_last", "bn"):
+    for key in ("engine", "precision", "compile", "channels_last", "keep_freed_memory", "bn"):
         if cfg[key] is not None:
             run_cfg[key] = cfg[key]
     if cfg.dataset_root is not None and "root" in run_cfg.dataset:

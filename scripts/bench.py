@@ -57,16 +57,17 @@ class Workload:
         if self.model == "mlp":
             names = ["plain", "metarun-loop", "metarun-vmap", "metarun-vmap-compiled"]
         elif self.kind == "maml":
-            names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-compiled",
-                     "metarun-loop-channels-last", "metarun-loop-bf16", "metarun-vmap"]
+            names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-system-allocator",
+                     "metarun-loop-compiled", "metarun-loop-channels-last", "metarun-loop-bf16", "metarun-vmap"]
         else:
             names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-channels-last",
                      "metarun-loop-bf16", "metarun-vmap"]
         return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
 
 
-ENGINES = {  # implementation name -> metarun Engine settings
+ENGINES = {  # implementation name -> metarun Engine settings (the default keep_freed_memory=true)
     "metarun-loop": dict(mode="loop"),
+    "metarun-loop-system-allocator": dict(mode="loop", keep_freed_memory=False),
     "metarun-vmap": dict(mode="vmap"),
     "metarun-loop-compiled": dict(mode="loop", compile=True),
     "metarun-vmap-compiled": dict(mode="vmap", compile=True),
@@ -200,11 +201,12 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     if impl.startswith("metarun"):
         algo = metarun_algorithm(w, model)
-        engine = Engine(**ENGINES[impl])
+        engine = Engine(**{"keep_freed_memory": True, **ENGINES[impl]})
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
         auto_mode = resolve_mode("auto", algo, torch.device("cpu"))
-        default = engine.describe() == Engine(auto_mode, compile=resolve_compile("auto", auto_mode, algo)).describe()
+        auto = Engine(auto_mode, compile=resolve_compile("auto", auto_mode, algo), keep_freed_memory=True)
+        default = engine.describe() == auto.describe()
         detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items()) + (" (auto)" if default else "")
     elif impl.startswith("plain"):
         if impl == "plain-keep-freed-memory":
