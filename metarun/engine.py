@@ -1,6 +1,6 @@
 """The one place a meta-batch of tasks is turned into a meta-gradient.
 
-Four independent settings, all computing the mean over tasks of the algorithm's
+Five independent settings, all computing the mean over tasks of the algorithm's
 `task_loss` and so the same meta-gradient (the test suite checks every combination it
 ships against a slow reference, with BatchNorm):
 - mode: `loop` runs tasks one after another and backpropagates each at once (low
@@ -12,7 +12,7 @@ ships against a slow reference, with BatchNorm):
 - keep_freed_memory (CPU): glibc reuses freed activation memory (faster, higher peak RSS).
 Measured with scripts/bench.py on a 2-core CPU (README): for Conv-4 the loop is about
 2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
-cache); for the sinusoid MLP vmap is 7x and compiled vmap about 50x the fastest peer;
+cache); for the sinusoid MLP vmap is 7x and compiled vmap about 40x the fastest peer;
 channels_last speeds first-order convolutional training (ProtoNet) 1.5x but slows
 MAML's double backward. `auto` encodes that.
 """
@@ -53,8 +53,9 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
 
 
 def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
-    """auto: compile the vmapped meta-batch of small models without convolutions (measured
-    ~8x there), not convolutional models (minutes of compilation for 7-20%)."""
+    """auto: compile the vmapped meta-batch of models without convolutions (5x plain vmap on
+    the sinusoid MLP), not convolutional models (minutes of compilation per episode shape
+    for 1.35x; ask for it with compile=true on long runs)."""
     if compile not in COMPILE:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
