@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from metarun.backbones.task_batchnorm import batchnorm_statistics_from
+from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
 Params = dict[str, torch.Tensor]
@@ -48,6 +49,12 @@ class Algorithm(nn.Module):
     def run(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model evaluated with the given parameters instead of its own."""
         return functional_call(self, params, (x,))
+
+    def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
+        """For algorithms with a fixed-size classifier head (`self.out_features` classes)."""
+        if not support_y.dtype.is_floating_point and ways != self.out_features:
+            raise ConfigError(f"This {type(self).__name__} model has a {self.out_features}-way head but was "
+                              f"given {ways}-way tasks. Keep task.train_ways equal to task.ways for it.")
 
     def on_queries(self, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
                    query_x: torch.Tensor) -> torch.Tensor:

@@ -43,9 +43,7 @@ class IMAML(Algorithm):
     def fit(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
             steps: int | None = None) -> Params:
         """Gradient descent on the proximal problem from theta; returns phi (no graph)."""
-        if not support_y.dtype.is_floating_point and ways != self.out_features:
-            raise ConfigError(f"This iMAML model has a {self.out_features}-way head but was given "
-                              f"{ways}-way tasks. Keep task.train_ways equal to task.ways for iMAML.")
+        self.check_ways(support_y, ways)
         anchor = {name: value.detach() for name, value in params.items()}
         fast = dict(anchor)
         for _ in range(self.inner_steps if steps is None else steps):

@@ -59,9 +59,7 @@ class LSTMMetaLearner(Algorithm):
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:
-        if not support_y.dtype.is_floating_point and ways != self.out_features:
-            raise ConfigError(f"This model has a {self.out_features}-way head but was given {ways}-way tasks. "
-                              "Keep task.train_ways equal to task.ways for the LSTM meta-learner.")
+        self.check_ways(support_y, ways)
         cell = torch.cat([params[name].flatten() for name in self.shapes])  # c_0: the learner's weights
         support_loss = lambda weights: task_loss_and_score(self.run(self._unflatten(weights), support_x), support_y)[0]
         lstm, input_gate, forget_gate = (_part(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate"))

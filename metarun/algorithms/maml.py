@@ -32,12 +32,6 @@ class MAML(Algorithm):
     def support_loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         return task_loss_and_score(self.run_at_step(fast, x, step), y)[0]
 
-    def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
-        if not support_y.dtype.is_floating_point and ways != self.out_features:
-            raise ConfigError(f"This model has a {self.out_features}-way head but was given "
-                              f"{ways}-way tasks. Keep task.train_ways equal to task.ways for "
-                              f"{type(self).__name__}.")
-
     def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
         """One inner SGD step of the network's weights; Meta-SGD and MAML++ learn the rates."""
         return {name: fast[name] - self.inner_lr * grads[name] for name in fast}

@@ -45,9 +45,7 @@ class Reptile(Algorithm):
     def fit(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
             steps: int | None = None) -> Params:
         """The task's adapted weights phi (no graph back to params)."""
-        if not support_y.dtype.is_floating_point and ways != self.out_features:
-            raise ConfigError(f"This Reptile model has a {self.out_features}-way head but was given "
-                              f"{ways}-way tasks. Keep task.train_ways equal to task.ways for Reptile.")
+        self.check_ways(support_y, ways)
         fast = {name: value.detach() for name, value in params.items()}
         order, count = self._mini_batches(support_y, ways), support_y.shape[0]
         size = min(self.inner_batch, count)

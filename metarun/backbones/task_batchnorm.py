@@ -18,43 +18,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_vmap_safe = False
-_step = 0
-_statistics_rows: int | None = None
+_mode = {"vmap_safe": False, "step": 0, "statistics_rows": None}
 
 
 @contextmanager
-def vmap_safe_batchnorm() -> Iterator[None]:
+def _setting(name: str, value) -> Iterator[None]:
+    previous, _mode[name] = _mode[name], value
+    try:
+        yield
+    finally:
+        _mode[name] = previous
+
+
+def vmap_safe_batchnorm():
     """Within this block every TaskBatchNorm2d uses the formulation that is correct under vmap."""
-    global _vmap_safe
-    previous, _vmap_safe = _vmap_safe, True
-    try:
-        yield
-    finally:
-        _vmap_safe = previous
+    return _setting("vmap_safe", True)
 
 
-@contextmanager
-def batchnorm_step(step: int) -> Iterator[None]:
+def batchnorm_step(step: int):
     """Within this block a per-step TaskBatchNorm2d uses the scale and shift of inner step `step`."""
-    global _step
-    previous, _step = _step, step
-    try:
-        yield
-    finally:
-        _step = previous
+    return _setting("step", step)
 
 
-@contextmanager
-def batchnorm_statistics_from(rows: int) -> Iterator[None]:
+def batchnorm_statistics_from(rows: int):
     """Within this block BatchNorm normalises every row with the statistics of the first `rows`
     (the support set), so queries appended after them do not influence each other."""
-    global _statistics_rows
-    previous, _statistics_rows = _statistics_rows, rows
-    try:
-        yield
-    finally:
-        _statistics_rows = previous
+    return _setting("statistics_rows", rows)
 
 
 class TaskBatchNorm2d(nn.Module):
@@ -73,11 +62,12 @@ class TaskBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
         weight, bias = self.weight, self.bias
         if weight.dim() == 2:
-            index = min(_step, weight.shape[0] - 1)
+            index = min(_mode["step"], weight.shape[0] - 1)
             weight, bias = weight[index], bias[index]
-        if not _vmap_safe and _statistics_rows is None:
+        rows = _mode["statistics_rows"]
+        if not _mode["vmap_safe"] and rows is None:
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
-        reference = x if _statistics_rows is None else x[:_statistics_rows]
+        reference = x if rows is None else x[:rows]
         var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
         scale = torch.rsqrt(var + self.eps) * weight.view(1, -1, 1, 1)
         return torch.addcmul(bias.view(1, -1, 1, 1) - mean * scale, x, scale)
