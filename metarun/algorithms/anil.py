@@ -30,7 +30,7 @@ class ANIL(MAML):
 
         for _ in range(self.inner_steps if steps is None else steps):
             grads = grad(head_loss)(head_params)
-            if self.first_order:
+            if self.uses_first_order():
                 grads = {name: g.detach() for name, g in grads.items()}
             head_params = {name: head_params[name] - self.inner_lr * grads[name] for name in head_params}
         embed = lambda x: functional_call(backbone, body_params, (x,))
