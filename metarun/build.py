@@ -85,7 +85,7 @@ def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
     algo = build("algo", cfg.algo, backbone=backbone, out_features=dataset.out_features(cfg.task.ways))
-    algo.bn = cfg.get("bn", "transductive")  # runs saved before the setting existed were transductive
+    algo.use_batchnorm(cfg.get("bn", "transductive"))  # runs saved before the setting existed were transductive
     return algo
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import vmap
 
 from metarun.algorithms.base import Algorithm
-from metarun.backbones.task_batchnorm import vmap_safe_batchnorm
+from metarun.backbones.task_batchnorm import running_statistics_recorded, vmap_safe_batchnorm
 from metarun.episode import Episode
 from metarun.errors import ConfigError
 
@@ -43,12 +43,18 @@ def _has_convolutions(algo: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 
 
+def _keeps_running_statistics(algo: nn.Module) -> bool:
+    return getattr(algo, "bn", None) == "running"
+
+
 def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
     """The concrete batching mode for this model and device."""
     if mode not in MODES:
         raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
+    if _keeps_running_statistics(algo):
+        return "loop"
     return "vmap" if device.type == "cuda" or not _has_convolutions(algo) else "loop"
 
 
@@ -60,7 +66,8 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
         return compile
-    return mode == "vmap" and not _has_convolutions(algo)
+    return mode == "vmap" and not _has_convolutions(algo) and not _keeps_running_statistics(algo)
+
 
 
 def keep_freed_memory() -> None:
@@ -123,8 +130,12 @@ class Engine:
     def meta_backward(self, algo: Algorithm, batch: Episode, steps: int | None = None
                       ) -> tuple[float, float]:
         """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score)."""
+        if _keeps_running_statistics(algo) and (self.mode == "vmap" or self.compile):
+            raise ConfigError("bn=running updates BatchNorm's running statistics batch by batch, which "
+                              "only the uncompiled loop engine does. Use engine=loop compile=false (or "
+                              "auto for both) with bn=running, or another bn mode.")
         tensors, tasks = self._tasks(batch), batch.num_tasks
-        with self._computing(batch.support_x.device):
+        with self._computing(batch.support_x.device), running_statistics_recorded(algo):
             if self.compile:
                 return self._compiled_meta_backward(algo, batch.ways, steps, tensors, tasks)
             fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
@@ -165,10 +176,15 @@ class Engine:
 
     @torch.no_grad()
     def scores(self, algo: Algorithm, batch: Episode, steps: int | None = None) -> torch.Tensor:
-        """Per-task query scores (accuracy or MSE) after adaptation: [tasks]."""
+        """Per-task query scores (accuracy or MSE) after adaptation, in eval mode: [tasks]."""
         tensors = self._tasks(batch)
         fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
-        with self._computing(batch.support_x.device):
-            if self.mode == "vmap":
-                return vmap(fn)(*tensors)[1]
-            return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])
+        was_training = algo.training
+        algo.eval()
+        try:
+            with self._computing(batch.support_x.device):
+                if self.mode == "vmap":
+                    return vmap(fn)(*tensors)[1]
+                return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])
+        finally:
+            algo.train(was_training)

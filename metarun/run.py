@@ -123,6 +123,18 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return Path(checkpoint)
 
 
+def _switch_batchnorm(algo, run_cfg: DictConfig, mode: str) -> None:
+    """Tests a trained model under another `bn` mode; running statistics must come from training."""
+    trained = run_cfg.get("bn", "transductive")
+    if mode == "running" and trained != "running":
+        raise ConfigError(f"bn=running tests with running statistics gathered in meta-training, but this run "
+                          f"was trained with bn={trained} and has none. Drop the bn override, or retrain "
+                          "with bn=running.")
+    run_cfg.bn = mode
+    check_settings(run_cfg)
+    algo.use_batchnorm(mode)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Rebuilds the model from the run folder's saved config and tests a checkpoint."""
     run_dir = Path(cfg.run_dir)
@@ -135,7 +147,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if value is not None and key != "output":
             run_cfg.eval[key] = value
     run_cfg.device = cfg.device
-    for key in ("engine", "precision", "compile", "channels_last", "keep_freed_memory", "bn"):
+    for key in ("engine", "precision", "compile", "channels_last", "keep_freed_memory"):
         if cfg[key] is not None:
             run_cfg[key] = cfg[key]
     if cfg.dataset_root is not None and "root" in run_cfg.dataset:
@@ -143,8 +155,10 @@ def evaluate(cfg: DictConfig) -> dict:
     check_settings(run_cfg)
     device = resolve_device(run_cfg.device)
     dataset = build("dataset", run_cfg.dataset)
-    algo = build_algorithm(run_cfg, dataset)
+    algo = build_algorithm(run_cfg, dataset)  # as trained, so the checkpoint's BatchNorm state fits
     restore_model(algo, load_checkpoint(path), path)
+    if cfg.bn is not None:
+        _switch_batchnorm(algo, run_cfg, cfg.bn)
     algo.to(device)
     engine = make_engine(run_cfg, algo, device)
     sampler = _eval_sampler(run_cfg, dataset, "test", device)

@@ -40,7 +40,9 @@ TRAIN_MISTAKES = [
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),
     (["compile=sometimes"], "compile='sometimes'"),
-    (["bn=running"], "bn='running'"),
+    (["bn=sometimes"], "bn='sometimes'"),
+    (["bn=running", "engine=vmap"], "bn=running updates BatchNorm's running statistics"),
+    (["algo=maml_plus_plus", "algo.per_step_bn_statistics=true"], "algo.per_step_bn_statistics=true"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
 ]
@@ -92,6 +94,7 @@ EVAL_MISTAKES = [
     (["run_dir={good}", "checkpoint=/nonexistent/model.pt"], "No checkpoint at /nonexistent/model.pt"),
     (["run_dir={good}", "eval.episodes=0"], "eval.episodes=0"),
     (["run_dir={good}", "eval.shots=30"], "task.shots + queries"),
+    (["run_dir={good}", "bn=running"], "was trained with bn=transductive"),
 ]
 
 

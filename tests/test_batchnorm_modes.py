@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
+from metarun.backbones.task_batchnorm import TaskBatchNorm2d, batchnorm_step, running_statistics_recorded
+from metarun.engine import Engine
 
 from test_maml import classification_batch
 
@@ -65,3 +67,70 @@ def test_every_algorithm_shares_the_setting(bn):
     inductive = algo.adapt(algo.params(), sx, sy, ways=3)(qx)
     assert not torch.allclose(transductive, inductive)
     torch.testing.assert_close(algo.adapt(algo.params(), sx, sy, ways=3)(qx[:2]), inductive[:2])
+
+
+def recorded_batches(norm, batches, step=0):
+    outputs = []
+    with running_statistics_recorded(norm), batchnorm_step(step):
+        for batch in batches:
+            outputs.append(norm(batch))
+    return outputs
+
+
+def test_running_statistics_follow_torch_batchnorm():
+    torch.manual_seed(0)
+    ours, torchs = TaskBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    ours.use_running_statistics(True)
+    batches = [torch.randn(4, 3, 5, 5) * 2 + 1 for _ in range(3)]
+    for mine, expected in zip(recorded_batches(ours, batches), map(torchs, batches)):
+        torch.testing.assert_close(mine, expected)
+    torch.testing.assert_close(ours.running_mean[0], torchs.running_mean)
+    torch.testing.assert_close(ours.running_var[0], torchs.running_var)
+    ours.eval(), torchs.eval()
+    torch.testing.assert_close(ours(batches[0]), torchs(batches[0]))
+
+
+def test_running_statistics_change_only_inside_the_recording_block():
+    norm = TaskBatchNorm2d(3)
+    norm.use_running_statistics(True)
+    norm(torch.randn(4, 3, 5, 5))
+    assert torch.equal(norm.running_mean, torch.zeros(1, 3))
+
+
+def test_per_step_running_statistics_are_kept_and_used_per_step():
+    torch.manual_seed(0)
+    norm = TaskBatchNorm2d(3)
+    norm.use_running_statistics(True, steps=3)
+    first, last = torch.randn(4, 3, 5, 5) + 5, torch.randn(4, 3, 5, 5) - 5
+    recorded_batches(norm, [first], step=0)
+    recorded_batches(norm, [last], step=2)
+    torch.testing.assert_close(norm.running_mean[0], 0.1 * first.mean((0, 2, 3)))
+    torch.testing.assert_close(norm.running_mean[2], 0.1 * last.mean((0, 2, 3)))
+    assert torch.equal(norm.running_mean[1], torch.zeros(3))
+    norm.eval()
+    with batchnorm_step(1):
+        torch.testing.assert_close(norm(first), first / (1 + norm.eps) ** 0.5)
+
+
+def test_running_mode_learns_statistics_in_meta_training_and_tests_each_query_alone():
+    algo = maml()
+    algo.use_batchnorm("running")
+    batch = classification_batch(tasks=2)
+    Engine("loop").meta_backward(algo, batch)
+    assert not torch.equal(algo.model[0].features[1].running_mean, torch.zeros(1, 4))
+    assert algo.training
+    sx, sy, qx = task()
+    algo.eval()
+    predict = algo.adapt(algo.params(), sx, sy, ways=3, steps=1)
+    torch.testing.assert_close(predict(qx[:1]), predict(qx)[:1])
+
+
+def test_engine_scores_in_eval_mode_and_restores_training_mode():
+    algo = maml()
+    algo.use_batchnorm("running")
+    batch = classification_batch(tasks=2)
+    Engine("loop").meta_backward(algo, batch)
+    in_eval = Engine("loop").scores(algo, batch)
+    assert algo.training
+    algo.eval()
+    torch.testing.assert_close(in_eval, Engine("loop").scores(algo, batch))

@@ -176,3 +176,15 @@ def test_checkpoint_restores_every_random_generator(make_cfg, tmp_path):
     restore_rng(state["rng"], sampler)
     assert (random.random(), numpy.random.rand(), torch.rand(1).item(),
             torch.rand(1, generator=sampler).item()) == expected
+
+
+def test_resume_restores_batchnorm_running_statistics(make_cfg, tmp_path):
+    settings = [*TINY_OMNIGLOT, "algo=protonet", "bn=running", "trainer.val_every=100"]
+    run.train(make_cfg(*settings, "trainer.iterations=4"), tmp_path / "straight")
+    run.train(make_cfg(*settings, "trainer.iterations=2"), tmp_path / "resumed")
+    run.train(make_cfg(*settings, "trainer.iterations=4", "trainer.resume=auto"), tmp_path / "resumed")
+    straight, resumed = (checkpoint.load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+                         for name in ("straight", "resumed"))
+    assert any("running_mean" in name for name in straight)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name

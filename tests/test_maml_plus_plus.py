@@ -9,6 +9,7 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.maml_plus_plus import MAMLPlusPlus
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
+from metarun.errors import ConfigError
 
 from reference import maml_meta_gradient
 from test_maml import classification_batch
@@ -92,3 +93,17 @@ def test_derivative_order_annealing_is_first_order_early_then_second_order():
     for name in first:
         torch.testing.assert_close(early[name], first[name], rtol=1e-9, atol=1e-11)
         torch.testing.assert_close(late[name], second[name], rtol=1e-9, atol=1e-11)
+
+
+def test_per_step_bn_statistics_keep_one_running_average_per_inner_step():
+    algo = plus_plus(per_step_bn_statistics=True)
+    algo.use_batchnorm("running")
+    Engine("loop").meta_backward(algo, classification_batch())
+    running = algo.model[0].features[1].running_mean
+    assert running.shape == (3, 4)
+    assert not torch.allclose(running[0], running[1]) and not torch.allclose(running[1], running[2])
+
+
+def test_per_step_bn_statistics_need_the_running_mode():
+    with pytest.raises(ConfigError, match="bn=running"):
+        plus_plus(per_step_bn_statistics=True).use_batchnorm("transductive")

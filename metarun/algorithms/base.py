@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from metarun.backbones.task_batchnorm import batchnorm_statistics_from
+from metarun.backbones.task_batchnorm import TaskBatchNorm2d, batchnorm_statistics_from
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -26,6 +26,7 @@ BATCHNORM_MODES = {
     "transductive": "queries are normalised as one batch with their own statistics",
     "support": "queries are normalised with the support set's statistics",
     "support_plus_one": "each query is normalised with the statistics of the support set plus itself",
+    "running": "batch statistics in meta-training; at test, running statistics from meta-training",
 }
 
 
@@ -33,7 +34,8 @@ class Algorithm(nn.Module):
     """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
 
     model: nn.Module
-    bn: str = "transductive"  # one of BATCHNORM_MODES; set from the `bn` setting
+    bn: str = "transductive"  # one of BATCHNORM_MODES; set from the `bn` setting by use_batchnorm
+    batchnorm_steps: int = 1  # how many sets of running statistics `bn=running` keeps (one per inner step)
 
     def set_progress(self, iteration: int) -> None:
         """Told the meta-training iteration before each meta-batch; for schedules inside an
@@ -50,6 +52,13 @@ class Algorithm(nn.Module):
         """The model evaluated with the given parameters instead of its own."""
         return functional_call(self, params, (x,))
 
+    def use_batchnorm(self, mode: str) -> None:
+        """Sets the `bn` mode; `running` makes every TaskBatchNorm2d keep running statistics."""
+        self.bn = mode
+        for module in self.modules():
+            if isinstance(module, TaskBatchNorm2d):
+                module.use_running_statistics(mode == "running", self.batchnorm_steps)
+
     def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
         """For algorithms with a fixed-size classifier head (`self.out_features` classes)."""
         if not support_y.dtype.is_floating_point and ways != self.out_features:
@@ -58,8 +67,9 @@ class Algorithm(nn.Module):
 
     def on_queries(self, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
                    query_x: torch.Tensor) -> torch.Tensor:
-        """network(query_x) with BatchNorm statistics taken as the `bn` mode says."""
-        if self.bn == "transductive":
+        """network(query_x) with BatchNorm statistics taken as the `bn` mode says (in eval mode,
+        `running` uses the running statistics; in training it is transductive, as torch's BatchNorm)."""
+        if self.bn in ("transductive", "running"):
             return network(query_x)
         if self.bn == "support":
             with batchnorm_statistics_from(support_x.shape[0]):
