@@ -19,7 +19,7 @@ COUNTS = (  # whole numbers greater than zero
     "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.shots", "eval.batch_tasks",
 )
 STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps")  # whole numbers, zero allowed
-RATES = ("optimizer.lr", "algo.inner_lr")  # numbers greater than zero
+RATES = ("optimizer.lr", "algo.inner_lr", "trainer.clip_grad_norm")  # numbers greater than zero
 CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(BATCHNORM_MODES)}
 
 

@@ -97,7 +97,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     t = cfg.trainer
     schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every, t.ckpt_every,
-                        t.nonfinite)
+                        t.nonfinite, t.get("clip_grad_norm"))
     trainer = Trainer(algo, engine, optimizer, scheduler, train_sampler, validate, schedule, run_dir,
                       OmegaConf.to_container(cfg, resolve=True), dataset.metric, cfg.seed)
     if t.resume:

@@ -58,6 +58,7 @@ class Schedule:
     val_every: int
     ckpt_every: int
     nonfinite: str = "stop"  # stop | skip
+    clip_grad_norm: float | None = None  # largest meta-gradient norm applied; None: no clipping
 
 
 class Trainer:
@@ -123,6 +124,8 @@ class Trainer:
             self.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
             return
+        if self.schedule.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.schedule.clip_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

@@ -44,6 +44,7 @@ TRAIN_MISTAKES = [
     (["bn=running", "engine=vmap"], "bn=running updates BatchNorm's running statistics"),
     (["algo=maml_plus_plus", "algo.per_step_bn_statistics=true"], "algo.per_step_bn_statistics=true"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
+    (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
     (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
 ]
 
