@@ -134,3 +134,4 @@ def test_engine_scores_in_eval_mode_and_restores_training_mode():
     assert algo.training
     algo.eval()
     torch.testing.assert_close(in_eval, Engine("loop").scores(algo, batch))
+    torch.testing.assert_close(in_eval, Engine("vmap").scores(algo, batch))
