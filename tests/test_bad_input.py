@@ -35,7 +35,7 @@ TRAIN_MISTAKES = [
     (["dataset.root=/nonexistent/data", "dataset.download=false"], "dataset.root"),
     (["dataset.split=nope"], "dataset.split='nope'"),
     (["dataset=sinusoid"], "backbone=mlp"),
-    (["dataset=sinusoid", "backbone=mlp", "algo=protonet"], "algo=protonet"),
+    (["dataset=sinusoid", "backbone=mlp", "algo=protonet"], "ProtoNet classifies"),
     (["task.train_ways=10"], "task.train_ways"),
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),

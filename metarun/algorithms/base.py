@@ -30,6 +30,11 @@ BATCHNORM_MODES = {
 }
 
 
+def params_under(params: Params, prefix: str) -> Params:
+    """The entries of one submodule (`prefix` = its name plus "."), named as inside it."""
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
 class Algorithm(nn.Module):
     """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
 
@@ -58,6 +63,12 @@ class Algorithm(nn.Module):
         for module in self.modules():
             if isinstance(module, TaskBatchNorm2d):
                 module.use_running_statistics(mode == "running", self.batchnorm_steps)
+
+    def check_classification(self, support_y: torch.Tensor) -> None:
+        """For algorithms that only classify (metric-based ones)."""
+        if support_y.dtype.is_floating_point:
+            raise ConfigError(f"{type(self).__name__} classifies; it cannot fit a regression dataset. "
+                              "Use a classification dataset such as dataset=omniglot.")
 
     def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
         """For algorithms with a fixed-size classifier head (`self.out_features` classes)."""

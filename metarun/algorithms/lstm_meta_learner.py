@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
-from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.algorithms.base import Algorithm, Params, Predictor, params_under
+from metarun.backbones.lstm_cell import lstm_cell
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -28,10 +29,6 @@ def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     magnitude = torch.where(large, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
     direction = torch.where(large, x.sign(), math.exp(p) * x)
     return torch.stack([magnitude, direction], dim=-1)
-
-
-def _part(params: Params, prefix: str) -> Params:
-    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
 
 
 class LSTMMetaLearner(Algorithm):
@@ -62,14 +59,14 @@ class LSTMMetaLearner(Algorithm):
         self.check_ways(support_y, ways)
         cell = torch.cat([params[name].flatten() for name in self.shapes])  # c_0: the learner's weights
         support_loss = lambda weights: task_loss_and_score(self.run(self._unflatten(weights), support_x), support_y)[0]
-        lstm, input_gate, forget_gate = (_part(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate"))
+        lstm, input_gate, forget_gate = (params_under(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate"))
         count, hidden = cell.numel(), self.lstm.hidden_size
         state = (cell.new_zeros(count, hidden), cell.new_zeros(count, hidden))
         rate, decay = cell.new_zeros(count, 1), cell.new_zeros(count, 1)
         for _ in range(self.inner_steps if steps is None else steps):
             gradient, loss = grad_and_value(support_loss)(cell.detach())
             features = torch.cat([preprocess(gradient), preprocess(loss.detach()).expand(count, 2)], dim=1)
-            state = functional_call(self.lstm, lstm, (features, state))
+            state = lstm_cell(lstm, features, state)
             rate = torch.sigmoid(functional_call(self.input_gate, input_gate,
                                                  (torch.cat([state[0], cell.unsqueeze(1), rate], 1),)))
             decay = torch.sigmoid(functional_call(self.forget_gate, forget_gate,

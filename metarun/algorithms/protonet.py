@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from metarun.algorithms.base import Algorithm, Params, Predictor
-from metarun.errors import ConfigError
 
 
 class ProtoNet(Algorithm):
@@ -18,9 +17,7 @@ class ProtoNet(Algorithm):
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:
-        if support_y.dtype.is_floating_point:
-            raise ConfigError("algo=protonet classifies; it cannot fit a regression dataset. "
-                              "Use a classification dataset such as dataset=omniglot.")
+        self.check_classification(support_y)
         embeddings = self.run(params, support_x)  # [ways*shots, D]
         one_hot = (support_y.unsqueeze(-1) == torch.arange(ways, device=support_y.device)).to(embeddings.dtype)
         prototypes = one_hot.T @ embeddings / one_hot.sum(0).unsqueeze(-1)  # [ways, D]
