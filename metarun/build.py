@@ -7,14 +7,14 @@ import random
 import numpy
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from metarun.algorithms.base import BATCHNORM_MODES, Algorithm
 from metarun.errors import ConfigError
 
 COUNTS = (  # whole numbers greater than zero
-    "task.ways", "task.shots", "task.queries", "task.meta_batch_size", "task.train_ways",
+    "task.ways", "task.shots", "task.queries", "task.meta_batch_size", "task.train_ways", "task.batch_size",
     "trainer.iterations", "trainer.log_every", "trainer.val_every", "trainer.val_episodes",
     "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.shots", "eval.batch_tasks",
 )
@@ -81,10 +81,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _algorithm_class(cfg: DictConfig) -> type:
+    try:
+        return get_class(cfg.algo._target_)
+    except Exception as error:
+        raise ConfigError(f"algo._target_={cfg.algo.get('_target_')!r} names no importable class ({error}). "
+                          "Check the _target_ line of the algo config.") from None
+
+
+def _labelled_classes(cfg: DictConfig, dataset) -> int:
+    if not hasattr(dataset, "labelled_batches"):
+        raise ConfigError(f"algo={cfg.algo._target_.rsplit('.', 1)[-1]} trains as a classifier on labelled batches "
+                          f"of classes, which dataset {type(dataset).__name__} does not have. Use a "
+                          "classification dataset such as dataset=omniglot.")
+    return dataset.num_classes("train")
+
+
 def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
-    algo = build("algo", cfg.algo, backbone=backbone, out_features=dataset.out_features(cfg.task.ways))
+    if _algorithm_class(cfg).episodic:
+        classes = dataset.out_features(cfg.task.ways)
+    else:
+        classes = _labelled_classes(cfg, dataset)
+    algo = build("algo", cfg.algo, backbone=backbone, out_features=classes)
     algo.use_batchnorm(cfg.get("bn", "transductive"))  # runs saved before the setting existed were transductive
     return algo
 

@@ -89,8 +89,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     # Every split is checked before training starts, so an impossible test episode fails now.
     test_sampler = _eval_sampler(cfg, dataset, "test", device)
     val_sampler = _eval_sampler(cfg, dataset, "val", device)
-    train_sampler = dataset.sampler("train", cfg.task.train_ways, cfg.task.shots, cfg.task.queries,
-                                    device, ways_setting="task.train_ways")
+    if algo.episodic:
+        train_sampler = dataset.sampler("train", cfg.task.train_ways, cfg.task.shots, cfg.task.queries,
+                                        device, ways_setting="task.train_ways")
+    else:
+        train_sampler = dataset.labelled_batches("train", cfg.task.batch_size, device)
 
     def validate() -> dict:
         return _score(cfg, algo, engine, val_sampler, dataset.metric, cfg.trainer.val_episodes)

@@ -37,6 +37,7 @@ TRAIN_MISTAKES = [
     (["dataset=sinusoid"], "backbone=mlp"),
     (["dataset=sinusoid", "backbone=mlp", "algo=protonet"], "ProtoNet classifies"),
     (["task.train_ways=10"], "task.train_ways"),
+    (["dataset=sinusoid", "backbone=mlp", "algo=baseline"], "trains as a classifier on labelled batches"),
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),
     (["compile=sometimes"], "compile='sometimes'"),

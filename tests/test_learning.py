@@ -23,7 +23,9 @@ def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo, iterations, overrides", [
-    ("protonet", 60, []), ("matching_net", 60, []), ("relation_net", 60, ["backbone.pooled_blocks=2"]), ("maml", 60, []), ("anil", 60, []), ("meta_sgd", 60, []),
+    ("protonet", 60, []), ("matching_net", 60, []), ("relation_net", 60, ["backbone.pooled_blocks=2"]),
+    ("baseline", 60, ["bn=running"]), ("baseline_plus_plus", 60, ["bn=running"]),
+    ("maml", 60, []), ("anil", 60, []), ("meta_sgd", 60, []),
     ("reptile", 60, ["algo.inner_lr=0.003", "task.shots=5", "eval.shots=1", "eval.inner_steps=10", "optimizer=sgd",
                      "optimizer.lr=1.0", "optimizer.momentum=0"]),
     ("imaml", 30, ["algo.inner_steps=3", "algo.cg_steps=2"]),

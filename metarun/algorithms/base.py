@@ -41,6 +41,9 @@ class Algorithm(nn.Module):
     model: nn.Module
     bn: str = "transductive"  # one of BATCHNORM_MODES; set from the `bn` setting by use_batchnorm
     batchnorm_steps: int = 1  # how many sets of running statistics `bn=running` keeps (one per inner step)
+    # False: meta-trained as an ordinary classifier of every training class, on labelled batches
+    # (episodes with an empty support set; `out_features` is then the training class count).
+    episodic: bool = True
 
     def set_progress(self, iteration: int) -> None:
         """Told the meta-training iteration before each meta-batch; for schedules inside an

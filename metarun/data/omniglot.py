@@ -19,7 +19,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from metarun.checkpoint import atomic_save
-from metarun.data.sampler import ClassImageSampler
+from metarun.data.sampler import ClassImageSampler, LabelledImageSampler
 from metarun.errors import ConfigError
 
 ARCHIVES = ("images_background", "images_evaluation")
@@ -72,6 +72,12 @@ class Omniglot:
                 ways_setting: str = "task.ways") -> ClassImageSampler:
         images = self.split_images(split).to(device)
         return ClassImageSampler(images, split, ways, shots, queries, ways_setting)
+
+    def labelled_batches(self, split: str, batch_size: int, device: torch.device) -> LabelledImageSampler:
+        return LabelledImageSampler(self.split_images(split).to(device), batch_size)
+
+    def num_classes(self, split: str) -> int:
+        return self.split_images(split).shape[0]
 
     def split_images(self, split: str) -> torch.Tensor:
         """uint8 [classes, 20, 1, H, W] of one split, rotations applied as new classes."""

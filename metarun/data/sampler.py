@@ -67,3 +67,28 @@ class ClassImageSampler:
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
         return self.build(self.draw(num_tasks, generator))
+
+
+class LabelledImageSampler:
+    """Batches of labelled images drawn uniformly (with replacement) from every class of a split,
+    for algorithms trained as ordinary classifiers (`Algorithm.episodic = False`, e.g. Baseline).
+
+    Each batch is an Episode with an empty support set whose queries carry the split's class
+    indices, `ways` being the split's class count, so the engine and trainer need nothing new.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int) -> None:
+        check_positive(**{"task.batch_size": batch_size})
+        self.images, self.batch_size = images, batch_size
+
+    def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Flat image indices [tasks, batch_size], drawn on the CPU."""
+        total = self.images.shape[0] * self.images.shape[1]
+        return torch.randint(total, (num_tasks, self.batch_size), generator=generator)
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
+        plan = self.draw(num_tasks, generator)
+        flat = self.images.flatten(0, 1)
+        pixels = flat[plan.to(flat.device)].float().div_(255.0)  # [tasks, batch, C, H, W]
+        labels = plan.to(flat.device) // self.images.shape[1]
+        return Episode(pixels[:, :0], labels[:, :0], pixels, labels, ways=self.images.shape[0])
