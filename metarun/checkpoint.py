@@ -85,3 +85,20 @@ def restore_model(model: torch.nn.Module, state: dict, path: Path) -> None:
                           f"the current configuration builds ({detail[:400]}). Evaluate it with the "
                           "config saved beside it (metarun eval run_dir=<its run folder>) or change "
                           "backbone/algo/task settings back to the ones it was trained with.") from None
+
+
+def copy_matching_weights(model: torch.nn.Module, source: Path) -> int:
+    """Starts `model` from another run's weights (`init_from`): every tensor whose name and shape
+    match is copied, the rest keep their initialisation. Returns how many were copied."""
+    source = Path(source)
+    path = source / "checkpoints" / "best.pt" if source.is_dir() else source
+    weights = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matching = {name: value for name, value in weights.items() if name in own and own[name].shape == value.shape}
+    if not matching:
+        raise ConfigError(f"init_from={source}: none of its weights has a name and shape of this model. "
+                          "Start from a run whose algorithm keeps its embedding under the same names "
+                          "(ProtoNet, Matching/Relation Networks, Baseline and nearest neighbour share "
+                          "`model.*`) and the same backbone settings.")
+    model.load_state_dict(matching, strict=False)
+    return len(matching)

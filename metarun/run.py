@@ -11,17 +11,19 @@ from omegaconf import DictConfig, OmegaConf
 from metarun.algorithms.base import BATCHNORM_MODES
 from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
                            resolve_device, seed_everything)
-from metarun.checkpoint import load_checkpoint, newest_valid_checkpoint, restore_model
+from metarun.checkpoint import copy_matching_weights, load_checkpoint, newest_valid_checkpoint, restore_model
 from metarun.engine import Engine, resolve_compile, resolve_mode
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
 from metarun.trainer import Schedule, Trainer
 
 
-def _absolute_data_root(cfg: DictConfig) -> None:
-    """Stores dataset.root as an absolute path so the run folder works from any directory."""
+def _absolute_paths(cfg: DictConfig) -> None:
+    """Stores dataset.root and init_from as absolute paths so the run folder works from any directory."""
     if "root" in cfg.dataset:
         cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+    if cfg.get("init_from"):
+        cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
 
 
 def make_engine(cfg: DictConfig, algo, device) -> Engine:
@@ -77,13 +79,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Meta-trains, then tests the best-validation checkpoint; writes the run folder."""
     check_settings(cfg)
     run_dir = Path(run_dir)
-    _absolute_data_root(cfg)
+    _absolute_paths(cfg)
     (run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
-    algo = build_algorithm(cfg, dataset).to(device)
+    algo = build_algorithm(cfg, dataset)
+    if cfg.get("init_from"):
+        copied = copy_matching_weights(algo, Path(cfg.init_from))
+        print(f"metarun: init_from copied {copied} of {len(algo.state_dict())} tensors from {cfg.init_from}",
+              file=sys.stderr)
+    algo.to(device)
     engine = make_engine(cfg, algo, device)
     optimizer, scheduler = build_optimizer(cfg, algo)
     # Every split is checked before training starts, so an impossible test episode fails now.

@@ -81,6 +81,9 @@ class Trainer:
     def fit(self) -> dict:
         """Trains up to the configured iterations; returns throughput and the best validation."""
         s = self.schedule
+        if s.iterations == 0:  # nothing to train: validate and keep the model as it starts (e.g. init_from)
+            self._log_and_validate(0, 0.0)
+            self.save("last", 0)
         window_seconds, first = 0.0, self.iteration
         started = time.perf_counter() - self.elapsed_before  # wall time carries over a resume
         bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,

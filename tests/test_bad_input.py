@@ -46,6 +46,7 @@ TRAIN_MISTAKES = [
     (["algo=maml_plus_plus", "algo.per_step_bn_statistics=true"], "algo.per_step_bn_statistics=true"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
+    (["init_from=/nonexistent/run"], "No checkpoint at /nonexistent/run"),
     (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
 ]
 
