@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from metarun.engine import Engine
+
 
 def loss_fn(prediction, target):
     return F.mse_loss(prediction, target) if target.dtype.is_floating_point else F.cross_entropy(prediction, target)
@@ -28,3 +30,14 @@ def maml_meta_gradient(algo, batch, inner_lr: float, steps: int, first_order: bo
         total = total + loss_fn(functional_call(algo, fast, (batch.query_x[index],)), batch.query_y[index])
     meta = torch.autograd.grad(total / batch.num_tasks, list(params.values()), allow_unused=True)
     return {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), meta)}
+
+
+def assert_engines_agree(algo, batch, modes=("loop", "vmap")) -> None:
+    """Every engine mode accumulates the same meta-gradient for this algorithm and batch."""
+    grads = []
+    for mode in modes:
+        algo.zero_grad()
+        Engine(mode).meta_backward(algo, batch)
+        grads.append([p.grad.clone() for p in algo.parameters()])
+    for first, other in zip(grads[0], grads[1]):
+        torch.testing.assert_close(first, other)
