@@ -69,7 +69,6 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
     return mode == "vmap" and not _has_convolutions(algo) and not _keeps_running_statistics(algo)
 
 
-
 def keep_freed_memory() -> None:
     """Lets glibc reuse freed activation memory instead of returning it to the OS.
 
