@@ -16,7 +16,7 @@ from metarun.errors import ConfigError
 COUNTS = (  # whole numbers greater than zero
     "task.ways", "task.shots", "task.queries", "task.meta_batch_size", "task.train_ways", "task.batch_size",
     "trainer.log_every", "trainer.val_every", "trainer.val_episodes",
-    "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.shots", "eval.batch_tasks",
+    "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.ways", "eval.shots", "eval.batch_tasks",
 )
 STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps", "trainer.iterations")  # whole numbers, zero allowed
 RATES = ("optimizer.lr", "algo.inner_lr", "trainer.clip_grad_norm")  # numbers greater than zero

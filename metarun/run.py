@@ -36,8 +36,14 @@ def make_engine(cfg: DictConfig, algo, device) -> Engine:
     return engine
 
 
+def _eval_ways(cfg: DictConfig) -> int:
+    return cfg.eval.get("ways", cfg.task.ways)  # runs saved before eval.ways existed tested at task.ways
+
+
 def _eval_sampler(cfg: DictConfig, dataset, split: str, device):
-    return dataset.sampler(split, cfg.task.ways, cfg.eval.shots, cfg.eval.queries, device)
+    ways = _eval_ways(cfg)
+    return dataset.sampler(split, ways, cfg.eval.shots, cfg.eval.queries, device,
+                           ways_setting="task.ways" if ways == cfg.task.ways else "eval.ways")
 
 
 def _score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int) -> dict:
@@ -52,7 +58,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
     bn = cfg.get("bn", "transductive")
     return {**dataset.protocol(), "eval_split": "test", "batchnorm": f"{bn}: {BATCHNORM_MODES[bn]}",
-            "ways": cfg.task.ways, "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
+            "ways": _eval_ways(cfg), "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
             "inner_steps_train": train_steps, "inner_steps_test": test_steps,
             "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, **engine.describe()}
 

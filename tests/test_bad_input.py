@@ -98,6 +98,7 @@ EVAL_MISTAKES = [
     (["run_dir={good}", "eval.episodes=0"], "eval.episodes=0"),
     (["run_dir={good}", "eval.shots=30"], "task.shots + queries"),
     (["run_dir={good}", "bn=running"], "was trained with bn=transductive"),
+    (["run_dir={good}", "eval.ways=3"], "Keep task.train_ways and eval.ways equal to task.ways"),
 ]
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from metarun import run
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.mlp import MLP
 from metarun.episode import Episode
 
+from conftest import TINY_OMNIGLOT
 from reference import assert_engines_agree
 
 
@@ -35,3 +37,9 @@ def test_loop_and_vmap_engines_agree():
     batch = Episode(torch.randn(4, 6, 4, dtype=torch.float64), labels,
                     torch.randn(4, 6, 4, dtype=torch.float64), labels, 3)
     assert_engines_agree(algo, batch)
+
+
+def test_a_run_tests_at_other_ways_than_it_trained(make_cfg, tmp_path):
+    run.train(make_cfg(*TINY_OMNIGLOT, "algo=protonet"), tmp_path)
+    result = run.evaluate(make_cfg(f"run_dir={tmp_path}", "eval.ways=7", "eval.episodes=3", config="eval"))
+    assert result["protocol"]["ways"] == 7 and result["episodes"] == 3

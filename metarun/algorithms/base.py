@@ -77,7 +77,7 @@ class Algorithm(nn.Module):
         """For algorithms with a fixed-size classifier head (`self.out_features` classes)."""
         if not support_y.dtype.is_floating_point and ways != self.out_features:
             raise ConfigError(f"This {type(self).__name__} model has a {self.out_features}-way head but was "
-                              f"given {ways}-way tasks. Keep task.train_ways equal to task.ways for it.")
+                              f"given {ways}-way tasks. Keep task.train_ways and eval.ways equal to task.ways for it.")
 
     def on_queries(self, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
                    query_x: torch.Tensor) -> torch.Tensor:
