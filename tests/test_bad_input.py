@@ -43,7 +43,6 @@ TRAIN_MISTAKES = [
     (["compile=sometimes"], "compile='sometimes'"),
     (["bn=sometimes"], "bn='sometimes'"),
     (["bn=running", "engine=vmap"], "bn=running updates BatchNorm's running statistics"),
-    (["algo=maml_plus_plus", "algo.per_step_bn_statistics=true"], "algo.per_step_bn_statistics=true"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
     (["init_from=/nonexistent/run"], "No checkpoint at /nonexistent/run"),

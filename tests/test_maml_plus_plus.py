@@ -9,7 +9,6 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.maml_plus_plus import MAMLPlusPlus
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
-from metarun.errors import ConfigError
 
 from reference import maml_meta_gradient
 from test_maml import classification_batch
@@ -102,8 +101,3 @@ def test_per_step_bn_statistics_keep_one_running_average_per_inner_step():
     running = algo.model[0].features[1].running_mean
     assert running.shape == (3, 4)
     assert not torch.allclose(running[0], running[1]) and not torch.allclose(running[1], running[2])
-
-
-def test_per_step_bn_statistics_need_the_running_mode():
-    with pytest.raises(ConfigError, match="bn=running"):
-        plus_plus(per_step_bn_statistics=True).use_batchnorm("transductive")

@@ -8,8 +8,8 @@ MAML with fixes for its instability, each a switch here (all off is MAML exactly
   first epochs, second order after; 0 turns it off.
 - learned_step_sizes: a learned inner learning rate per weight tensor and per step.
 - per_step_bn_weights: BatchNorm scale and shift per inner step.
-- per_step_bn_statistics: BatchNorm running statistics per inner step, used at test time;
-  needs `bn=running` (the only mode that keeps running statistics).
+- per_step_bn_statistics: with `bn=running`, BatchNorm running statistics per inner step,
+  used at test time (no effect in the modes that keep no running statistics).
 - cosine annealing of the outer learning rate is the preset's scheduler
   (torch.optim.lr_scheduler.CosineAnnealingLR), not code here.
 An epoch is `iterations_per_epoch` meta-iterations (500 in the paper's code).
@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from metarun.algorithms.base import Params
-from metarun.errors import ConfigError
 from metarun.algorithms.maml import MAML
 from metarun.backbones.task_batchnorm import TaskBatchNorm2d, batchnorm_step
 from metarun.metrics import task_loss_and_score
@@ -38,7 +37,6 @@ class MAMLPlusPlus(MAML):
         self.first_order_epochs, self.iterations_per_epoch = first_order_epochs, iterations_per_epoch
         self.epoch = 0
         steps = max(inner_steps, 1)
-        self.per_step_bn_statistics = per_step_bn_statistics
         self.batchnorm_steps = steps if per_step_bn_statistics else 1
         self.step_sizes = nn.ParameterList(
             nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in self.model.parameters()
@@ -49,12 +47,6 @@ class MAMLPlusPlus(MAML):
                     module.per_step(steps)
         self.step_size_of = {f"model.{name}": f"step_sizes.{index}"
                              for index, (name, _) in enumerate(self.model.named_parameters())}
-
-    def use_batchnorm(self, mode: str) -> None:
-        if self.per_step_bn_statistics and mode != "running":
-            raise ConfigError(f"algo.per_step_bn_statistics=true keeps running statistics, but bn={mode} never "
-                              "uses them. Set bn=running, or algo.per_step_bn_statistics=false.")
-        super().use_batchnorm(mode)
 
     def set_progress(self, iteration: int) -> None:
         self.epoch = iteration // self.iterations_per_epoch
