@@ -17,7 +17,7 @@ TRAIN_MISTAKES = [
     (["backbone=nope"], "Available options in 'backbone'"),
     (["optimizer=nope"], "Available options in 'optimizer'"),
     (["experiment=nope"], "Available options in 'experiment'"),
-    (["task.wayz=3"], "task.wayz is not a setting. Settings under task: meta_batch_size, queries, shots"),
+    (["task.wayz=3"], "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, queries, shots"),
     (["wayz=3"], "wayz is not a setting. Settings at the top level: algo, backbone"),
     (["+algo.foo=1"], "'algo' config could not be built"),
     (["task.ways=abc"], "task.ways='abc' is not a whole number"),

@@ -93,12 +93,14 @@ def test_sigterm_checkpoints_the_finished_iteration_and_resume_continues(cli_env
 
 @pytest.mark.slow
 def test_a_second_signal_exits_at_once(cli_env, tmp_path):
-    slow_iterations = ["task.meta_batch_size=32", "backbone.hidden=32"]  # ~0.5 s each
-    process = start(tmp_path, cli_env, *slow_iterations)
+    # Iteration 3 ends in a validation of many seconds, which a first signal does not cut short;
+    # so both signals, sent while iteration 3 runs, reach a busy process whatever the machine's speed.
+    long_validation = ["trainer.val_every=3", "trainer.val_episodes=4000"]
+    process = start(tmp_path, cli_env, *long_validation)
     metrics = tmp_path / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.1)  # signals sent back to back would be coalesced into one
+    time.sleep(0.5)  # signals sent back to back would be coalesced into one
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
     assert process.returncode == -signal.SIGINT
