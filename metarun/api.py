@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from metarun.algorithms.base import Algorithm
 from metarun.build import build, build_algorithm
-from metarun.checkpoint import load_checkpoint, restore_model
+from metarun.checkpoint import checkpoint_file, load_checkpoint, restore_model
 
 
 class Learner:
@@ -44,9 +44,7 @@ class MetaModel:
 
 def load(path: str | Path) -> MetaModel:
     """Loads a run folder (its best checkpoint) or a checkpoint file, on the CPU."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+    path = checkpoint_file(path)
     state = load_checkpoint(path)
     config = OmegaConf.create(state["config"])
     dataset = build("dataset", config.dataset)

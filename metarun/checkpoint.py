@@ -87,12 +87,16 @@ def restore_model(model: torch.nn.Module, state: dict, path: Path) -> None:
                           "backbone/algo/task settings back to the ones it was trained with.") from None
 
 
+def checkpoint_file(path: Path) -> Path:
+    """A run folder names its best checkpoint; a file names itself."""
+    path = Path(path)
+    return path / "checkpoints" / "best.pt" if path.is_dir() else path
+
+
 def copy_matching_weights(model: torch.nn.Module, source: Path) -> int:
     """Starts `model` from another run's weights (`init_from`): every tensor whose name and shape
     match is copied, the rest keep their initialisation. Returns how many were copied."""
-    source = Path(source)
-    path = source / "checkpoints" / "best.pt" if source.is_dir() else source
-    weights = load_checkpoint(path)["model"]
+    weights = load_checkpoint(checkpoint_file(source))["model"]
     own = model.state_dict()
     matching = {name: value for name, value in weights.items() if name in own and own[name].shape == value.shape}
     if not matching:

@@ -35,6 +35,12 @@ def params_under(params: Params, prefix: str) -> Params:
     return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
 
 
+def class_means(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Mean embedding of each class 0..ways-1: [ways, D] (ProtoNet's prototypes)."""
+    member = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)  # [N, ways]
+    return member.T @ embeddings / member.sum(0).unsqueeze(-1)
+
+
 class Algorithm(nn.Module):
     """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
 

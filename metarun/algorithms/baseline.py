@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
 
-from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.algorithms.base import Algorithm, Params, Predictor, class_means
 from metarun.errors import ConfigError
 
 HEADS = ("linear", "cosine")
@@ -47,9 +47,8 @@ class Baseline(Algorithm):
 
     def fit_head(self, features: torch.Tensor, labels: torch.Tensor, ways: int, steps: int) -> Params:
         """A new head for `ways` classes fitted to the (frozen) support embeddings."""
-        one_hot = F.one_hot(labels, ways).to(features.dtype)
         if self.head == "cosine":
-            head = {"weight": one_hot.T @ features / one_hot.sum(0).unsqueeze(-1)}
+            head = {"weight": class_means(features, labels, ways)}
         else:
             head = {"weight": features.new_zeros(ways, features.shape[-1]), "bias": features.new_zeros(ways)}
         loss = lambda weights: F.cross_entropy(self.logits(weights, features), labels)

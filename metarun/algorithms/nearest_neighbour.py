@@ -3,9 +3,9 @@ takes the class of its nearest support example (`rule=example`, 1-NN) or nearest
 (`rule=class_mean`), by squared Euclidean distance or cosine similarity.
 
 Class scores are the negative distance (or the similarity) to the class's nearest example or
-mean, so the rule can also be trained with cross-entropy (class_mean + euclidean is then
-Prototypical Networks). Its usual use is to test another run's embedding without training:
-`init_from=<run folder> trainer.iterations=0` (README, Nearest neighbour).
+mean, so the rule can also be trained with cross-entropy: class_mean + euclidean is
+Prototypical Networks (`ProtoNet` is that). Its usual use is to test another run's embedding
+without training: `init_from=<run folder> trainer.iterations=0`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.algorithms.base import Algorithm, Params, Predictor, class_means
 from metarun.errors import ConfigError
 
 RULES, METRICS = ("example", "class_mean"), ("euclidean", "cosine")
@@ -40,14 +40,14 @@ class NearestNeighbour(Algorithm):
               steps: int | None = None) -> Predictor:
         self.check_classification(support_y)
         support = self.run(params, support_x)  # [ways*shots, D]
-        member = F.one_hot(support_y, ways).to(support.dtype)  # [ways*shots, ways]
-        means = member.T @ support / member.sum(0).unsqueeze(-1)  # [ways, D]
+        references = class_means(support, support_y, ways) if self.rule == "class_mean" else support
+        other_class = F.one_hot(support_y, ways) == 0  # [ways*shots, ways]
 
         def class_scores(query_x: torch.Tensor) -> torch.Tensor:
             queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)  # [Q, D]
+            scores = self.similarity(queries, references)  # [Q, ways] or [Q, ways*shots]
             if self.rule == "class_mean":
-                return self.similarity(queries, means)
-            each = self.similarity(queries, support).unsqueeze(-1)  # [Q, ways*shots, 1]
-            return each.masked_fill(member.unsqueeze(0) == 0, float("-inf")).amax(1)  # [Q, ways]
+                return scores
+            return scores.unsqueeze(-1).masked_fill(other_class, float("-inf")).amax(1)  # [Q, ways]
 
         return class_scores

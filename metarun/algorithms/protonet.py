@@ -1,29 +1,16 @@
 """Prototypical Networks (Snell, Swersky, Zemel 2017, arXiv:1703.05175): classify a query by
-the squared Euclidean distance of its embedding to each class's mean support embedding.
+the squared Euclidean distance of its embedding to each class's mean support embedding,
+trained with cross-entropy over the negative distances. That is the nearest-class-mean rule
+of `NearestNeighbour` with the Euclidean metric, so this class only fixes those two choices.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.algorithms.nearest_neighbour import NearestNeighbour
 
 
-class ProtoNet(Algorithm):
+class ProtoNet(NearestNeighbour):
     def __init__(self, backbone: nn.Module, out_features: int) -> None:
-        super().__init__()
-        self.model = backbone
-
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
-        self.check_classification(support_y)
-        embeddings = self.run(params, support_x)  # [ways*shots, D]
-        one_hot = (support_y.unsqueeze(-1) == torch.arange(ways, device=support_y.device)).to(embeddings.dtype)
-        prototypes = one_hot.T @ embeddings / one_hot.sum(0).unsqueeze(-1)  # [ways, D]
-
-        def negative_squared_distance(query_x: torch.Tensor) -> torch.Tensor:
-            queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)  # [Q, D]
-            return -(queries.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)  # [Q, ways]
-
-        return negative_squared_distance
+        super().__init__(backbone, out_features, rule="class_mean", metric="euclidean")

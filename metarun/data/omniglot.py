@@ -77,18 +77,20 @@ class Omniglot:
         return LabelledImageSampler(self.split_images(split).to(device), batch_size)
 
     def num_classes(self, split: str) -> int:
-        return self.split_images(split).shape[0]
+        return len(self._entries(split))
+
+    def _entries(self, split: str) -> list[tuple[str, int]]:
+        """(character, rotation in degrees) of each class of one split."""
+        if self.split_name == "vinyals":
+            return self._vinyals_entries(split)
+        return self._lake_entries(split, self._load()[0])
 
     def split_images(self, split: str) -> torch.Tensor:
         """uint8 [classes, 20, 1, H, W] of one split, rotations applied as new classes."""
         names, images = self._load()
         index = {name: i for i, name in enumerate(names)}
-        if self.split_name == "vinyals":
-            entries = self._vinyals_entries(split)
-        else:
-            entries = self._lake_entries(split, names)
         classes = []
-        for character, degrees in entries:
+        for character, degrees in self._entries(split):
             if character not in index:
                 raise ConfigError(
                     f"The split file names {character!r}, which is not among the {len(names)} "

@@ -87,8 +87,8 @@ class LabelledImageSampler:
         return torch.randint(total, (num_tasks, self.batch_size), generator=generator)
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
-        plan = self.draw(num_tasks, generator)
         flat = self.images.flatten(0, 1)
-        pixels = flat[plan.to(flat.device)].float().div_(255.0)  # [tasks, batch, C, H, W]
-        labels = plan.to(flat.device) // self.images.shape[1]
+        plan = self.draw(num_tasks, generator).to(flat.device)
+        pixels = flat[plan].float().div_(255.0)  # [tasks, batch, C, H, W]
+        labels = plan // self.images.shape[1]
         return Episode(pixels[:, :0], labels[:, :0], pixels, labels, ways=self.images.shape[0])
