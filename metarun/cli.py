@@ -9,18 +9,21 @@ from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import setup_globals
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from metarun import run
+from metarun import distributed, run
+from metarun.distributed import World
 from metarun.errors import MetarunError, Preempted
 from metarun.evaluator import describe
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=<name> dataset=<name>; -m to sweep)
-       metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]"""
+       metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]
+       torchrun --nproc_per_node=K -m metarun train [overrides...]   K processes share each meta-batch"""
 
 
 def _report(error: MetarunError) -> None:
@@ -42,7 +45,8 @@ def _train(cfg: DictConfig) -> dict:
         results = run.train(cfg, run_dir)
     except MetarunError as error:
         _report(error)
-    print(f"test {describe(results)}")
+    if World.current().is_main:
+        print(f"test {describe(results)}")
     return results
 
 
@@ -51,7 +55,8 @@ def _eval(cfg: DictConfig) -> None:
         results = run.evaluate(cfg)
     except MetarunError as error:
         _report(error)
-    print(json.dumps(results, indent=2))
+    if World.current().is_main:
+        print(json.dumps(results, indent=2))
 
 
 COMMANDS = {"train": _train, "eval": _eval}
@@ -83,6 +88,31 @@ def _check_keys(command: str, overrides: list[str]) -> None:
     sys.exit(2)
 
 
+def _resolved_run_dir(command: str, overrides: list[str]) -> str:
+    """hydra.run.dir as Hydra would resolve it now (its default holds the date and time)."""
+    setup_globals()  # registers Hydra's `now` resolver
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return str(OmegaConf.select(compose(command, overrides, return_hydra_config=True), "hydra.run.dir"))
+
+
+def _join_processes(command: str, overrides: list[str]) -> list[str]:
+    """Under torchrun: joins the other processes; returns the overrides that give every process
+    rank 0's run folder and leave Hydra's files and logs to rank 0."""
+    if any(o in ("-m", "--multirun") for o in overrides):
+        print("metarun: error: a sweep (-m) cannot run inside torchrun, which already starts several "
+              "processes for one run. Drop -m, or sweep without torchrun.", file=sys.stderr)
+        sys.exit(2)
+    distributed.start()
+    world = World.current()
+    extra = []
+    if command == "train" and not any(o.startswith("hydra.run.dir=") for o in overrides):
+        run_dir = world.broadcast_object(_resolved_run_dir(command, overrides) if world.is_main else None)
+        extra.append(f"hydra.run.dir={run_dir}")
+    if not world.is_main:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return extra
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
@@ -93,6 +123,8 @@ def main() -> None:
         print("metarun: error: metarun eval needs run_dir=<run folder written by metarun train>, "
               "e.g. metarun eval run_dir=outputs/2026-01-31/12-00-00.", file=sys.stderr)
         sys.exit(2)
+    if distributed.launched_by_torchrun():
+        sys.argv += _join_processes(command, sys.argv[1:])
     sys.argv[0] = f"metarun {command}"
     app = hydra.main(config_path=CONFIG_DIR, config_name=command, version_base="1.3")(COMMANDS[command])
     app()

@@ -14,11 +14,12 @@ def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed
     """Per-episode scores on `episodes` episodes drawn from a generator seeded by `seed` alone.
 
     All episodes are planned in one draw before any is built, so the episodes do not
-    depend on how many are evaluated at once.
+    depend on how many are evaluated at once, nor on how many processes share them (each
+    scores a contiguous part of the plan; the parts are gathered in order).
     """
-    plan = sampler.draw(episodes, torch.Generator().manual_seed(seed))
+    plan = engine.world.my_share(sampler.draw(episodes, torch.Generator().manual_seed(seed)))
     chunks = [engine.scores(algo, sampler.build(part), steps) for part in plan.split(batch_tasks)]
-    return torch.cat(chunks).cpu()
+    return engine.world.gather(torch.cat(chunks).cpu())
 
 
 def summarise(scores: torch.Tensor, metric: str) -> dict:

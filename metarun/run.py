@@ -12,6 +12,7 @@ from metarun.algorithms.base import BATCHNORM_MODES
 from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
                            resolve_device, seed_everything)
 from metarun.checkpoint import copy_matching_weights, load_checkpoint, newest_valid_checkpoint, restore_model
+from metarun.distributed import World
 from metarun.engine import Engine, resolve_compile, resolve_mode
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
@@ -26,12 +27,12 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
 
 
-def make_engine(cfg: DictConfig, algo, device) -> Engine:
+def make_engine(cfg: DictConfig, algo, device, world: World | None = None) -> Engine:
     """The engine a run's settings ask for, with its `auto` choices made for this model and device."""
     # Runs saved before these settings existed ran in fp32, uncompiled, contiguous.
     mode = resolve_mode(cfg.engine, algo, device)
     engine = Engine(mode, cfg.get("precision", "fp32"), resolve_compile(cfg.get("compile", False), mode, algo),
-                    cfg.get("channels_last", False), cfg.get("keep_freed_memory", False))
+                    cfg.get("channels_last", False), cfg.get("keep_freed_memory", False), world)
     engine.prepare(algo)
     return engine
 
@@ -82,12 +83,16 @@ def _resume(trainer: Trainer, resume: str, run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Meta-trains, then tests the best-validation checkpoint; writes the run folder."""
+    """Meta-trains, then tests the best-validation checkpoint; writes the run folder.
+
+    Under torchrun every process calls this with the same settings and run folder."""
     check_settings(cfg)
+    world = World.current()
     run_dir = Path(run_dir)
     _absolute_paths(cfg)
-    (run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if world.is_main:
+        (run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
@@ -97,7 +102,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"metarun: init_from copied {copied} of {len(algo.state_dict())} tensors from {cfg.init_from}",
               file=sys.stderr)
     algo.to(device)
-    engine = make_engine(cfg, algo, device)
+    world.broadcast_state(algo)
+    engine = make_engine(cfg, algo, device, world)
     optimizer, scheduler = build_optimizer(cfg, algo)
     # Every split is checked before training starts, so an impossible test episode fails now.
     test_sampler = _eval_sampler(cfg, dataset, "test", device)
@@ -115,17 +121,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every, t.ckpt_every,
                         t.nonfinite, t.get("clip_grad_norm"))
     trainer = Trainer(algo, engine, optimizer, scheduler, train_sampler, validate, schedule, run_dir,
-                      OmegaConf.to_container(cfg, resolve=True), dataset.metric, cfg.seed)
+                      OmegaConf.to_container(cfg, resolve=True), dataset.metric, cfg.seed, world)
     if t.resume:
         _resume(trainer, t.resume, run_dir)
     training = trainer.fit()
+    training["processes"] = world.size
 
+    world.barrier()  # rank 0 has finished writing best.pt
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
     results = _score(cfg, algo, engine, test_sampler, dataset.metric, cfg.eval.episodes)
     results.update(checkpoint="best", iteration=training["best_iteration"],
                    protocol=protocol(cfg, dataset, engine), training=training)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if world.is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -176,11 +185,13 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.bn is not None:
         _switch_batchnorm(algo, run_cfg, cfg.bn)
     algo.to(device)
-    engine = make_engine(run_cfg, algo, device)
+    world = World.current()
+    engine = make_engine(run_cfg, algo, device, world)
     sampler = _eval_sampler(run_cfg, dataset, "test", device)
     results = _score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
     results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine))
-    output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2))
+    if world.is_main:
+        output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2))
     return results

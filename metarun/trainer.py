@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from metarun.checkpoint import FORMAT_VERSION, atomic_save
+from metarun.distributed import World
 from metarun.errors import Preempted, TrainingError
 from metarun.metrics import JsonlWriter
 
@@ -63,7 +64,9 @@ class Schedule:
 
 class Trainer:
     def __init__(self, algo, engine, optimizer, scheduler, sampler, validate: Callable[[], dict],
-                 schedule: Schedule, run_dir: Path, config: dict, metric: str, seed: int) -> None:
+                 schedule: Schedule, run_dir: Path, config: dict, metric: str, seed: int,
+                 world: World | None = None) -> None:
+        self.world = world or World()  # rank 0 alone writes files and progress output
         self.algo, self.engine, self.optimizer, self.scheduler = algo, engine, optimizer, scheduler
         self.sampler, self.validate, self.schedule = sampler, validate, schedule
         self.run_dir, self.config, self.metric = Path(run_dir), config, metric
@@ -87,7 +90,7 @@ class Trainer:
         window_seconds, first = 0.0, self.iteration
         started = time.perf_counter() - self.elapsed_before  # wall time carries over a resume
         bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,
-                   initial=first, total=s.iterations)
+                   initial=first, total=s.iterations, disable=not self.world.is_main)
         with self._preemptible():
             for iteration in bar:
                 step_start = time.perf_counter()
@@ -99,10 +102,11 @@ class Trainer:
                 if row:
                     window_seconds = 0.0
                     bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items() if k in self.shown})
-                if iteration % s.ckpt_every == 0 or iteration == s.iterations or self.stop_signal:
+                stopping = self.world.any(self.stop_signal is not None)  # every rank stops at one iteration
+                if iteration % s.ckpt_every == 0 or iteration == s.iterations or stopping:
                     self.save("last", iteration)
-                if self.stop_signal:
-                    raise Preempted(f"Stopped by signal {self.stop_signal} after iteration {iteration}; "
+                if stopping:
+                    raise Preempted(f"Stopped by a signal after iteration {iteration}; "
                                     f"checkpoint written to {self.run_dir / 'checkpoints' / 'last.pt'}. "
                                     f"Resume with the same command plus hydra.run.dir={self.run_dir} "
                                     "trainer.resume=auto.")
@@ -160,7 +164,7 @@ class Trainer:
             self.window = []
         if iteration % s.val_every == 0 or last:
             row.update(iteration=iteration, **self._validate_and_keep_best(iteration))
-        if row:
+        if row and self.world.is_main:
             row["elapsed_s"] = round(self.elapsed, 3)
             self.metrics.write(row)
         return row
@@ -195,6 +199,10 @@ class Trainer:
 
     def save(self, name: str, iteration: int) -> None:
         """Writes checkpoints/<name>.pt atomically with everything needed to resume or evaluate."""
+        if name == "last":
+            self.last_saved = iteration
+        if not self.world.is_main:
+            return
         state = {
             "format": FORMAT_VERSION,
             "model": self.algo.state_dict(),
@@ -211,8 +219,6 @@ class Trainer:
         }
         folder = self.run_dir / "checkpoints"
         atomic_save(state, folder / f"{name}.pt", previous=folder / "previous.pt" if name == "last" else None)
-        if name == "last":
-            self.last_saved = iteration
 
     def restore(self, state: dict) -> None:
         """Continues from a checkpoint exactly where it was written."""
@@ -231,7 +237,7 @@ class Trainer:
     def _drop_metrics_after(self, iteration: int) -> None:
         """Rows logged after the checkpoint will be logged again by the resumed run."""
         path = self.metrics.path
-        if path.exists():
+        if path.exists() and self.world.is_main:
             rows = [line for line in path.read_text().splitlines()
                     if line and json.loads(line)["iteration"] <= iteration]
             path.write_text("".join(row + "\n" for row in rows))

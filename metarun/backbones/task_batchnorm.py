@@ -18,7 +18,7 @@ are noted and folded into the running averages when the block ends.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,15 +53,24 @@ def batchnorm_statistics_from(rows: int):
     return _setting("statistics_rows", rows)
 
 
+def _unchanged(rows: torch.Tensor) -> torch.Tensor:
+    return rows
+
+
 @contextmanager
-def running_statistics_recorded(model: nn.Module) -> Iterator[None]:
+def running_statistics_recorded(model: nn.Module,
+                                gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> Iterator[None]:
     """Within this block training-mode batches update the running statistics of `model`'s
-    TaskBatchNorm2d modules that keep them, in the order the batches were seen."""
+    TaskBatchNorm2d modules that keep them, in the order the batches were seen.
+
+    `gather` turns this process's recorded rows into every process's, in task order, so that
+    ranks sharing a meta-batch fold the same batches in the same order as one process would.
+    """
     with _setting("recording", True):
         yield
     for module in model.modules():
-        if isinstance(module, TaskBatchNorm2d):
-            module.fold_recorded_batches()
+        if isinstance(module, TaskBatchNorm2d) and module.uses_running_statistics:
+            module.fold_recorded_batches(gather)
 
 
 class TaskBatchNorm2d(nn.Module):
@@ -91,13 +100,17 @@ class TaskBatchNorm2d(nn.Module):
             self.running_var = torch.ones(steps, channels, **like)
         self.uses_running_statistics = enabled
 
-    def fold_recorded_batches(self) -> None:
+    def fold_recorded_batches(self, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> None:
         """Moves the running statistics towards each recorded batch's, as torch's BatchNorm does."""
-        with torch.no_grad():
-            for index, mean, var in self._recorded:
-                self.running_mean[index].lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var[index].lerp_(var.to(self.running_var.dtype), self.momentum)
+        channels = self.running_mean.shape[1]
+        rows = torch.stack([torch.cat([mean.new_tensor([index]), mean, var]) for index, mean, var in self._recorded]
+                           ) if self._recorded else self.running_mean.new_zeros(0, 1 + 2 * channels)
         self._recorded.clear()
+        with torch.no_grad():
+            for row in gather(rows.to(self.running_mean.dtype)):  # [index, mean (C), var (C)]
+                index = int(row[0])
+                self.running_mean[index].lerp_(row[1:1 + channels], self.momentum)
+                self.running_var[index].lerp_(row[1 + channels:], self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
         weight, bias = self.weight, self.bias

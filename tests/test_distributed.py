@@ -1,0 +1,107 @@
+"""Several processes share each meta-batch: the result must be the one-process result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from metarun.build import build, build_algorithm, seed_everything
+from metarun.distributed import World
+from metarun.errors import ConfigError
+from metarun.run import make_engine
+
+from conftest import REPO, TINY_OMNIGLOT
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+MAML = ["algo=maml", "algo.first_order=false", "algo.inner_steps=2", "task.meta_batch_size=4"]
+PROTONET = ["algo=protonet", "bn=running", "task.meta_batch_size=4"]
+
+
+def meta_gradient(cfg, world: World) -> dict[str, torch.Tensor]:
+    """One meta-batch's gradient (and any running statistics) from a fresh seeded model."""
+    seed_everything(cfg.seed)
+    dataset = build("dataset", cfg.dataset)
+    algo = build_algorithm(cfg, dataset)
+    engine = make_engine(cfg, algo, torch.device("cpu"), world)
+    sampler = dataset.sampler("train", cfg.task.ways, cfg.task.shots, cfg.task.queries, torch.device("cpu"))
+    engine.meta_backward(algo, sampler.sample(cfg.task.meta_batch_size, torch.Generator().manual_seed(1)))
+    return {**{name: p.grad.clone() for name, p in algo.named_parameters()},
+            **{name: b.clone() for name, b in algo.named_buffers()}}
+
+
+def _rank_meta_gradient(rank: int, cfg, rendezvous: str, output: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        result = meta_gradient(cfg, World.current())
+        if rank == 0:
+            torch.save(result, output)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [MAML, PROTONET], ids=["maml_second_order", "protonet_running_bn"])
+def test_meta_gradient_over_two_processes_equals_one_process(setting, make_cfg, tmp_path):
+    cfg = make_cfg(*TINY_OMNIGLOT, *setting)
+    alone = meta_gradient(cfg, World())
+    mp.spawn(_rank_meta_gradient, args=(cfg, str(tmp_path / "rendezvous"), str(tmp_path / "shared.pt")),
+             nprocs=2)
+    shared = torch.load(tmp_path / "shared.pt", weights_only=True)
+    assert shared.keys() == alone.keys()
+    for name in alone:
+        torch.testing.assert_close(shared[name], alone[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def train_command(processes: int, run_dir: Path, *overrides: str) -> list[str]:
+    launcher = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    return [*launcher, "-m", "metarun", "train", *TINY_OMNIGLOT, "optimizer=sgd", "trainer.iterations=3",
+            "trainer.val_every=1", "trainer.log_every=1", "eval.episodes=7", f"hydra.run.dir={run_dir}",
+            *overrides]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [MAML, PROTONET], ids=["maml_second_order", "protonet_running_bn"])
+def test_torchrun_training_equals_one_process(setting, cli_env, tmp_path):
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"processes_{processes}"
+        done = subprocess.run(train_command(processes, run_dir, *setting), capture_output=True, text=True,
+                              env=cli_env, cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("test accuracy") == 1  # rank 0 alone reports
+        runs[processes] = run_dir
+    one, two = (torch.load(runs[p] / "checkpoints" / "last.pt", weights_only=True) for p in (1, 2))
+    assert one["iteration"] == two["iteration"] == 3
+    for name in one["model"]:
+        torch.testing.assert_close(two["model"][name], one["model"][name], rtol=1e-5, atol=1e-6, msg=name)
+    rows = {p: (runs[p] / "metrics.jsonl").read_text().splitlines() for p in (1, 2)}
+    assert len(rows[2]) == len(rows[1]) == 3  # one row per iteration, written once
+    tested = {p: json.loads((runs[p] / "results.json").read_text()) for p in (1, 2)}
+    assert tested[2]["episodes"] == tested[1]["episodes"] == 7  # 4 + 3 episodes gathered, none twice
+    assert tested[2]["accuracy"]["mean"] == pytest.approx(tested[1]["accuracy"]["mean"], abs=1e-6)
+    assert tested[2]["training"]["processes"] == 2
+
+
+def test_a_meta_batch_that_does_not_split_evenly_is_refused():
+    with pytest.raises(ConfigError, match="task.meta_batch_size=3 cannot be split evenly over 2 processes"):
+        World(rank=0, size=2).check_divides(3, "task.meta_batch_size")
+
+
+def test_each_rank_takes_a_contiguous_share():
+    items = torch.arange(7)
+    shares = [World(rank, 2).my_share(items) for rank in range(2)]
+    assert torch.equal(torch.cat(shares), items)
+    assert [len(s) for s in shares] == [4, 3]
+
+
+def test_one_process_is_a_world_of_one():
+    world, grad = World(), torch.ones(3)
+    assert world.is_main and world.mean(1.5, 2.5) == (1.5, 2.5) and torch.equal(world.gather(grad), grad)
