@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from metarun import distributed, run
+from metarun import distributed, report, run
 from metarun.distributed import World
 from metarun.errors import MetarunError, Preempted
 from metarun.evaluator import describe
@@ -23,6 +24,8 @@ from metarun.evaluator import describe
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=<name> dataset=<name>; -m to sweep)
        metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]
+       metarun report <run or sweep folders...> [--output DIR]   results table (report.md, report.csv)
+       metarun plot <run or sweep folders...> [--output DIR]     learning curves and sweep plot (PNG)
        torchrun --nproc_per_node=K -m metarun train [overrides...]   K processes share each meta-batch"""
 
 
@@ -32,13 +35,18 @@ def _report(error: MetarunError) -> None:
     sys.exit(error.exit_status)
 
 
-def _train(cfg: DictConfig) -> dict:
+def _best_validation(results: dict) -> float:
+    """What a sweeper (Optuna) optimises: the best validation score, never the test score."""
+    return results["training"][f"best_val_{results['metric']}"]
+
+
+def _train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         if (run_dir / "results.json").is_file():
             print(f"metarun: {run_dir} already finished; skipping it.", file=sys.stderr)
-            return json.loads((run_dir / "results.json").read_text())
+            return _best_validation(json.loads((run_dir / "results.json").read_text()))
         if not cfg.trainer.resume:
             cfg.trainer.resume = "auto"
     try:
@@ -47,7 +55,7 @@ def _train(cfg: DictConfig) -> dict:
         _report(error)
     if World.current().is_main:
         print(f"test {describe(results)}")
-    return results
+    return _best_validation(results)
 
 
 def _eval(cfg: DictConfig) -> None:
@@ -60,6 +68,27 @@ def _eval(cfg: DictConfig) -> None:
 
 
 COMMANDS = {"train": _train, "eval": _eval}
+
+
+def _folders_command(command: str, arguments: list[str]) -> None:
+    """`metarun report|plot <folders...>`: plain commands over finished run folders (no Hydra)."""
+    parser = argparse.ArgumentParser(prog=f"metarun {command}")
+    parser.add_argument("folders", nargs="+", type=Path, help="run folders, or sweep folders holding them")
+    parser.add_argument("--output", type=Path, help="where the files go (default: the first folder)")
+    args = parser.parse_args(arguments)
+    output = args.output or args.folders[0]
+    try:
+        runs = report.find_runs(args.folders)
+    except MetarunError as error:
+        _report(error)
+    if command == "report":
+        md, table = report.write_report(runs, output)
+        print(f"{report.markdown(runs)}\nwritten: {md}, {table}")
+        return
+    from metarun import plot  # matplotlib loads only for this command
+
+    pictures = [plot.learning_curves(runs, output), plot.sweep_plot(runs, output)]
+    print("written: " + ", ".join(str(p) for p in pictures if p is not None))
 
 
 def _check_keys(command: str, overrides: list[str]) -> None:
@@ -114,6 +143,9 @@ def _join_processes(command: str, overrides: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] in ("report", "plot"):
+        _folders_command(sys.argv[1], sys.argv[2:])
+        return
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)

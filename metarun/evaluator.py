@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from metarun.algorithms.base import Algorithm
 from metarun.engine import Engine
@@ -18,7 +19,9 @@ def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed
     scores a contiguous part of the plan; the parts are gathered in order).
     """
     plan = engine.world.my_share(sampler.draw(episodes, torch.Generator().manual_seed(seed)))
-    chunks = [engine.scores(algo, sampler.build(part), steps) for part in plan.split(batch_tasks)]
+    parts = tqdm(plan.split(batch_tasks), desc="evaluating", unit="batch", leave=False,
+                 disable=not engine.world.is_main)
+    chunks = [engine.scores(algo, sampler.build(part), steps) for part in parts]
     return engine.world.gather(torch.cat(chunks).cpu())
 
 

@@ -124,7 +124,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                       OmegaConf.to_container(cfg, resolve=True), dataset.metric, cfg.seed, world)
     if t.resume:
         _resume(trainer, t.resume, run_dir)
-    training = trainer.fit()
+    logger = None
+    if cfg.get("logger") and world.is_main:
+        logger = build("logger", cfg.logger)(run_dir=run_dir, config=trainer.config, resumed_at=trainer.iteration)
+    try:
+        training = trainer.fit(logger)
+    finally:
+        if logger is not None:
+            logger.close()
     training["processes"] = world.size
 
     world.barrier()  # rank 0 has finished writing best.pt

@@ -1,46 +1,43 @@
-"""Sweeps: one table of a finished Hydra multirun, and re-runs that skip finished jobs.
+"""Sweeps: a report of a finished Hydra multirun, and re-runs that skip finished jobs.
 
 Each job's folder is named by its overrides (hydra.sweep.subdir), so running the same
 sweep command again finds every job's earlier folder: finished jobs (results.json
 present) are skipped and unfinished ones resume from their newest checkpoint.
+
+The report lists the jobs this sweep ran: those whose Hydra files were written after it
+started. It is read from the job folders rather than collected from job callbacks because
+parallel and cluster launchers (joblib, submitit) run those callbacks in other processes.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
-from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from metarun.evaluator import describe
-
-
-def result_line(job_dir: Path) -> str:
-    results_file = Path(job_dir) / "results.json"
-    if not results_file.is_file():
-        return "no results (failed or unfinished)"
-    return describe(json.loads(results_file.read_text()))
+from metarun.errors import ConfigError
+from metarun.report import find_runs, markdown, write_report
 
 
 class SweepSummary(Callback):
-    """Collects the jobs of this sweep as they end and prints their results as one table."""
+    """Writes report.md and report.csv into the sweep folder and prints the Markdown table."""
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[str, Path]] = []
+        self.started = time.time()
 
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
-        output_dir = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
-        self.jobs.append((" ".join(job_return.overrides or []), output_dir))
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not self.jobs:
-            return
-        rows = [(overrides, result_line(job_dir)) for overrides, job_dir in self.jobs]
-        width = max(len(overrides) for overrides, _ in rows)
-        lines = [f"{'overrides':<{width}}  result"] + [f"{o:<{width}}  {r}" for o, r in rows]
-        table = "\n".join(lines)
         sweep_dir = Path(config.hydra.sweep.dir)
-        (sweep_dir / "summary.txt").write_text(table + "\n")
-        print(f"\nSweep summary ({sweep_dir}):\n{table}")
+        try:
+            runs = find_runs([sweep_dir])
+        except ConfigError:  # no job got as far as its run folder; each has reported why
+            return
+        ran = [run for run in runs if (run.folder / ".hydra" / "overrides.yaml").stat().st_mtime >= self.started - 1]
+        if not ran:
+            return
+        md, table = write_report(ran, sweep_dir)
+        print(f"\nSweep report ({md}, {table.name}):\n\n{markdown(ran)}")

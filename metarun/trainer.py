@@ -78,12 +78,15 @@ class Trainer:
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.shown = ("train_loss", f"train_{metric}", "tasks_per_s", f"val_{metric}")
         self.stop_signal: int | None = None
+        self.logger = None
         self.last_saved: int | None = None
         self.elapsed_before = self.elapsed = 0.0  # training wall time before this process, and so far
 
-    def fit(self) -> dict:
-        """Trains up to the configured iterations; returns throughput and the best validation."""
-        s = self.schedule
+    def fit(self, logger=None) -> dict:
+        """Trains up to the configured iterations; returns throughput and the best validation.
+
+        `logger` (optional, metarun.loggers) receives every metrics row as well."""
+        s, self.logger = self.schedule, logger
         if s.iterations == 0:  # nothing to train: validate and keep the model as it starts (e.g. init_from)
             self._log_and_validate(0, 0.0)
             self.save("last", 0)
@@ -167,6 +170,8 @@ class Trainer:
         if row and self.world.is_main:
             row["elapsed_s"] = round(self.elapsed, 3)
             self.metrics.write(row)
+            if self.logger is not None:
+                self.logger.log(row)
         return row
 
     def _validate_and_keep_best(self, iteration: int) -> dict:

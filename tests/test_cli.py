@@ -45,11 +45,11 @@ def test_eval_options_reach_the_protocol(trained_run, cli_env, tmp_path):
     assert result["checkpoint"].endswith("last.pt")
 
 
-def test_multirun_sweep_prints_a_summary_table(cli_env, tmp_path):
+def test_multirun_sweep_prints_and_writes_a_report(cli_env, tmp_path):
     done = metarun("train", "-m", *TINY_OMNIGLOT, "trainer.iterations=2", "algo=maml,fomaml",
                    f"hydra.sweep.dir={tmp_path}", env=cli_env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Sweep summary" in done.stdout
-    assert "algo=maml" in done.stdout and "algo=fomaml" in done.stdout
+    assert "Sweep report" in done.stdout
+    assert "| algo | test accuracy |" in done.stdout and "| fomaml |" in done.stdout and "| maml |" in done.stdout
     assert len(list(tmp_path.glob("*/results.json"))) == 2
-    assert (tmp_path / "summary.txt").is_file()
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.csv").is_file()

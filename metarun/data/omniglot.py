@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from tqdm import tqdm
 
 from metarun.checkpoint import atomic_save
 from metarun.data.sampler import ClassImageSampler, LabelledImageSampler
@@ -174,7 +175,7 @@ class Omniglot:
 
     def _decode(self, files: dict[str, bytes], source: str) -> dict[str, torch.Tensor]:
         characters: dict[str, list[torch.Tensor]] = {}
-        for relative in sorted(files):
+        for relative in tqdm(sorted(files), desc=f"decoding {Path(source).name}", unit="image", leave=False):
             alphabet, character, _ = relative.split("/")[-3:]
             try:
                 pixels = to_pixels(Image.open(io.BytesIO(files[relative])), self.image_size)

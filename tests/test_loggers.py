@@ -1,0 +1,34 @@
+"""Optional loggers: the same rows as metrics.jsonl, and a clear error when their library is missing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from metarun import run
+from metarun.errors import ConfigError
+
+from conftest import TINY_OMNIGLOT
+
+
+def test_tensorboard_logger_records_every_metrics_row(make_cfg, tmp_path):
+    run.train(make_cfg(*TINY_OMNIGLOT, "logger=tensorboard"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for name in ("train_loss", "val_accuracy", "val_accuracy_ci95", "tasks_per_s"):
+        logged = [(e.step, e.value) for e in events.Scalars(name)]
+        expected = [(row["iteration"], row[name]) for row in rows if name in row]
+        assert [step for step, _ in logged] == [step for step, _ in expected]
+        assert [value for _, value in logged] == pytest.approx([value for _, value in expected], rel=1e-6)
+
+
+@pytest.mark.parametrize("logger, package", [("wandb", "wandb"), ("mlflow", "mlflow")])
+def test_a_logger_without_its_library_names_the_package_to_install(logger, package, make_cfg, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed
+    with pytest.raises(ConfigError, match=f"logger={logger} needs the {package} package.*pip install {package}"):
+        run.train(make_cfg(*TINY_OMNIGLOT, f"logger={logger}"), tmp_path)
