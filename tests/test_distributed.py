@@ -105,3 +105,9 @@ def test_each_rank_takes_a_contiguous_share():
 def test_one_process_is_a_world_of_one():
     world, grad = World(), torch.ones(3)
     assert world.is_main and world.mean(1.5, 2.5) == (1.5, 2.5) and torch.equal(world.gather(grad), grad)
+
+
+def test_a_sweep_inside_torchrun_is_refused(cli_env):
+    done = subprocess.run([sys.executable, "-m", "metarun", "train", "-m", "algo=maml,fomaml"], capture_output=True,
+                          text=True, env={**cli_env, "WORLD_SIZE": "2"}, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "cannot run inside torchrun" in done.stderr and "Traceback" not in done.stderr
