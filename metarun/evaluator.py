@@ -22,7 +22,8 @@ def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed
     parts = tqdm(plan.split(batch_tasks), desc="evaluating", unit="batch", leave=False,
                  disable=not engine.world.is_main)
     chunks = [engine.scores(algo, sampler.build(part), steps) for part in parts]
-    return engine.world.gather(torch.cat(chunks).cpu())
+    mine = torch.cat(chunks).cpu() if chunks else torch.empty(0)  # none: more processes than episodes
+    return engine.world.gather(mine)
 
 
 def summarise(scores: torch.Tensor, metric: str) -> dict:

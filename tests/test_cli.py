@@ -33,6 +33,7 @@ def test_eval_reproduces_the_test_result_and_writes_eval_json(trained_run, cli_e
     evaluated = json.loads((trained_run / "eval.json").read_text())
     trained = json.loads((trained_run / "results.json").read_text())
     assert evaluated["accuracy"] == trained["accuracy"], "same checkpoint, same episodes"
+    assert "evaluating" in done.stderr  # a progress bar over the episodes
 
 
 def test_eval_options_reach_the_protocol(trained_run, cli_env, tmp_path):
