@@ -55,11 +55,15 @@ def sweep_plot(runs: list[RunResult], output: Path) -> Path | None:
     others = [key for key in swept if key != x_key]
     values = sorted({run.overrides.get(x_key, "") for run in finished}, key=_number_first)
     figure, axes = plt.subplots(figsize=(6, 4))
-    for group in sorted({_label(run, others) for run in finished}):
-        members = [run for run in finished if _label(run, others) == group]
+
+    def group(run: RunResult) -> str:  # seeds of one setting share a colour
+        return " ".join(f"{key}={run.overrides.get(key, '')}" for key in others)
+
+    for name in sorted({group(run) for run in finished}):
+        members = [run for run in finished if group(run) == name]
         xs = [values.index(run.overrides.get(x_key, "")) for run in members]
         axes.errorbar(xs, [run.mean for run in members], yerr=[run.ci95 for run in members], fmt="o",
-                      capsize=3, label=group if others else None)
+                      capsize=3, label=name or None)
     axes.set_xticks(range(len(values)), values, rotation=30 if max(map(len, values)) > 8 else 0,
                     ha="right" if max(map(len, values)) > 8 else "center")
     axes.set(xlabel=x_key, ylabel=f"test {finished[0].metric} (95% interval)")
