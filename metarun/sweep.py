@@ -30,13 +30,16 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.time()
 
+    def _written_since_start(self, path: Path) -> bool:
+        return path.is_file() and path.stat().st_mtime >= self.started - 1
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             runs = find_runs([sweep_dir])
         except ConfigError:  # no job got as far as its run folder; each has reported why
             return
-        ran = [run for run in runs if (run.folder / ".hydra" / "overrides.yaml").stat().st_mtime >= self.started - 1]
+        ran = [run for run in runs if self._written_since_start(run.folder / ".hydra" / "overrides.yaml")]
         if not ran:
             return
         md, table = write_report(ran, sweep_dir)
