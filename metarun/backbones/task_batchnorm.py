@@ -103,14 +103,15 @@ class TaskBatchNorm2d(nn.Module):
     def fold_recorded_batches(self, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> None:
         """Moves the running statistics towards each recorded batch's, as torch's BatchNorm does."""
         channels = self.running_mean.shape[1]
-        rows = torch.stack([torch.cat([mean.new_tensor([index]), mean, var]) for index, mean, var in self._recorded]
-                           ) if self._recorded else self.running_mean.new_zeros(0, 1 + 2 * channels)
+        steps = torch.tensor([step for step, _, _ in self._recorded], dtype=torch.long)
+        statistics = (torch.stack([torch.cat([mean, var]) for _, mean, var in self._recorded])
+                      if self._recorded else self.running_mean.new_zeros(0, 2 * channels))  # [batches, 2C]
         self._recorded.clear()
+        statistics = gather(statistics.to(self.running_mean.dtype))
         with torch.no_grad():
-            for row in gather(rows.to(self.running_mean.dtype)):  # [index, mean (C), var (C)]
-                index = int(row[0])
-                self.running_mean[index].lerp_(row[1:1 + channels], self.momentum)
-                self.running_var[index].lerp_(row[1 + channels:], self.momentum)
+            for step, row in zip(gather(steps).tolist(), statistics):  # step indices stay on the host
+                self.running_mean[step].lerp_(row[:channels], self.momentum)
+                self.running_var[step].lerp_(row[channels:], self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
         weight, bias = self.weight, self.bias
