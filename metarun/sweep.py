@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from metarun.errors import ConfigError
-from metarun.report import find_runs, markdown, write_report
+from metarun.report import find_runs, write_report
 
 
 class SweepSummary(Callback):
@@ -43,4 +43,4 @@ class SweepSummary(Callback):
         if not ran:
             return
         md, table = write_report(ran, sweep_dir)
-        print(f"\nSweep report ({md}, {table.name}):\n\n{markdown(ran)}")
+        print(f"\nSweep report ({md}, {table.name}):\n\n{md.read_text()}")
