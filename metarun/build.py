@@ -10,7 +10,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from metarun.algorithms.base import BATCHNORM_MODES, Algorithm
+from metarun import batchnorm
+from metarun.algorithms.base import Algorithm
 from metarun.errors import ConfigError
 
 COUNTS = (  # whole numbers greater than zero
@@ -20,7 +21,7 @@ COUNTS = (  # whole numbers greater than zero
 )
 STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps", "trainer.iterations")  # whole numbers, zero allowed
 RATES = ("optimizer.lr", "algo.inner_lr", "trainer.clip_grad_norm")  # numbers greater than zero
-CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(BATCHNORM_MODES)}
+CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES)}
 
 
 def _select(cfg: DictConfig, key: str):
@@ -105,7 +106,7 @@ def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     else:
         classes = _labelled_classes(cfg, dataset)
     algo = build("algo", cfg.algo, backbone=backbone, out_features=classes)
-    algo.use_batchnorm(cfg.get("bn", "transductive"))  # runs saved before the setting existed were transductive
+    batchnorm.use_mode(algo, cfg.get("bn", "transductive"))  # runs saved before the setting existed were transductive
     return algo
 
 

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
 from metarun.distributed import World
-from metarun.backbones.task_batchnorm import running_statistics_recorded, vmap_safe_batchnorm
 from metarun.episode import Episode
 from metarun.errors import ConfigError
 
@@ -46,17 +46,13 @@ def _has_convolutions(algo: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 
 
-def _keeps_running_statistics(algo: nn.Module) -> bool:
-    return getattr(algo, "bn", None) == "running"
-
-
 def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
     """The concrete batching mode for this model and device."""
     if mode not in MODES:
         raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
-    if _keeps_running_statistics(algo):
+    if batchnorm.keeps_running_statistics(algo):
         return "loop"
     return "vmap" if device.type == "cuda" or not _has_convolutions(algo) else "loop"
 
@@ -69,7 +65,7 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
         return compile
-    return mode == "vmap" and not _has_convolutions(algo) and not _keeps_running_statistics(algo)
+    return mode == "vmap" and not _has_convolutions(algo) and not batchnorm.keeps_running_statistics(algo)
 
 
 def keep_freed_memory() -> None:
@@ -110,7 +106,7 @@ class Engine:
     def _computing(self, device: torch.device) -> Iterator[None]:
         with ExitStack() as stack:
             if self.mode == "vmap":
-                stack.enter_context(vmap_safe_batchnorm())
+                stack.enter_context(batchnorm.vmap_safe())
             if self.precision == "bf16":
                 stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
             yield
@@ -136,7 +132,7 @@ class Engine:
         """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score).
 
         With several processes, this one's share of the tasks, averaged over all processes."""
-        if _keeps_running_statistics(algo) and (self.mode == "vmap" or self.compile):
+        if batchnorm.keeps_running_statistics(algo) and (self.mode == "vmap" or self.compile):
             raise ConfigError("bn=running updates BatchNorm's running statistics batch by batch, which "
                               "only the uncompiled loop engine does. Use engine=loop compile=false (or "
                               "auto for both) with bn=running, or another bn mode.")
@@ -150,7 +146,7 @@ class Engine:
                                                           batch.query_x, batch.query_y)), batch.ways)
         tensors, tasks = self._tasks(mine), mine.num_tasks
         with (self._computing(batch.support_x.device),
-              running_statistics_recorded(algo, self.world.gather)):
+              batchnorm.recording(algo, self.world.gather)):
             if self.compile:
                 return self._compiled_meta_backward(algo, batch.ways, steps, tensors, tasks)
             fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from metarun.algorithms.base import BATCHNORM_MODES
+from metarun import batchnorm
 from metarun.build import (build, build_algorithm, build_optimizer, check_settings,
                            resolve_device, seed_everything)
 from metarun.checkpoint import copy_matching_weights, load_checkpoint, newest_valid_checkpoint, restore_model
@@ -58,7 +58,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     train_steps = cfg.algo.get("inner_steps")
     test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
     bn = cfg.get("bn", "transductive")
-    return {**dataset.protocol(), "eval_split": "test", "batchnorm": f"{bn}: {BATCHNORM_MODES[bn]}",
+    return {**dataset.protocol(), "eval_split": "test", "batchnorm": f"{bn}: {batchnorm.MODES[bn]}",
             "ways": _eval_ways(cfg), "shots": cfg.eval.shots, "queries_test": cfg.eval.queries,
             "inner_steps_train": train_steps, "inner_steps_test": test_steps,
             "episodes": cfg.eval.episodes, "eval_seed": cfg.eval.seed, **engine.describe()}
@@ -164,7 +164,7 @@ def _switch_batchnorm(algo, run_cfg: DictConfig, mode: str) -> None:
                           "with bn=running.")
     run_cfg.bn = mode
     check_settings(run_cfg)
-    algo.use_batchnorm(mode)
+    batchnorm.use_mode(algo, mode)
 
 
 def evaluate(cfg: DictConfig) -> dict:

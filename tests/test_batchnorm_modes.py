@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
-from metarun.backbones.task_batchnorm import TaskBatchNorm2d, batchnorm_step, running_statistics_recorded
+from metarun import batchnorm
+from metarun.batchnorm import TaskBatchNorm2d
+from metarun.errors import ConfigError
 from metarun.engine import Engine
 
 from test_maml import classification_batch
@@ -71,7 +73,7 @@ def test_every_algorithm_shares_the_setting(bn):
 
 def recorded_batches(norm, batches, step=0):
     outputs = []
-    with running_statistics_recorded(norm), batchnorm_step(step):
+    with batchnorm.recording(norm), batchnorm.at_step(step):
         for batch in batches:
             outputs.append(norm(batch))
     return outputs
@@ -100,7 +102,8 @@ def test_running_statistics_change_only_inside_the_recording_block():
 def test_per_step_running_statistics_are_kept_and_used_per_step():
     torch.manual_seed(0)
     norm = TaskBatchNorm2d(3)
-    norm.use_running_statistics(True, steps=3)
+    norm.per_step(3, weights=False, statistics=True)
+    norm.use_running_statistics(True)
     first, last = torch.randn(4, 3, 5, 5) + 5, torch.randn(4, 3, 5, 5) - 5
     recorded_batches(norm, [first], step=0)
     recorded_batches(norm, [last], step=2)
@@ -108,13 +111,13 @@ def test_per_step_running_statistics_are_kept_and_used_per_step():
     torch.testing.assert_close(norm.running_mean[2], 0.1 * last.mean((0, 2, 3)))
     assert torch.equal(norm.running_mean[1], torch.zeros(3))
     norm.eval()
-    with batchnorm_step(1):
+    with batchnorm.at_step(1):
         torch.testing.assert_close(norm(first), first / (1 + norm.eps) ** 0.5)
 
 
 def test_running_mode_learns_statistics_in_meta_training_and_tests_each_query_alone():
     algo = maml()
-    algo.use_batchnorm("running")
+    batchnorm.use_mode(algo, "running")
     batch = classification_batch(tasks=2)
     Engine("loop").meta_backward(algo, batch)
     assert not torch.equal(algo.model[0].features[1].running_mean, torch.zeros(1, 4))
@@ -127,7 +130,7 @@ def test_running_mode_learns_statistics_in_meta_training_and_tests_each_query_al
 
 def test_engine_scores_in_eval_mode_and_restores_training_mode():
     algo = maml()
-    algo.use_batchnorm("running")
+    batchnorm.use_mode(algo, "running")
     batch = classification_batch(tasks=2)
     Engine("loop").meta_backward(algo, batch)
     in_eval = Engine("loop").scores(algo, batch)
@@ -135,3 +138,43 @@ def test_engine_scores_in_eval_mode_and_restores_training_mode():
     algo.eval()
     torch.testing.assert_close(in_eval, Engine("loop").scores(algo, batch))
     torch.testing.assert_close(in_eval, Engine("vmap").scores(algo, batch))
+
+
+def batch_tensors(batch):
+    return batch.support_x, batch.support_y, batch.query_x, batch.query_y
+
+
+def test_two_models_in_one_process_keep_their_own_running_statistics():
+    first, second = maml(), maml()
+    batchnorm.use_mode(first, "running")
+    batchnorm.use_mode(second, "running")
+    batch = classification_batch(tasks=2)
+    with batchnorm.recording(first):
+        for algo in (first, second):
+            algo.task_loss(algo.params(), *(t[0] for t in batch_tensors(batch)), ways=3)
+    untouched = second.model[0].features[1]
+    assert torch.equal(untouched.running_mean, torch.zeros(1, 4))
+    with batchnorm.recording(second):
+        pass
+    assert torch.equal(untouched.running_mean, torch.zeros(1, 4))  # nothing was noted for later either
+    assert not torch.equal(first.model[0].features[1].running_mean, torch.zeros(1, 4))
+
+
+def test_flags_set_for_one_model_are_gone_after_its_block():
+    norm, x = TaskBatchNorm2d(3), torch.randn(4, 3, 5, 5)
+    norm.per_step(2)
+    with torch.no_grad():
+        norm.weight[1].mul_(3.0)
+    with batchnorm.at_step(1), batchnorm.statistics_from(2):
+        inside = norm(x)
+    torch.testing.assert_close(norm(x), TaskBatchNorm2d(3)(x))
+    assert not torch.allclose(inside, norm(x))
+
+
+@pytest.mark.parametrize("bn", list(batchnorm.MODES))
+def test_torch_batchnorm_in_a_backbone_is_refused_naming_the_mode(bn):
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    backbone.out_features = 4 * 10 * 10
+    algo = MAML(backbone, 3, inner_lr=0.4, inner_steps=1)
+    with pytest.raises(ConfigError, match=f"bn={bn}.*BatchNorm2d.*TaskBatchNorm2d"):
+        batchnorm.use_mode(algo, bn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metarun import batchnorm
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.maml_plus_plus import MAMLPlusPlus
 from metarun.backbones.conv4 import Conv4
@@ -96,7 +97,7 @@ def test_derivative_order_annealing_is_first_order_early_then_second_order():
 
 def test_per_step_bn_statistics_keep_one_running_average_per_inner_step():
     algo = plus_plus(per_step_bn_statistics=True)
-    algo.use_batchnorm("running")
+    batchnorm.use_mode(algo, "running")
     Engine("loop").meta_backward(algo, classification_batch())
     running = algo.model[0].features[1].running_mean
     assert running.shape == (3, 4)

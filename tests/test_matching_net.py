@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.algorithms.matching_net import MatchingNet
-from metarun.backbones.lstm_cell import lstm_cell
+from metarun.algorithms.functional import lstm_cell
 from metarun.backbones.mlp import MLP
 from metarun.episode import Episode
 

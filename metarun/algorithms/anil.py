@@ -6,15 +6,12 @@ task embeds its support set once and the inner steps are a cheap linear problem.
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
-from metarun.algorithms.base import Params, Predictor
+from metarun.algorithms.base import Predictor
+from metarun.algorithms.functional import Params, inner_gradient, params_under, sgd_step
 from metarun.algorithms.maml import MAML
 from metarun.metrics import task_loss_and_score
-
-
-def _part(params: Params, prefix: str) -> Params:
-    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
 
 
 class ANIL(MAML):
@@ -22,16 +19,14 @@ class ANIL(MAML):
               steps: int | None = None) -> Predictor:
         self.check_ways(support_y, ways)
         backbone, head = self.model
-        body_params, head_params = _part(params, "model.0."), _part(params, "model.1.")
+        body_params, head_params = params_under(params, "model.0."), params_under(params, "model.1.")
         features = functional_call(backbone, body_params, (support_x,))
 
         def head_loss(weights: Params) -> torch.Tensor:
             return task_loss_and_score(functional_call(head, weights, (features,)), support_y)[0]
 
         for _ in range(self.inner_steps if steps is None else steps):
-            grads = grad(head_loss)(head_params)
-            if self.uses_first_order():
-                grads = {name: g.detach() for name, g in grads.items()}
-            head_params = {name: head_params[name] - self.inner_lr * grads[name] for name in head_params}
+            grads = inner_gradient(head_loss, head_params, first_order=self.uses_first_order())
+            head_params = sgd_step(head_params, grads, self.inner_lr)
         embed = lambda x: functional_call(backbone, body_params, (x,))
         return lambda query_x: functional_call(head, head_params, (self.on_queries(embed, support_x, query_x),))

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, class_means
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, class_means
 from metarun.errors import ConfigError
 
 HEADS = ("linear", "cosine")

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, loss_with_gradient
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, inner_gradient, loss_with_gradient, sgd_step
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -47,9 +48,9 @@ class IMAML(Algorithm):
         anchor = {name: value.detach() for name, value in params.items()}
         fast = dict(anchor)
         for _ in range(self.inner_steps if steps is None else steps):
-            grads = grad(self._support_loss)(fast, support_x, support_y)
-            fast = {name: fast[name] - self.inner_lr * (grads[name] + self.lam * (fast[name] - anchor[name]))
-                    for name in fast}
+            grads = inner_gradient(self._support_loss, fast, support_x, support_y)
+            proximal = {name: grads[name] + self.lam * (fast[name] - anchor[name]) for name in fast}
+            fast = sgd_step(fast, proximal, self.inner_lr)
         return fast
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,

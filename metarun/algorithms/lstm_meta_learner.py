@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, params_under
-from metarun.backbones.lstm_cell import lstm_cell
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, params_under
+from metarun.algorithms.functional import lstm_cell
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 

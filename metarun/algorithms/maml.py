@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import grad
 
-from metarun.algorithms.base import Algorithm, Params, Predictor
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, inner_gradient, sgd_step
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -34,7 +34,7 @@ class MAML(Algorithm):
 
     def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
         """One inner SGD step of the network's weights; Meta-SGD and MAML++ learn the rates."""
-        return {name: fast[name] - self.inner_lr * grads[name] for name in fast}
+        return sgd_step(fast, grads, self.inner_lr)
 
     def uses_first_order(self) -> bool:
         return self.first_order
@@ -45,9 +45,8 @@ class MAML(Algorithm):
         self.check_ways(support_y, ways)
         weights = [{name: value for name, value in params.items() if name.startswith("model.")}]
         for step in range(self.inner_steps if steps is None else steps):
-            grads = grad(self.support_loss)(weights[-1], support_x, support_y, step)
-            if self.uses_first_order():
-                grads = {name: g.detach() for name, g in grads.items()}
+            grads = inner_gradient(self.support_loss, weights[-1], support_x, support_y, step,
+                                   first_order=self.uses_first_order())
             weights.append(self.inner_update(params, weights[-1], grads, step))
         return weights
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metarun.algorithms.base import Params
+from metarun.algorithms.functional import Params, sgd_step
 from metarun.algorithms.maml import MAML
-from metarun.backbones.task_batchnorm import TaskBatchNorm2d, batchnorm_step
+from metarun import batchnorm
 from metarun.metrics import task_loss_and_score
 
 
@@ -37,14 +37,12 @@ class MAMLPlusPlus(MAML):
         self.first_order_epochs, self.iterations_per_epoch = first_order_epochs, iterations_per_epoch
         self.epoch = 0
         steps = max(inner_steps, 1)
-        self.batchnorm_steps = steps if per_step_bn_statistics else 1
         self.step_sizes = nn.ParameterList(
             nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in self.model.parameters()
         ) if learned_step_sizes else None
-        if per_step_bn_weights:
-            for module in self.model.modules():
-                if isinstance(module, TaskBatchNorm2d):
-                    module.per_step(steps)
+        for module in self.model.modules():
+            if isinstance(module, batchnorm.TaskBatchNorm2d):
+                module.per_step(steps, weights=per_step_bn_weights, statistics=per_step_bn_statistics)
         self.step_size_of = {f"model.{name}": f"step_sizes.{index}"
                              for index, (name, _) in enumerate(self.model.named_parameters())}
 
@@ -55,14 +53,14 @@ class MAMLPlusPlus(MAML):
         return self.first_order or self.epoch < self.first_order_epochs
 
     def run_at_step(self, fast: Params, x: torch.Tensor, step: int) -> torch.Tensor:
-        with batchnorm_step(step):
+        with batchnorm.at_step(step):
             return self.run(fast, x)
 
     def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
         if self.step_sizes is None:
             return super().inner_update(params, fast, grads, step)
-        return {name: fast[name] - params[self.step_size_of[name]][min(step, self.inner_steps - 1)] * grads[name]
-                for name in fast}
+        index = min(step, self.inner_steps - 1)
+        return sgd_step(fast, grads, {name: params[self.step_size_of[name]][index] for name in fast})
 
     def step_weights(self, steps: int) -> list[float]:
         """Weights of the query losses after steps 1..steps: uniform at first, all on the last

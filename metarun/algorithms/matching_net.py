@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, params_under
-from metarun.backbones.lstm_cell import lstm_cell
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, params_under
+from metarun.algorithms.functional import lstm_cell
 from metarun.errors import ConfigError
 
 

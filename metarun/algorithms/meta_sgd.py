@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metarun.algorithms.base import Params
+from metarun.algorithms.functional import Params, sgd_step
 from metarun.algorithms.maml import MAML
 
 
@@ -26,4 +26,4 @@ class MetaSGD(MAML):
                         for index, (name, _) in enumerate(self.model.named_parameters())}
 
     def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
-        return {name: fast[name] - params[self.rate_of[name]] * grads[name] for name in fast}
+        return sgd_step(fast, grads, {name: params[self.rate_of[name]] for name in fast})

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, class_means
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, class_means
 from metarun.errors import ConfigError
 
 RULES, METRICS = ("example", "class_mean"), ("euclidean", "cosine")

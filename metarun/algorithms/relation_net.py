@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, params_under
-from metarun.backbones.task_batchnorm import TaskBatchNorm2d
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, params_under
+from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
 

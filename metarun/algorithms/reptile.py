@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from metarun.algorithms.base import Algorithm, Params, Predictor, loss_with_gradient
+from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.functional import Params, loss_with_gradient
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 

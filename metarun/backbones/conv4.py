@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from metarun.backbones.task_batchnorm import TaskBatchNorm2d
+from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
 

@@ -1,0 +1,207 @@
+"""BatchNorm policy, in one place: the `bn` modes, the task BatchNorm layer, which statistics
+normalise the queries, and the recording and folding of running statistics.
+
+In MAML each task is normalised by its own batch, at training and at test time (the
+original MAML code does the same). With `bn=running` (ProtoNet's original protocol,
+MAML++'s per-step statistics) the layer also keeps running statistics, updated from the
+batches seen in meta-training and used in eval mode, as torch's BatchNorm does.
+
+Two formulations of the batch-statistics function: the fused F.batch_norm (about 3x
+faster on a CPU) and one written from var_mean/addcmul. The second exists because, in
+torch 2.14.1, vmapping second-order MAML through training-mode F.batch_norm gives wrong
+meta-gradients; the engine switches to it with `vmap_safe()` while it vmaps.
+
+Running statistics cannot be updated in place inside torch.func transforms (the inner
+loop's grad, the engine's vmap), so batches seen inside `recording(model)` are noted and
+folded into the running averages when the block ends. Only that model's layers record.
+
+The per-call flags (inner step, vmap safety, which rows give the statistics, which layers
+record) live in a context variable, set and restored by the context managers below, so
+two models in one process (or thread) cannot leave state in each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vmap
+
+from metarun.errors import ConfigError
+
+MODES = {
+    "transductive": "queries are normalised as one batch with their own statistics",
+    "support": "queries are normalised with the support set's statistics",
+    "support_plus_one": "each query is normalised with the statistics of the support set plus itself",
+    "running": "batch statistics in meta-training; at test, running statistics from meta-training",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flags:
+    step: int = 0  # the inner step whose per-step scale, shift and statistics apply
+    vmap_safe: bool = False  # use the formulation that is correct under vmap
+    statistics_rows: int | None = None  # normalise with the statistics of the first rows only
+    recording: frozenset[int] = frozenset()  # ids of the layers that note their batches
+
+
+_flags: ContextVar[_Flags] = ContextVar("metarun_batchnorm", default=_Flags())
+
+
+@contextmanager
+def _changed(**changes) -> Iterator[None]:
+    token = _flags.set(dataclasses.replace(_flags.get(), **changes))
+    try:
+        yield
+    finally:
+        _flags.reset(token)
+
+
+def vmap_safe() -> contextmanager:
+    """Within this block every TaskBatchNorm2d uses the formulation that is correct under vmap."""
+    return _changed(vmap_safe=True)
+
+
+def at_step(step: int) -> contextmanager:
+    """Within this block a per-step TaskBatchNorm2d uses the scale, shift and running
+    statistics of inner step `step`."""
+    return _changed(step=step)
+
+
+def statistics_from(rows: int) -> contextmanager:
+    """Within this block BatchNorm normalises every row with the statistics of the first `rows`
+    (the support set), so queries appended after them do not influence each other."""
+    return _changed(statistics_rows=rows)
+
+
+def _unchanged(rows: torch.Tensor) -> torch.Tensor:
+    return rows
+
+
+def _layers(model: nn.Module) -> list[TaskBatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
+
+
+def keeps_running_statistics(model: nn.Module) -> bool:
+    """True when a layer of `model` keeps running statistics (then only the plain loop can train it)."""
+    return any(layer.uses_running_statistics for layer in _layers(model))
+
+
+@contextmanager
+def recording(model: nn.Module, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> Iterator[None]:
+    """Within this block training-mode batches update the running statistics of `model`'s layers
+    that keep them, in the order the batches were seen; other models' layers are untouched.
+
+    `gather` turns this process's recorded rows into every process's, in task order, so that
+    ranks sharing a meta-batch fold the same batches in the same order as one process would.
+    """
+    keeping = [layer for layer in _layers(model) if layer.uses_running_statistics]
+    with _changed(recording=_flags.get().recording | {id(layer) for layer in keeping}):
+        yield
+    for layer in keeping:
+        layer.fold_recorded_batches(gather)
+
+
+def use_mode(model: nn.Module, mode: str) -> None:
+    """Applies the `bn` setting to a model: its layers keep running statistics for `running`.
+
+    torch's own BatchNorm layers are refused: inside torch.func transforms they can neither
+    update running statistics nor take the support set's statistics, so a `bn` mode would
+    silently not apply to them."""
+    if mode not in MODES:
+        raise ConfigError(f"bn={mode!r} is not one of {', '.join(MODES)}. Set bn to one of them.")
+    foreign = [type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if foreign:
+        backbone = type(getattr(model, "model", model)).__name__
+        raise ConfigError(f"bn={mode}: the model (backbone {backbone}) uses torch's {foreign[0]}, which "
+                          "metarun's BatchNorm modes cannot steer (its statistics would bypass the mode). "
+                          "Build the backbone with metarun.batchnorm.TaskBatchNorm2d instead.")
+    model.bn = mode
+    for layer in _layers(model):
+        layer.use_running_statistics(mode == "running")
+
+
+def normalise_queries(mode: str, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
+                      query_x: torch.Tensor) -> torch.Tensor:
+    """network(query_x) with BatchNorm statistics taken as the `bn` mode says (in eval mode,
+    `running` uses the running statistics; in training it is transductive, as torch's BatchNorm)."""
+    if mode in ("transductive", "running"):
+        return network(query_x)
+    if mode == "support":
+        with statistics_from(support_x.shape[0]):
+            return network(torch.cat([support_x, query_x]))[support_x.shape[0]:]
+    with statistics_from(support_x.shape[0] + 1):
+        return vmap(lambda query: network(torch.cat([support_x, query.unsqueeze(0)]))[-1])(query_x)
+
+
+class TaskBatchNorm2d(nn.Module):
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", None)  # [steps, C] once running statistics are used
+        self.register_buffer("running_var", None)
+        self.uses_running_statistics = False
+        self.statistics_steps = 1  # sets of running statistics, one per inner step (MAML++)
+        self._recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def per_step(self, steps: int, weights: bool = True, statistics: bool = False) -> None:
+        """Gives every inner step its own scale and shift (MAML++), all starting from the current
+        ones, and/or its own running statistics."""
+        if weights:
+            with torch.no_grad():
+                self.weight = nn.Parameter(self.weight.expand(steps, -1).clone())
+                self.bias = nn.Parameter(self.bias.expand(steps, -1).clone())
+        if statistics:
+            self.statistics_steps = steps
+
+    def use_running_statistics(self, enabled: bool) -> None:
+        """Eval mode normalises with running statistics (kept per inner step if statistics_steps
+        > 1) when enabled; they are created at their torch defaults on first use."""
+        if enabled and self.running_mean is None:
+            channels = self.weight.shape[-1]
+            like = {"device": self.weight.device, "dtype": self.weight.dtype}
+            self.running_mean = torch.zeros(self.statistics_steps, channels, **like)
+            self.running_var = torch.ones(self.statistics_steps, channels, **like)
+        self.uses_running_statistics = enabled
+
+    def fold_recorded_batches(self, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> None:
+        """Moves the running statistics towards each recorded batch's, as torch's BatchNorm does."""
+        channels = self.running_mean.shape[1]
+        steps = torch.tensor([step for step, _, _ in self._recorded], dtype=torch.long)
+        statistics = (torch.stack([torch.cat([mean, var]) for _, mean, var in self._recorded])
+                      if self._recorded else self.running_mean.new_zeros(0, 2 * channels))  # [batches, 2C]
+        self._recorded.clear()
+        statistics = gather(statistics.to(self.running_mean.dtype))
+        with torch.no_grad():
+            for step, row in zip(gather(steps).tolist(), statistics):  # step indices stay on the host
+                self.running_mean[step].lerp_(row[:channels], self.momentum)
+                self.running_var[step].lerp_(row[channels:], self.momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
+        flags = _flags.get()
+        weight, bias = self.weight, self.bias
+        if weight.dim() == 2:
+            index = min(flags.step, weight.shape[0] - 1)
+            weight, bias = weight[index], bias[index]
+        if self.uses_running_statistics:
+            index = min(flags.step, self.running_mean.shape[0] - 1)
+            if not self.training:
+                return F.batch_norm(x, self.running_mean[index], self.running_var[index], weight, bias,
+                                    training=False, eps=self.eps)
+            if id(self) in flags.recording:
+                var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=True)
+                self._recorded.append((index, mean, var))
+        rows = flags.statistics_rows
+        if not flags.vmap_safe and rows is None:
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+        reference = x if rows is None else x[:rows]
+        var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * weight.view(1, -1, 1, 1)
+        return torch.addcmul(bias.view(1, -1, 1, 1) - mean * scale, x, scale)
