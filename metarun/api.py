@@ -34,7 +34,9 @@ class MetaModel:
         """The dataset's native item (e.g. a PIL image of an Omniglot PNG) -> a model input."""
         return self.dataset.preprocess(raw)
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Learner:
+    def adapt(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
+    ) -> Learner:
         """Fits one task from its support set (labels 0..ways-1, or float targets)."""
         ways = 1 if support_y.dtype.is_floating_point else int(support_y.max()) + 1
         with torch.no_grad():

@@ -23,9 +23,9 @@ two models in one process (or thread) cannot leave state in each other.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from metarun.errors import ConfigError
 MODES = {
     "transductive": "queries are normalised as one batch with their own statistics",
     "support": "queries are normalised with the support set's statistics",
-    "support_plus_one": "each query is normalised with the statistics of the support set plus itself",
+    "support_plus_one": "each query is normalised with the support set's and its own statistics",
     "running": "batch statistics in meta-training; at test, running statistics from meta-training",
 }
 
@@ -50,7 +50,8 @@ class _Flags:
     recording: frozenset[int] = frozenset()  # ids of the layers that note their batches
 
 
-_flags: ContextVar[_Flags] = ContextVar("metarun_batchnorm", default=_Flags())
+_NO_FLAGS = _Flags()
+_flags: ContextVar[_Flags] = ContextVar("metarun_batchnorm", default=_NO_FLAGS)
 
 
 @contextmanager
@@ -88,12 +89,15 @@ def _layers(model: nn.Module) -> list[TaskBatchNorm2d]:
 
 
 def keeps_running_statistics(model: nn.Module) -> bool:
-    """True when a layer of `model` keeps running statistics (then only the plain loop can train it)."""
+    """True when a layer of `model` keeps running statistics (then only the plain loop can train
+    it)."""
     return any(layer.uses_running_statistics for layer in _layers(model))
 
 
 @contextmanager
-def recording(model: nn.Module, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> Iterator[None]:
+def recording(
+    model: nn.Module, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged
+) -> Iterator[None]:
     """Within this block training-mode batches update the running statistics of `model`'s layers
     that keep them, in the order the batches were seen; other models' layers are untouched.
 
@@ -115,26 +119,34 @@ def use_mode(model: nn.Module, mode: str) -> None:
     silently not apply to them."""
     if mode not in MODES:
         raise ConfigError(f"bn={mode!r} is not one of {', '.join(MODES)}. Set bn to one of them.")
-    foreign = [type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    foreign = [
+        type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     if foreign:
         backbone = type(getattr(model, "model", model)).__name__
-        raise ConfigError(f"bn={mode}: the model (backbone {backbone}) uses torch's {foreign[0]}, which "
-                          "metarun's BatchNorm modes cannot steer (its statistics would bypass the mode). "
-                          "Build the backbone with metarun.batchnorm.TaskBatchNorm2d instead.")
+        raise ConfigError(
+            f"bn={mode}: the model (backbone {backbone}) uses torch's {foreign[0]}, which "
+            "metarun's BatchNorm modes cannot steer (its statistics would bypass the mode). "
+            "Build the backbone with metarun.batchnorm.TaskBatchNorm2d instead."
+        )
     model.bn = mode
     for layer in _layers(model):
         layer.use_running_statistics(mode == "running")
 
 
-def normalise_queries(mode: str, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
-                      query_x: torch.Tensor) -> torch.Tensor:
+def normalise_queries(
+    mode: str,
+    network: Callable[[torch.Tensor], torch.Tensor],
+    support_x: torch.Tensor,
+    query_x: torch.Tensor,
+) -> torch.Tensor:
     """network(query_x) with BatchNorm statistics taken as the `bn` mode says (in eval mode,
     `running` uses the running statistics; in training it is transductive, as torch's BatchNorm)."""
     if mode in ("transductive", "running"):
         return network(query_x)
     if mode == "support":
         with statistics_from(support_x.shape[0]):
-            return network(torch.cat([support_x, query_x]))[support_x.shape[0]:]
+            return network(torch.cat([support_x, query_x]))[support_x.shape[0] :]
     with statistics_from(support_x.shape[0] + 1):
         return vmap(lambda query: network(torch.cat([support_x, query.unsqueeze(0)]))[-1])(query_x)
 
@@ -171,16 +183,23 @@ class TaskBatchNorm2d(nn.Module):
             self.running_var = torch.ones(self.statistics_steps, channels, **like)
         self.uses_running_statistics = enabled
 
-    def fold_recorded_batches(self, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged) -> None:
+    def fold_recorded_batches(
+        self, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged
+    ) -> None:
         """Moves the running statistics towards each recorded batch's, as torch's BatchNorm does."""
         channels = self.running_mean.shape[1]
         steps = torch.tensor([step for step, _, _ in self._recorded], dtype=torch.long)
-        statistics = (torch.stack([torch.cat([mean, var]) for _, mean, var in self._recorded])
-                      if self._recorded else self.running_mean.new_zeros(0, 2 * channels))  # [batches, 2C]
+        statistics = (
+            torch.stack([torch.cat([mean, var]) for _, mean, var in self._recorded])
+            if self._recorded
+            else self.running_mean.new_zeros(0, 2 * channels)
+        )  # [batches, 2C]
         self._recorded.clear()
         statistics = gather(statistics.to(self.running_mean.dtype))
         with torch.no_grad():
-            for step, row in zip(gather(steps).tolist(), statistics):  # step indices stay on the host
+            for step, row in zip(
+                gather(steps).tolist(), statistics
+            ):  # step indices stay on the host
                 self.running_mean[step].lerp_(row[:channels], self.momentum)
                 self.running_var[step].lerp_(row[channels:], self.momentum)
 
@@ -193,8 +212,15 @@ class TaskBatchNorm2d(nn.Module):
         if self.uses_running_statistics:
             index = min(flags.step, self.running_mean.shape[0] - 1)
             if not self.training:
-                return F.batch_norm(x, self.running_mean[index], self.running_var[index], weight, bias,
-                                    training=False, eps=self.eps)
+                return F.batch_norm(
+                    x,
+                    self.running_mean[index],
+                    self.running_var[index],
+                    weight,
+                    bias,
+                    training=False,
+                    eps=self.eps,
+                )
             if id(self) in flags.recording:
                 var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=True)
                 self._recorded.append((index, mean, var))

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
-import random
+from pathlib import Path
 
-import numpy
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.data.base import LabelledDataset
 from metarun.errors import ConfigError
 
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
 COUNTS = (  # whole numbers greater than zero
-    "task.ways", "task.shots", "task.queries", "task.meta_batch_size", "task.train_ways", "task.batch_size",
-    "trainer.log_every", "trainer.val_every", "trainer.val_episodes",
-    "trainer.ckpt_every", "eval.episodes", "eval.queries", "eval.ways", "eval.shots", "eval.batch_tasks",
+    "task.ways",
+    "task.shots",
+    "task.queries",
+    "task.meta_batch_size",
+    "task.train_ways",
+    "task.batch_size",
+    "trainer.log_every",
+    "trainer.val_every",
+    "trainer.val_episodes",
+    "trainer.ckpt_every",
+    "eval.episodes",
+    "eval.queries",
+    "eval.ways",
+    "eval.shots",
+    "eval.batch_tasks",
 )
-STEP_COUNTS = ("algo.inner_steps", "eval.inner_steps", "trainer.iterations")  # whole numbers, zero allowed
+STEP_COUNTS = (
+    "algo.inner_steps",
+    "eval.inner_steps",
+    "trainer.iterations",
+)  # whole numbers, zero allowed
 RATES = ("optimizer.lr", "algo.inner_lr", "trainer.clip_grad_norm")  # numbers greater than zero
 CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES)}
 
@@ -38,7 +56,9 @@ def check_settings(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = _select(cfg, key)
         if value is not None and value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}. Set {key} to one of them.")
+            raise ConfigError(
+                f"{key}={value!r} is not one of {', '.join(allowed)}. Set {key} to one of them."
+            )
     for key in COUNTS + STEP_COUNTS + RATES:
         value = _select(cfg, key)
         if value is None:
@@ -52,6 +72,26 @@ def check_settings(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} is not allowed: it must be {bound}. Change {key}.")
 
 
+# Values of settings added after the first runs were saved: what those runs did without them.
+SETTINGS_OF_OLD_RUNS = {
+    "bn": "transductive",
+    "precision": "fp32",
+    "compile": False,
+    "channels_last": False,
+    "keep_freed_memory": False,
+    "eval.ways": "${task.ways}",
+}
+
+
+def upgrade_old_config(cfg: DictConfig) -> DictConfig:
+    """A run folder's saved config with the settings it predates filled in as that run used them."""
+    with open_dict(cfg):
+        for key, value in SETTINGS_OF_OLD_RUNS.items():
+            if OmegaConf.select(cfg, key, default=None) is None:
+                OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
 def build(group: str, node: DictConfig, **kwargs):
     """instantiate() with failures reported as the config group to fix."""
     try:
@@ -60,41 +100,30 @@ def build(group: str, node: DictConfig, **kwargs):
         cause = error.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(f"The '{group}' config could not be built: {cause or error}. Check the "
-                          f"keys under {group}. in the command line and configs/{group}/.") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} was asked for but CUDA is not available here. Use device=cpu or device=auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device. Use device=auto, cpu or cuda[:N].") from None
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds every global generator a model or user algorithm may draw from."""
-    random.seed(seed)
-    numpy.random.seed(seed)
-    torch.manual_seed(seed)
+        raise ConfigError(
+            f"The '{group}' config could not be built: {cause or error}. Check the "
+            f"keys under {group}. in the command line and configs/{group}/."
+        ) from None
 
 
 def _algorithm_class(cfg: DictConfig) -> type:
     try:
         return get_class(cfg.algo._target_)
     except Exception as error:
-        raise ConfigError(f"algo._target_={cfg.algo.get('_target_')!r} names no importable class ({error}). "
-                          "Check the _target_ line of the algo config.") from None
+        raise ConfigError(
+            f"algo._target_={cfg.algo.get('_target_')!r} names no importable class ({error}). "
+            "Check the _target_ line of the algo config."
+        ) from None
 
 
 def _labelled_classes(cfg: DictConfig, dataset) -> int:
-    if not hasattr(dataset, "labelled_batches"):
-        raise ConfigError(f"algo={cfg.algo._target_.rsplit('.', 1)[-1]} trains as a classifier on labelled batches "
-                          f"of classes, which dataset {type(dataset).__name__} does not have. Use a "
-                          "classification dataset such as dataset=omniglot.")
+    if not isinstance(dataset, LabelledDataset):
+        raise ConfigError(
+            f"algo={cfg.algo._target_.rsplit('.', 1)[-1]} trains as a classifier on labelled "
+            f"batches "
+            f"of classes, which dataset {type(dataset).__name__} does not have. Use a "
+            "classification dataset such as dataset=omniglot."
+        )
     return dataset.num_classes("train")
 
 
@@ -106,7 +135,7 @@ def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     else:
         classes = _labelled_classes(cfg, dataset)
     algo = build("algo", cfg.algo, backbone=backbone, out_features=classes)
-    batchnorm.use_mode(algo, cfg.get("bn", "transductive"))  # runs saved before the setting existed were transductive
+    batchnorm.use_mode(algo, cfg.bn)
     return algo
 
 

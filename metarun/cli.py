@@ -17,16 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
 from metarun import distributed, report, run
+from metarun.build import CONFIG_DIR
 from metarun.distributed import World
 from metarun.errors import MetarunError, Preempted
 from metarun.evaluator import describe
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-USAGE = """usage: metarun train [overrides...]     meta-train (e.g. algo=<name> dataset=<name>; -m to sweep)
+USAGE = """usage: metarun train [overrides...]    meta-train (algo=<name> dataset=<name>; -m: sweep)
        metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]
-       metarun report <run or sweep folders...> [--output DIR]   results table (report.md, report.csv)
-       metarun plot <run or sweep folders...> [--output DIR]     learning curves and sweep plot (PNG)
-       torchrun --nproc_per_node=K -m metarun train [overrides...]   K processes share each meta-batch"""
+       metarun report <run or sweep folders...> [--output DIR]   results (report.md, .csv)
+       metarun plot <run or sweep folders...> [--output DIR]     learning curves, sweep (PNG)
+       torchrun --nproc_per_node=K -m metarun train [...]   K processes share each meta-batch"""
 
 
 def _report(error: MetarunError) -> None:
@@ -60,7 +60,7 @@ def _train(cfg: DictConfig) -> float:
 
 def _eval(cfg: DictConfig) -> None:
     try:
-        results = run.evaluate(cfg)
+        results = run.evaluate(cfg, HydraConfig.get().overrides.task)
     except MetarunError as error:
         _report(error)
     if World.current().is_main:
@@ -73,8 +73,12 @@ COMMANDS = {"train": _train, "eval": _eval}
 def _folders_command(command: str, arguments: list[str]) -> None:
     """`metarun report|plot <folders...>`: plain commands over finished run folders (no Hydra)."""
     parser = argparse.ArgumentParser(prog=f"metarun {command}")
-    parser.add_argument("folders", nargs="+", type=Path, help="run folders, or sweep folders holding them")
-    parser.add_argument("--output", type=Path, help="where the files go (default: the first folder)")
+    parser.add_argument(
+        "folders", nargs="+", type=Path, help="run folders, or sweep folders holding them"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="where the files go (default: the first folder)"
+    )
     args = parser.parse_args(arguments)
     output = args.output or args.folders[0]
     try:
@@ -112,8 +116,11 @@ def _check_keys(command: str, overrides: list[str]) -> None:
         node = OmegaConf.select(base, parent) if parent else base
         known = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else ""
     where = f"under {parent}" if parent else "at the top level"
-    print(f"metarun: error: {key} is not a setting. Settings {where}: {known}. Fix the spelling, "
-          f"or prefix it with + (+{key}=...) to add a new key on purpose.", file=sys.stderr)
+    print(
+        f"metarun: error: {key} is not a setting. Settings {where}: {known}. Fix the spelling, "
+        f"or prefix it with + (+{key}=...) to add a new key on purpose.",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 
@@ -121,24 +128,35 @@ def _resolved_run_dir(command: str, overrides: list[str]) -> str:
     """hydra.run.dir as Hydra would resolve it now (its default holds the date and time)."""
     setup_globals()  # registers Hydra's `now` resolver
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return str(OmegaConf.select(compose(command, overrides, return_hydra_config=True), "hydra.run.dir"))
+        return str(
+            OmegaConf.select(compose(command, overrides, return_hydra_config=True), "hydra.run.dir")
+        )
 
 
 def _join_processes(command: str, overrides: list[str]) -> list[str]:
     """Under torchrun: joins the other processes; returns the overrides that give every process
     rank 0's run folder and leave Hydra's files and logs to rank 0."""
     if any(o in ("-m", "--multirun") for o in overrides):
-        print("metarun: error: a sweep (-m) cannot run inside torchrun, which already starts several "
-              "processes for one run. Drop -m, or sweep without torchrun.", file=sys.stderr)
+        print(
+            "metarun: error: a sweep (-m) cannot run inside torchrun, which already starts several "
+            "processes for one run. Drop -m, or sweep without torchrun.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     distributed.start()
     world = World.current()
     extra = []
     if command == "train" and not any(o.startswith("hydra.run.dir=") for o in overrides):
-        run_dir = world.broadcast_object(_resolved_run_dir(command, overrides) if world.is_main else None)
+        run_dir = world.broadcast_object(
+            _resolved_run_dir(command, overrides) if world.is_main else None
+        )
         extra.append(f"hydra.run.dir={run_dir}")
     if not world.is_main:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        extra += [
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
     return extra
 
 
@@ -152,11 +170,16 @@ def main() -> None:
     command = sys.argv.pop(1)
     _check_keys(command, sys.argv[1:])
     if command == "eval" and not any(arg.startswith("run_dir=") for arg in sys.argv[1:]):
-        print("metarun: error: metarun eval needs run_dir=<run folder written by metarun train>, "
-              "e.g. metarun eval run_dir=outputs/2026-01-31/12-00-00.", file=sys.stderr)
+        print(
+            "metarun: error: metarun eval needs run_dir=<run folder written by metarun train>, "
+            "e.g. metarun eval run_dir=outputs/2026-01-31/12-00-00.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if distributed.launched_by_torchrun():
         sys.argv += _join_processes(command, sys.argv[1:])
     sys.argv[0] = f"metarun {command}"
-    app = hydra.main(config_path=CONFIG_DIR, config_name=command, version_base="1.3")(COMMANDS[command])
+    app = hydra.main(config_path=CONFIG_DIR, config_name=command, version_base="1.3")(
+        COMMANDS[command]
+    )
     app()

@@ -15,7 +15,7 @@ has one path.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -58,9 +58,11 @@ class World:
 
     def check_divides(self, count: int, setting: str) -> None:
         if count % self.size:
-            raise ConfigError(f"{setting}={count} cannot be split evenly over {self.size} processes. "
-                              f"Set {setting} to a multiple of {self.size}, or start as many processes "
-                              f"as divide it (torchrun --nproc_per_node).")
+            raise ConfigError(
+                f"{setting}={count} cannot be split evenly over {self.size} processes. "
+                f"Set {setting} to a multiple of {self.size}, or start as many processes "
+                f"as divide it (torchrun --nproc_per_node)."
+            )
 
     def my_share(self, items: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous part of `items` along dim 0 (parts differ by at most one)."""

@@ -21,11 +21,9 @@ MAML's double backward. `auto` encodes that.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -36,6 +34,7 @@ from metarun.algorithms.base import Algorithm
 from metarun.distributed import World
 from metarun.episode import Episode
 from metarun.errors import ConfigError
+from metarun.runtime import keep_freed_memory
 
 MODES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "bf16")
@@ -65,42 +64,64 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
         return compile
-    return mode == "vmap" and not _has_convolutions(algo) and not batchnorm.keeps_running_statistics(algo)
+    return (
+        mode == "vmap"
+        and not _has_convolutions(algo)
+        and not batchnorm.keeps_running_statistics(algo)
+    )
 
 
-def keep_freed_memory() -> None:
-    """Lets glibc reuse freed activation memory instead of returning it to the OS.
-
-    By default every large activation is a fresh mmap whose pages fault in on first
-    touch; on the benchmark's CPU that page-faulting was 15-25% of a Conv-4 MAML step.
-    The price is fragmentation: peak resident memory rose by about a third on W3.
-    Process-wide and not undone. No-op off glibc.
-    """
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 31)
+def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None) -> Engine:
+    """The engine the runtime settings (configs/runtime/) ask for, `auto` resolved for this model
+    and device, with the model put in its memory format."""
+    mode = resolve_mode(cfg.engine, algo, device)
+    engine = Engine(
+        mode,
+        precision=cfg.precision,
+        compile=resolve_compile(cfg.compile, mode, algo),
+        channels_last=cfg.channels_last,
+        keep_freed_memory=cfg.keep_freed_memory,
+        world=world,
+    )
+    engine.prepare(algo)
+    return engine
 
 
 class Engine:
-    def __init__(self, mode: str, precision: str = "fp32", compile: bool = False,
-                 channels_last: bool = False, keep_freed_memory: bool = False, world: World | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        mode: str,
+        *,
+        precision: str = "fp32",
+        compile: bool = False,
+        channels_last: bool = False,
+        keep_freed_memory: bool = False,
+        world: World | None = None,
+    ) -> None:
         if mode not in MODES[1:]:
             raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
         if precision not in PRECISIONS:
-            raise ConfigError(f"precision={precision!r} is not known. Use one of: {', '.join(PRECISIONS)}.")
-        self.mode, self.precision, self.compile, self.channels_last = mode, precision, compile, channels_last
+            raise ConfigError(
+                f"precision={precision!r} is not known. Use one of: {', '.join(PRECISIONS)}."
+            )
+        self.mode, self.precision, self.compile, self.channels_last = (
+            mode,
+            precision,
+            compile,
+            channels_last,
+        )
         self.keep_freed_memory = keep_freed_memory
         self.world = world or World()
         self._compiled: dict[tuple, object] = {}
 
     def describe(self) -> dict:
-        return {"engine": self.mode, "precision": self.precision, "compile": self.compile,
-                "channels_last": self.channels_last, "keep_freed_memory": self.keep_freed_memory}
+        return {
+            "engine": self.mode,
+            "precision": self.precision,
+            "compile": self.compile,
+            "channels_last": self.channels_last,
+            "keep_freed_memory": self.keep_freed_memory,
+        }
 
     @contextmanager
     def _computing(self, device: torch.device) -> Iterator[None]:
@@ -124,29 +145,40 @@ class Engine:
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if not self.channels_last:
             return tensors
-        return tuple(t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
-                     for t in tensors)
+        return tuple(
+            t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
+            for t in tensors
+        )
 
-    def meta_backward(self, algo: Algorithm, batch: Episode, steps: int | None = None
-                      ) -> tuple[float, float]:
+    def meta_backward(
+        self, algo: Algorithm, batch: Episode, steps: int | None = None
+    ) -> tuple[float, float]:
         """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score).
 
         With several processes, this one's share of the tasks, averaged over all processes."""
         if batchnorm.keeps_running_statistics(algo) and (self.mode == "vmap" or self.compile):
-            raise ConfigError("bn=running updates BatchNorm's running statistics batch by batch, which "
-                              "only the uncompiled loop engine does. Use engine=loop compile=false (or "
-                              "auto for both) with bn=running, or another bn mode.")
+            raise ConfigError(
+                "bn=running updates BatchNorm's running statistics batch by batch, which "
+                "only the uncompiled loop engine does. Use engine=loop compile=false (or "
+                "auto for both) with bn=running, or another bn mode."
+            )
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
         loss, score = self._share_backward(algo, batch, steps)
         self.world.average_gradients(algo.parameters())
         return self.world.mean(loss, score)
 
-    def _share_backward(self, algo: Algorithm, batch: Episode, steps: int | None) -> tuple[float, float]:
-        mine = Episode(*(self.world.my_share(t) for t in (batch.support_x, batch.support_y,
-                                                          batch.query_x, batch.query_y)), batch.ways)
+    def _share_backward(
+        self, algo: Algorithm, batch: Episode, steps: int | None
+    ) -> tuple[float, float]:
+        mine = Episode(
+            *(
+                self.world.my_share(t)
+                for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+            ),
+            batch.ways,
+        )
         tensors, tasks = self._tasks(mine), mine.num_tasks
-        with (self._computing(batch.support_x.device),
-              batchnorm.recording(algo, self.world.gather)):
+        with self._computing(batch.support_x.device), batchnorm.recording(algo, self.world.gather):
             if self.compile:
                 return self._compiled_meta_backward(algo, batch.ways, steps, tensors, tasks)
             fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
@@ -162,19 +194,32 @@ class Engine:
                 scores.append(score)
         return torch.stack(losses).mean().item(), torch.stack(scores).mean().item()
 
-    def _compiled_meta_backward(self, algo: Algorithm, ways: int, steps: int | None,
-                                tensors: tuple[torch.Tensor, ...], tasks: int) -> tuple[float, float]:
+    def _compiled_meta_backward(
+        self,
+        algo: Algorithm,
+        ways: int,
+        steps: int | None,
+        tensors: tuple[torch.Tensor, ...],
+        tasks: int,
+    ) -> tuple[float, float]:
         key = (id(algo), ways, steps)
         if key not in self._compiled:
+
             def objective(params, *task_tensors):
                 fn = partial(algo.task_loss, params, ways=ways, steps=steps)
-                losses, scores = vmap(fn)(*task_tensors) if self.mode == "vmap" else fn(*task_tensors)
+                losses, scores = (
+                    vmap(fn)(*task_tensors) if self.mode == "vmap" else fn(*task_tensors)
+                )
                 return losses.mean(), (losses.detach().mean(), scores.mean())
 
             self._compiled[key] = torch.compile(torch.func.grad(objective, has_aux=True))
         meta_gradient = self._compiled[key]
         params = {name: p.detach() for name, p in algo.named_parameters()}
-        parts = [tensors] if self.mode == "vmap" else [tuple(t[i] for t in tensors) for i in range(tasks)]
+        parts = (
+            [tensors]
+            if self.mode == "vmap"
+            else [tuple(t[i] for t in tensors) for i in range(tasks)]
+        )
         losses, scores = [], []
         for part in parts:
             grads, (loss, score) = meta_gradient(params, *part)
@@ -196,6 +241,8 @@ class Engine:
             with self._computing(batch.support_x.device):
                 if self.mode == "vmap":
                     return vmap(fn)(*tensors)[1]
-                return torch.stack([fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)])
+                return torch.stack(
+                    [fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)]
+                )
         finally:
             algo.train(was_training)

@@ -29,6 +29,9 @@ class Episode:
     def task(self, index: int) -> Episode:
         """One task of the batch, without the task dimension."""
         return Episode(
-            self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index],
+            self.support_x[index],
+            self.support_y[index],
+            self.query_x[index],
+            self.query_y[index],
             self.ways,
         )

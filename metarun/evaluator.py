@@ -10,8 +10,15 @@ from metarun.engine import Engine
 from metarun.metrics import mean_ci95
 
 
-def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed: int,
-                   batch_tasks: int, steps: int | None = None) -> torch.Tensor:
+def episode_scores(
+    algo: Algorithm,
+    engine: Engine,
+    sampler,
+    episodes: int,
+    seed: int,
+    batch_tasks: int,
+    steps: int | None = None,
+) -> torch.Tensor:
     """Per-episode scores on `episodes` episodes drawn from a generator seeded by `seed` alone.
 
     All episodes are planned in one draw before any is built, so the episodes do not
@@ -19,10 +26,17 @@ def episode_scores(algo: Algorithm, engine: Engine, sampler, episodes: int, seed
     scores a contiguous part of the plan; the parts are gathered in order).
     """
     plan = engine.world.my_share(sampler.draw(episodes, torch.Generator().manual_seed(seed)))
-    parts = tqdm(plan.split(batch_tasks), desc="evaluating", unit="batch", leave=False,
-                 disable=not engine.world.is_main)
+    parts = tqdm(
+        plan.split(batch_tasks),
+        desc="evaluating",
+        unit="batch",
+        leave=False,
+        disable=not engine.world.is_main,
+    )
     chunks = [engine.scores(algo, sampler.build(part), steps) for part in parts]
-    mine = torch.cat(chunks).cpu() if chunks else torch.empty(0)  # none: more processes than episodes
+    mine = (
+        torch.cat(chunks).cpu() if chunks else torch.empty(0)
+    )  # none: more processes than episodes
     return engine.world.gather(mine)
 
 
@@ -34,4 +48,5 @@ def summarise(scores: torch.Tensor, metric: str) -> dict:
 def describe(results: dict) -> str:
     """One line for people: 'accuracy 0.9725 +- 0.0029 (600 episodes)'."""
     summary = results[results["metric"]]
-    return f"{results['metric']} {summary['mean']:.4f} +- {summary['ci95']:.4f} ({results['episodes']} episodes)"
+    mean, ci95 = summary["mean"], summary["ci95"]
+    return f"{results['metric']} {mean:.4f} +- {ci95:.4f} ({results['episodes']} episodes)"

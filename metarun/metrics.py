@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def task_loss_and_score(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def task_loss_and_score(
+    prediction: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy for class labels, MSE (as both) for float targets."""
     if target.dtype.is_floating_point:
         mse = F.mse_loss(prediction, target)
@@ -38,3 +40,13 @@ class JsonlWriter:
     def write(self, row: dict) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+    def drop_after(self, iteration: int) -> None:
+        """Removes rows logged after `iteration`: a run resumed from there logs them again."""
+        if self.path.exists():
+            rows = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["iteration"] <= iteration
+            ]
+            self.path.write_text("".join(row + "\n" for row in rows))

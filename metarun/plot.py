@@ -23,20 +23,34 @@ def learning_curves(runs: list[RunResult], output: Path) -> Path:
     keys, metric = varying_keys(runs), "accuracy"
     for run in runs:
         path = run.folder / "metrics.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        rows = (
+            [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        )
         metric = _validated_metric(rows) or metric
         trained = [row for row in rows if "train_loss" in row]
-        loss_axes.plot([r["iteration"] for r in trained], [r["train_loss"] for r in trained],
-                       label=_label(run, keys))
+        loss_axes.plot(
+            [r["iteration"] for r in trained],
+            [r["train_loss"] for r in trained],
+            label=_label(run, keys),
+        )
         validated = [row for row in rows if f"val_{metric}" in row]
         steps = [r["iteration"] for r in validated]
         mean = [r[f"val_{metric}"] for r in validated]
         half = [r[f"val_{metric}_ci95"] for r in validated]
-        line, = val_axes.plot(steps, mean, marker=".", label=_label(run, keys))
-        val_axes.fill_between(steps, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
-                              color=line.get_color(), alpha=0.2)
+        (line,) = val_axes.plot(steps, mean, marker=".", label=_label(run, keys))
+        val_axes.fill_between(
+            steps,
+            [m - h for m, h in zip(mean, half)],
+            [m + h for m, h in zip(mean, half)],
+            color=line.get_color(),
+            alpha=0.2,
+        )
     loss_axes.set(xlabel="iteration", ylabel="training loss", title="meta-training loss")
-    val_axes.set(xlabel="iteration", ylabel=f"validation {metric}", title=f"validation {metric} (95% interval)")
+    val_axes.set(
+        xlabel="iteration",
+        ylabel=f"validation {metric}",
+        title=f"validation {metric} (95% interval)",
+    )
     for axes in (loss_axes, val_axes):
         axes.grid(alpha=0.3)
     if len(runs) > 1:
@@ -62,10 +76,20 @@ def sweep_plot(runs: list[RunResult], output: Path) -> Path | None:
     for name in sorted({group(run) for run in finished}):
         members = [run for run in finished if group(run) == name]
         xs = [values.index(run.overrides.get(x_key, "")) for run in members]
-        axes.errorbar(xs, [run.mean for run in members], yerr=[run.ci95 for run in members], fmt="o",
-                      capsize=3, label=name or None)
-    axes.set_xticks(range(len(values)), values, rotation=30 if max(map(len, values)) > 8 else 0,
-                    ha="right" if max(map(len, values)) > 8 else "center")
+        axes.errorbar(
+            xs,
+            [run.mean for run in members],
+            yerr=[run.ci95 for run in members],
+            fmt="o",
+            capsize=3,
+            label=name or None,
+        )
+    axes.set_xticks(
+        range(len(values)),
+        values,
+        rotation=30 if max(map(len, values)) > 8 else 0,
+        ha="right" if max(map(len, values)) > 8 else "center",
+    )
     axes.set(xlabel=x_key, ylabel=f"test {finished[0].metric} (95% interval)")
     axes.grid(alpha=0.3)
     if others:

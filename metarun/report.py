@@ -54,8 +54,16 @@ def read_run(folder: Path) -> RunResult:
         return RunResult(folder, _overrides(folder), None, None, None, None, None, None)
     results = json.loads(results_file.read_text())
     summary, training = results[results["metric"]], results.get("training", {})
-    return RunResult(folder, _overrides(folder), results["metric"], summary["mean"], summary["ci95"],
-                     results["episodes"], results.get("iteration"), training.get("wall_time_s"))
+    return RunResult(
+        folder,
+        _overrides(folder),
+        results["metric"],
+        summary["mean"],
+        summary["ci95"],
+        results["episodes"],
+        results.get("iteration"),
+        training.get("wall_time_s"),
+    )
 
 
 def find_runs(folders: list[Path]) -> list[RunResult]:
@@ -63,12 +71,18 @@ def find_runs(folders: list[Path]) -> list[RunResult]:
     found: set[Path] = set()
     for folder in map(Path, folders):
         if not folder.is_dir():
-            raise ConfigError(f"{folder} is not a folder. Pass run or sweep folders written by metarun train, "
-                              "e.g. outputs/multirun.")
-        found.update(path.parent for path in folder.rglob("config.yaml") if path.parent.name != ".hydra")
+            raise ConfigError(
+                f"{folder} is not a folder. Pass run or sweep folders written by metarun train, "
+                "e.g. outputs/multirun."
+            )
+        found.update(
+            path.parent for path in folder.rglob("config.yaml") if path.parent.name != ".hydra"
+        )
     if not found:
-        raise ConfigError(f"No run folders (with a config.yaml from metarun train) under "
-                          f"{', '.join(map(str, folders))}. Pass the folders of finished runs or sweeps.")
+        raise ConfigError(
+            f"No run folders (with a config.yaml from metarun train) under "
+            f"{', '.join(map(str, folders))}. Pass the folders of finished runs or sweeps."
+        )
     return [read_run(folder) for folder in sorted(found)]
 
 
@@ -82,16 +96,37 @@ def varying_keys(runs: list[RunResult]) -> list[str]:
 
 
 def _shared(runs: list[RunResult], varying: list[str]) -> dict[str, str]:
-    return {key: value for key, value in runs[0].overrides.items()
-            if key not in varying and all(run.overrides.get(key) == value for run in runs)}
+    return {
+        key: value
+        for key, value in runs[0].overrides.items()
+        if key not in varying and all(run.overrides.get(key) == value for run in runs)
+    }
 
 
 def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     """The per-run table: the varying settings, then the test result."""
     varying = varying_keys(runs)
-    header = [*varying, f"test {_metric(runs)}", "ci95", "episodes", "best iteration", "wall time (s)", "folder"]
-    rows = [[*(run.overrides.get(key, "") for key in varying), run.mean, run.ci95, run.episodes,
-             run.best_iteration, run.wall_time_s, str(run.folder)] for run in runs]
+    header = [
+        *varying,
+        f"test {_metric(runs)}",
+        "ci95",
+        "episodes",
+        "best iteration",
+        "wall time (s)",
+        "folder",
+    ]
+    rows = [
+        [
+            *(run.overrides.get(key, "") for key in varying),
+            run.mean,
+            run.ci95,
+            run.episodes,
+            run.best_iteration,
+            run.wall_time_s,
+            str(run.folder),
+        ]
+        for run in runs
+    ]
     return header, rows
 
 
@@ -101,10 +136,15 @@ def seed_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     groups: dict[tuple, list[float]] = {}
     for run in runs:
         if run.mean is not None:
-            groups.setdefault(tuple(run.overrides.get(key, "") for key in varying), []).append(run.mean)
+            groups.setdefault(tuple(run.overrides.get(key, "") for key in varying), []).append(
+                run.mean
+            )
     header = [*varying, "seeds", f"mean test {_metric(runs)}", "std over seeds", "min", "max"]
-    rows = [[*key, len(means), statistics.fmean(means), statistics.stdev(means), min(means), max(means)]
-            for key, means in groups.items() if len(means) > 1]
+    rows = [
+        [*key, len(means), statistics.fmean(means), statistics.stdev(means), min(means), max(means)]
+        for key, means in groups.items()
+        if len(means) > 1
+    ]
     return header, rows
 
 
@@ -118,7 +158,10 @@ def _cell(value, percent: bool) -> str:
 
 def _markdown_table(header: list[str], rows: list[list], percent_columns: set[int]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v, i in percent_columns) for i, v in enumerate(row)) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(_cell(v, i in percent_columns) for i, v in enumerate(row)) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -131,14 +174,24 @@ def markdown(runs: list[RunResult]) -> str:
     percent = _metric(runs) == "accuracy"
     first = len(header) - 6  # the test result's mean and ci95 columns
     shared = _shared(runs, varying_keys(runs))
-    parts = [f"{len(runs)} runs" + (f"; shared settings: {' '.join(f'{k}={v}' for k, v in shared.items())}"
-                                     if shared else ""),
-             _markdown_table(header, rows, {first, first + 1} if percent else set())]
+    parts = [
+        f"{len(runs)} runs"
+        + (
+            f"; shared settings: {' '.join(f'{k}={v}' for k, v in shared.items())}"
+            if shared
+            else ""
+        ),
+        _markdown_table(header, rows, {first, first + 1} if percent else set()),
+    ]
     seed_header, grouped = seed_rows(runs)
     if grouped:
         first = len(seed_header) - 4  # mean, std, min, max
-        parts += ["Over seeds:", _markdown_table(seed_header, grouped, set(range(first, first + 4)) if percent
-                                                 else set())]
+        parts += [
+            "Over seeds:",
+            _markdown_table(
+                seed_header, grouped, set(range(first, first + 4)) if percent else set()
+            ),
+        ]
     return "\n\n".join(parts) + "\n"
 
 

@@ -39,7 +39,11 @@ class SweepSummary(Callback):
             runs = find_runs([sweep_dir])
         except ConfigError:  # no job got as far as its run folder; each has reported why
             return
-        ran = [run for run in runs if self._written_since_start(run.folder / ".hydra" / "overrides.yaml")]
+        ran = [
+            run
+            for run in runs
+            if self._written_since_start(run.folder / ".hydra" / "overrides.yaml")
+        ]
         if not ran:
             return
         md, table = write_report(ran, sweep_dir)

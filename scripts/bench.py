@@ -8,9 +8,10 @@ workload's shapes (same seed, same initial weights for everyone), after one warm
 meta-batch (for the -compiled rows it includes the compilation); it reports the median
 tasks/s over `--repeats` meta-batches, the peak resident memory the workload added,
 and the largest absolute difference between its meta-gradient and the plain loop's,
-so a speed-up can never come from computing something else. Peers (learn2learn, higher, torchopt) are used where installed
-(`pip install -e '.[bench]'` and `scripts/install_learn2learn.sh`); a missing one is
-reported as missing. The episode-sampling row uses the real Omniglot ($METARUN_DATA).
+so a speed-up can never come from computing something else. Peers (learn2learn, higher,
+torchopt) are used where installed (`pip install -e '.[bench]'` and
+`scripts/install_learn2learn.sh`); a missing one is reported as missing. The
+episode-sampling row uses the real Omniglot ($METARUN_DATA).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
-from metarun.engine import Engine, keep_freed_memory, resolve_compile, resolve_mode
+from metarun.engine import Engine, resolve_compile, resolve_mode
 from metarun.episode import Episode
+from metarun.runtime import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,25 @@ class Workload:
         if self.model == "mlp":
             names = ["plain", "metarun-loop", "metarun-vmap", "metarun-vmap-compiled"]
         elif self.kind == "maml":
-            names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-system-allocator",
-                     "metarun-loop-compiled", "metarun-loop-channels-last", "metarun-loop-bf16", "metarun-vmap"]
+            names = [
+                "plain",
+                "plain-keep-freed-memory",
+                "metarun-loop",
+                "metarun-loop-system-allocator",
+                "metarun-loop-compiled",
+                "metarun-loop-channels-last",
+                "metarun-loop-bf16",
+                "metarun-vmap",
+            ]
         else:
-            names = ["plain", "plain-keep-freed-memory", "metarun-loop", "metarun-loop-channels-last",
-                     "metarun-loop-bf16", "metarun-vmap"]
+            names = [
+                "plain",
+                "plain-keep-freed-memory",
+                "metarun-loop",
+                "metarun-loop-channels-last",
+                "metarun-loop-bf16",
+                "metarun-vmap",
+            ]
         return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
 
 
@@ -79,11 +95,27 @@ ENGINES = {  # implementation name -> metarun Engine settings (the default keep_
 WORKLOADS = {
     "W1": Workload("MAML 2nd order, 5w1s 15q, Conv-4, 1 step, 32 tasks", "maml"),
     "W2": Workload("MAML 1st order, 5w1s 15q, Conv-4, 1 step, 32 tasks", "maml", first_order=True),
-    "W3": Workload("MAML 2nd order, 20w1s 15q, Conv-4, 5 steps, 16 tasks", "maml", ways=20, tasks=16,
-                   steps=5, inner_lr=0.1),
-    "W4": Workload("ProtoNet 60w5s 5q, Conv-4, 1 episode", "protonet", ways=60, shots=5, queries=5, tasks=1),
-    "W5": Workload("MAML sinusoid, MLP 1-40-40-1, K=10, 1 step, 25 tasks", "maml", ways=1, shots=10,
-                   queries=10, tasks=25, inner_lr=0.01, model="mlp"),
+    "W3": Workload(
+        "MAML 2nd order, 20w1s 15q, Conv-4, 5 steps, 16 tasks",
+        "maml",
+        ways=20,
+        tasks=16,
+        steps=5,
+        inner_lr=0.1,
+    ),
+    "W4": Workload(
+        "ProtoNet 60w5s 5q, Conv-4, 1 episode", "protonet", ways=60, shots=5, queries=5, tasks=1
+    ),
+    "W5": Workload(
+        "MAML sinusoid, MLP 1-40-40-1, K=10, 1 step, 25 tasks",
+        "maml",
+        ways=1,
+        shots=10,
+        queries=10,
+        tasks=25,
+        inner_lr=0.01,
+        model="mlp",
+    ),
     "S": Workload("episode sampling, Omniglot 5w1s 15q", "sampling"),
 }
 
@@ -91,11 +123,17 @@ WORKLOADS = {
 def plain_model(w: Workload) -> nn.Module:
     """The workload's network from stock torch.nn layers (what the peers are given)."""
     if w.model == "mlp":
-        return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+        return nn.Sequential(
+            nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1)
+        )
     layers: list[nn.Module] = []
     for index in range(4):
-        layers += [nn.Conv2d(1 if index == 0 else 64, 64, 3, padding=1),
-                   nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(1 if index == 0 else 64, 64, 3, padding=1),
+            nn.BatchNorm2d(64, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
     head = [nn.Linear(64, w.ways)] if w.kind == "maml" else []
     return nn.Sequential(*layers, nn.Flatten(), *head)
 
@@ -117,14 +155,23 @@ def synthetic_batch(w: Workload) -> Episode:
     if w.model == "mlp":
         x = torch.rand(w.tasks, w.shots + w.queries, 1, generator=g) * 10 - 5
         y = 3 * torch.sin(x - 1)
-        return Episode(x[:, : w.shots], y[:, : w.shots], x[:, w.shots:], y[:, w.shots:], 1)
+        return Episode(x[:, : w.shots], y[:, : w.shots], x[:, w.shots :], y[:, w.shots :], 1)
     labels = lambda n: torch.arange(w.ways).repeat_interleave(n).repeat(w.tasks, 1)
-    return Episode(torch.rand(w.tasks, w.ways * w.shots, 1, 28, 28, generator=g), labels(w.shots),
-                   torch.rand(w.tasks, w.ways * w.queries, 1, 28, 28, generator=g), labels(w.queries), w.ways)
+    return Episode(
+        torch.rand(w.tasks, w.ways * w.shots, 1, 28, 28, generator=g),
+        labels(w.shots),
+        torch.rand(w.tasks, w.ways * w.queries, 1, 28, 28, generator=g),
+        labels(w.queries),
+        w.ways,
+    )
 
 
 def loss_fn(prediction, target):
-    return F.mse_loss(prediction, target) if target.dtype.is_floating_point else F.cross_entropy(prediction, target)
+    return (
+        F.mse_loss(prediction, target)
+        if target.dtype.is_floating_point
+        else F.cross_entropy(prediction, target)
+    )
 
 
 def plain_step(w: Workload, model: nn.Module, batch: Episode) -> None:
@@ -139,7 +186,9 @@ def plain_step(w: Workload, model: nn.Module, batch: Episode) -> None:
         fast = params
         for _ in range(w.steps):
             out = torch.func.functional_call(model, dict(zip(names, fast)), (batch.support_x[t],))
-            grads = torch.autograd.grad(loss_fn(out, batch.support_y[t]), fast, create_graph=not w.first_order)
+            grads = torch.autograd.grad(
+                loss_fn(out, batch.support_y[t]), fast, create_graph=not w.first_order
+            )
             fast = [p - w.inner_lr * g for p, g in zip(fast, grads)]
         out = torch.func.functional_call(model, dict(zip(names, fast)), (batch.query_x[t],))
         (loss_fn(out, batch.query_y[t]) / batch.num_tasks).backward()
@@ -158,6 +207,7 @@ def peer_step(name: str, w: Workload, model: nn.Module, batch: Episode):
                 for _ in range(w.steps):
                     learner.adapt(loss_fn(learner(batch.support_x[t]), batch.support_y[t]))
                 (loss_fn(learner(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+
         return step
     if w.first_order:
         raise NotImplementedError(f"{name} has no first-order MAML mode")
@@ -168,10 +218,16 @@ def peer_step(name: str, w: Workload, model: nn.Module, batch: Episode):
 
         def step() -> None:
             for t in range(batch.num_tasks):
-                with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+                with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (
+                    fmodel,
+                    diffopt,
+                ):
                     for _ in range(w.steps):
                         diffopt.step(loss_fn(fmodel(batch.support_x[t]), batch.support_y[t]))
-                    (loss_fn(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+                    (
+                        loss_fn(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks
+                    ).backward()
+
         return step
     import torchopt
 
@@ -184,6 +240,7 @@ def peer_step(name: str, w: Workload, model: nn.Module, batch: Episode):
                 inner.step(loss_fn(model(batch.support_x[t]), batch.support_y[t]))
             (loss_fn(model(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
             torchopt.recover_state_dict(model, state)
+
     return step
 
 
@@ -205,17 +262,25 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
         auto_mode = resolve_mode("auto", algo, torch.device("cpu"))
-        auto = Engine(auto_mode, compile=resolve_compile("auto", auto_mode, algo), keep_freed_memory=True)
+        auto = Engine(
+            auto_mode, compile=resolve_compile("auto", auto_mode, algo), keep_freed_memory=True
+        )
         default = engine.describe() == auto.describe()
-        detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items()) + (" (auto)" if default else "")
+        detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items()) + (
+            " (auto)" if default else ""
+        )
     elif impl.startswith("plain"):
         if impl == "plain-keep-freed-memory":
             keep_freed_memory()
         target, step = model, lambda: plain_step(w, model, batch)
-        detail = "torch.autograd.grad loop" + (", glibc keeps freed memory (as metarun does)" if impl != "plain" else "")
+        detail = "torch.autograd.grad loop" + (
+            ", glibc keeps freed memory (as metarun does)" if impl != "plain" else ""
+        )
     else:
         target, step, detail = model, peer_step(impl, w, model, batch), ""
-    torch.func.grad(torch.sum)(torch.ones(1))  # its one-off lazy imports (~160 MB) are not the workload's
+    torch.func.grad(torch.sum)(
+        torch.ones(1)
+    )  # its one-off lazy imports (~160 MB) are not the workload's
     baseline_kb = rss_kb()
     target.zero_grad()
     step()  # warm-up; its meta-gradient is checked below
@@ -231,8 +296,12 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
     reference_model.load_state_dict(initial)
     plain_step(w, reference_model, batch)
     difference = (first_gradient - gradients(reference_model)).abs().max().item()
-    return {"tasks_per_s": w.tasks / statistics.median(times), "peak_mb": peak_mb,
-            "grad_max_abs_diff": difference, "detail": detail}
+    return {
+        "tasks_per_s": w.tasks / statistics.median(times),
+        "peak_mb": peak_mb,
+        "grad_max_abs_diff": difference,
+        "detail": detail,
+    }
 
 
 def rss_kb() -> int:
@@ -248,7 +317,11 @@ def run_sampling(impl: str, repeats: int) -> dict:
     images = Omniglot(os.environ.get("METARUN_DATA", "data"), download=False).split_images("train")
     baseline_kb = rss_kb()
     if impl == "metarun":
-        sampler, g, per_call = ClassImageSampler(images, "train", 5, 1, 15), torch.Generator().manual_seed(0), 32
+        sampler, g, per_call = (
+            ClassImageSampler(images, "train", 5, 1, 15),
+            torch.Generator().manual_seed(0),
+            32,
+        )
         draw = lambda: sampler.sample(per_call, g)
         detail = f"{per_call} episodes per call, device-resident uint8 images"
     else:
@@ -257,14 +330,21 @@ def run_sampling(impl: str, repeats: int) -> dict:
         flat = images.flatten(0, 1).float() / 255  # [classes*20, 1, 28, 28]
         labels = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
         dataset = l2l.data.MetaDataset(torch.utils.data.TensorDataset(flat, labels))
-        transforms = [l2l.data.transforms.NWays(dataset, 5), l2l.data.transforms.KShots(dataset, 16),
-                      l2l.data.transforms.LoadData(dataset), l2l.data.transforms.RemapLabels(dataset)]
+        transforms = [
+            l2l.data.transforms.NWays(dataset, 5),
+            l2l.data.transforms.KShots(dataset, 16),
+            l2l.data.transforms.LoadData(dataset),
+            l2l.data.transforms.RemapLabels(dataset),
+        ]
         tasks, per_call = l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1), 1
 
         def draw():
             x, y = tasks.sample()
-            order = y.argsort(stable=True).view(5, 16)  # one support image per class, the rest queries
+            order = y.argsort(stable=True).view(
+                5, 16
+            )  # one support image per class, the rest queries
             return x[order[:, :1].flatten()], x[order[:, 1:].flatten()]
+
         detail = "TaskDataset with NWays, KShots, LoadData, RemapLabels"
     draw()
     times = []
@@ -274,43 +354,66 @@ def run_sampling(impl: str, repeats: int) -> dict:
             draw()
         times.append((time.perf_counter() - start) / (max(1, 64 // per_call) * per_call))
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
-    return {"tasks_per_s": 1 / statistics.median(times), "peak_mb": peak_mb, "grad_max_abs_diff": None,
-            "detail": detail}
+    return {
+        "tasks_per_s": 1 / statistics.median(times),
+        "peak_mb": peak_mb,
+        "grad_max_abs_diff": None,
+        "detail": detail,
+    }
 
 
 def measure(workload: str, impl: str, repeats: int) -> dict:
     """Runs one cell in a fresh process, so peak memory is its own."""
-    done = subprocess.run([sys.executable, __file__, "--one", workload, impl, "--repeats", str(repeats)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", workload, impl, "--repeats", str(repeats)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        reason = (
+            done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"exit {done.returncode}"
+        )
         missing = "No module named" in reason or "ModuleNotFoundError" in reason
         return {"status": "not installed" if missing else "failed", "reason": reason}
     return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def table(results: dict) -> str:
-    lines = ["| workload | implementation | tasks/s | peak MB | vs fastest peer | vs plain loop | max abs grad diff vs plain | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | implementation | tasks/s | peak MB | vs fastest peer | vs plain loop | max "
+        "abs grad diff vs plain | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for workload, cells in results.items():
-        peers = [c["tasks_per_s"] for n, c in cells.items() if n in ("learn2learn", "higher", "torchopt")
-                 and c["status"] == "ok"]
+        peers = [
+            c["tasks_per_s"]
+            for n, c in cells.items()
+            if n in ("learn2learn", "higher", "torchopt") and c["status"] == "ok"
+        ]
         plain = cells.get("plain", {}).get("tasks_per_s")
         for name, cell in cells.items():
             if cell["status"] != "ok":
-                lines.append(f"| {workload} | {name} | {cell['status']} | | | | | {cell['reason'][:90]} |")
+                lines.append(
+                    f"| {workload} | {name} | {cell['status']} | | | | | {cell['reason'][:90]} |"
+                )
                 continue
             speed = cell["tasks_per_s"]
             ratio_peer = f"{speed / max(peers):.2f}x" if peers else "-"
             ratio_plain = f"{speed / plain:.2f}x" if plain else "-"
             diff = "-" if cell["grad_max_abs_diff"] is None else f"{cell['grad_max_abs_diff']:.1e}"
-            lines.append(f"| {workload} | {name} | {speed:.1f} | {cell['peak_mb']:.0f} | {ratio_peer} | "
-                         f"{ratio_plain} | {diff} | {cell['detail']} |")
+            lines.append(
+                f"| {workload} | {name} | {speed:.1f} | {cell['peak_mb']:.0f} | {ratio_peer} | "
+                f"{ratio_plain} | {diff} | {cell['detail']} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="+", metavar="IMPL", help="run only these implementations")
@@ -330,7 +433,11 @@ def main() -> None:
     print(table(results))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"workloads": {k: WORKLOADS[k].title for k in results}, "results": results}, handle, indent=2)
+            json.dump(
+                {"workloads": {k: WORKLOADS[k].title for k in results}, "results": results},
+                handle,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Size of the package's code: lines per file (median, p90, max), the longest class and function.
 
-    python scripts/code_stats.py [folder]      (default: metarun/)
+python scripts/code_stats.py [folder]      (default: metarun/)
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from pathlib import Path
 
 
 def _spans(tree: ast.AST, kind: type) -> list[tuple[int, str]]:
-    return [(node.end_lineno - node.lineno + 1, node.name) for node in ast.walk(tree) if isinstance(node, kind)]
+    return [
+        (node.end_lineno - node.lineno + 1, node.name)
+        for node in ast.walk(tree)
+        if isinstance(node, kind)
+    ]
 
 
 def main(folder: Path) -> None:
@@ -22,9 +26,15 @@ def main(folder: Path) -> None:
     for path in files:
         tree = ast.parse(path.read_text())
         classes += [(n, f"{path}:{name}") for n, name in _spans(tree, ast.ClassDef)]
-        functions += [(n, f"{path}:{name}") for n, name in _spans(tree, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        functions += [
+            (n, f"{path}:{name}")
+            for n, name in _spans(tree, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
     p90 = lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))]
-    print(f"{len(files)} files; lines per file: median {statistics.median(lengths):g}, p90 {p90}, max {lengths[-1]}")
+    print(
+        f"{len(files)} files; lines per file: median {statistics.median(lengths):g}, p90 {p90}, "
+        f"max {lengths[-1]}"
+    )
     print("longest class: {} lines ({})".format(*max(classes)))
     print("longest function: {} lines ({})".format(*max(functions)))
 

@@ -21,35 +21,70 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train(processes: int, threads: int, iterations: int, overrides: list[str], run_dir: Path) -> dict:
-    launcher = ([shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={processes}"]
-                if processes > 1 else [sys.executable])
-    command = [*launcher, "-m", "metarun", "train", *overrides, f"trainer.iterations={iterations}",
-               f"trainer.log_every={iterations // 4}", f"trainer.val_every={iterations}", "trainer.val_episodes=32",
-               f"trainer.ckpt_every={iterations}", "eval.episodes=32", "device=cpu", f"hydra.run.dir={run_dir}"]
+def train(
+    processes: int, threads: int, iterations: int, overrides: list[str], run_dir: Path
+) -> dict:
+    launcher = (
+        [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else [sys.executable]
+    )
+    command = [
+        *launcher,
+        "-m",
+        "metarun",
+        "train",
+        *overrides,
+        f"trainer.iterations={iterations}",
+        f"trainer.log_every={iterations // 4}",
+        f"trainer.val_every={iterations}",
+        "trainer.val_episodes=32",
+        f"trainer.ckpt_every={iterations}",
+        "eval.episodes=32",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run(command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    timed = [row["tasks_per_s"] for row in rows if "tasks_per_s" in row][1:]  # the first window warms up
-    return {"tasks_per_s": sum(timed) / len(timed),
-            "wall_time_s": json.loads((run_dir / "results.json").read_text())["training"]["wall_time_s"]}
+    timed = [row["tasks_per_s"] for row in rows if "tasks_per_s" in row][
+        1:
+    ]  # the first window warms up
+    return {
+        "tasks_per_s": sum(timed) / len(timed),
+        "wall_time_s": json.loads((run_dir / "results.json").read_text())["training"][
+            "wall_time_s"
+        ],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("overrides", nargs="*", default=["experiment=maml_omniglot_5w1s"])
     args = parser.parse_args()
     k = args.processes
-    settings = [(1, 1, "1 process, 1 thread"), (1, k, f"1 process, {k} threads"),
-                (k, 1, f"{k} processes (torchrun, gloo), 1 thread each")]
+    settings = [
+        (1, 1, "1 process, 1 thread"),
+        (1, k, f"1 process, {k} threads"),
+        (k, 1, f"{k} processes (torchrun, gloo), 1 thread each"),
+    ]
     print(f"{' '.join(args.overrides)}, {args.iterations} iterations")
     print("| setting | meta-training tasks/s | training wall time (s) |\n|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for index, (processes, threads, name) in enumerate(settings):
-            result = train(processes, threads, args.iterations, args.overrides, Path(folder) / str(index))
-            print(f"| {name} | {result['tasks_per_s']:.1f} | {result['wall_time_s']:.1f} |", flush=True)
+            result = train(
+                processes, threads, args.iterations, args.overrides, Path(folder) / str(index)
+            )
+            print(
+                f"| {name} | {result['tasks_per_s']:.1f} | {result['wall_time_s']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -16,14 +16,16 @@ import torch
 
 import metarun
 from metarun.evaluator import episode_scores
-from metarun.run import make_engine
 from metarun.metrics import mean_ci95
+from metarun.run import make_engine
 
 DIVERGED = 100.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir")
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
@@ -32,19 +34,25 @@ def main() -> None:
     model = metarun.load(args.run_dir)
     cfg, device = model.config, torch.device("cpu")
     engine = make_engine(cfg, model.algo, device)
-    print("| K | steps | MSE mean +- 95% (all tasks) | median | diverged tasks | mean +- 95% without them |")
+    print(
+        "| K | steps | MSE mean +- 95% (all tasks) | median | diverged tasks | mean +- 95% "
+        "without them |"
+    )
     print("|---|---|---|---|---|---|")
     for shots in args.shots:
         sampler = model.dataset.sampler("test", 1, shots, cfg.eval.queries, device)
         for steps in args.steps:
-            scores = episode_scores(model.algo, engine, sampler, args.tasks, cfg.eval.seed,
-                                    cfg.eval.batch_tasks, steps)
+            scores = episode_scores(
+                model.algo, engine, sampler, args.tasks, cfg.eval.seed, cfg.eval.batch_tasks, steps
+            )
             scores = torch.nan_to_num(scores, nan=float("inf"))
             kept = scores <= DIVERGED
             every, stable = mean_ci95(scores), mean_ci95(scores[kept])
-            print(f"| {shots} | {steps} | {every['mean']:.3g} +- {every['ci95']:.3g} | "
-                  f"{scores.median():.3f} | {int((~kept).sum())} of {args.tasks} | "
-                  f"{stable['mean']:.3f} +- {stable['ci95']:.3f} |")
+            print(
+                f"| {shots} | {steps} | {every['mean']:.3g} +- {every['ci95']:.3g} | "
+                f"{scores.median():.3f} | {int((~kept).sum())} of {args.tasks} | "
+                f"{stable['mean']:.3f} +- {stable['ci95']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -17,16 +17,27 @@ CONFIGS = REPO / "configs"
 DATA_ROOT = Path(os.environ.get("METARUN_DATA", REPO.parent / "shared" / "datasets")).resolve()
 
 TINY_OMNIGLOT = [
-    "task.meta_batch_size=2", "trainer.iterations=4", "trainer.log_every=2", "trainer.val_every=2",
-    "trainer.val_episodes=4", "trainer.ckpt_every=2", "eval.episodes=6", "eval.queries=2",
-    "task.queries=2", "backbone.hidden=8", "device=cpu",
+    "task.meta_batch_size=2",
+    "trainer.iterations=4",
+    "trainer.log_every=2",
+    "trainer.val_every=2",
+    "trainer.val_episodes=4",
+    "trainer.ckpt_every=2",
+    "eval.episodes=6",
+    "eval.queries=2",
+    "task.queries=2",
+    "backbone.hidden=8",
+    "device=cpu",
 ]
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "omniglot").is_dir():
-        pytest.fail(f"Omniglot not found under {DATA_ROOT}; set METARUN_DATA to the folder holding omniglot/.")
+        pytest.fail(
+            f"Omniglot not found under {DATA_ROOT}; set METARUN_DATA to the folder holding "
+            f"omniglot/."
+        )
     return DATA_ROOT
 
 
@@ -36,8 +47,12 @@ def make_cfg(data_root):
 
     def make(*overrides: str, config: str = "train") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            extra = [f"dataset.root={data_root}"] if config == "train" and not any(
-                o.startswith("dataset=sinusoid") or "sinusoid" in o for o in overrides) else []
+            extra = (
+                [f"dataset.root={data_root}"]
+                if config == "train"
+                and not any(o.startswith("dataset=sinusoid") or "sinusoid" in o for o in overrides)
+                else []
+            )
             return compose(config_name=config, overrides=[*extra, *overrides])
 
     return make
@@ -54,7 +69,9 @@ METARUN = shutil.which("metarun", path=str(Path(sys.executable).parent)) or "met
 
 def metarun(*args: str, env: dict) -> subprocess.CompletedProcess:
     """Runs the installed `metarun` command from the repository root."""
-    return subprocess.run([METARUN, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [METARUN, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")

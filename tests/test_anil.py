@@ -5,23 +5,29 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import maml_meta_gradient
+from test_maml import classification_batch
 
 from metarun.algorithms.anil import ANIL
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
-
-from reference import maml_meta_gradient
-from test_maml import classification_batch
 
 
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_gradient_equals_maml_adapting_only_the_head(mode, first_order):
     torch.manual_seed(0)
-    algo = ANIL(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2,
-                first_order=first_order).double()
+    algo = ANIL(
+        Conv4((1, 12, 12), hidden=4, blocks=2),
+        3,
+        inner_lr=0.4,
+        inner_steps=2,
+        first_order=first_order,
+    ).double()
     batch = classification_batch()
-    expected = maml_meta_gradient(algo, batch, 0.4, 2, first_order, adapts=lambda n: n.startswith("model.1."))
+    expected = maml_meta_gradient(
+        algo, batch, 0.4, 2, first_order, adapts=lambda n: n.startswith("model.1.")
+    )
     Engine(mode).meta_backward(algo, batch)
     for name, p in algo.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-9, atol=1e-11, msg=name)

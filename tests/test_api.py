@@ -6,12 +6,11 @@ import zipfile
 
 import pytest
 import torch
+from conftest import TINY_OMNIGLOT
 from PIL import Image
 
 import metarun
 from metarun import run
-
-from conftest import TINY_OMNIGLOT
 
 
 def official_drawings(data_root, characters=3, per_character=3):
@@ -49,9 +48,16 @@ def test_load_adapt_predict_on_raw_omniglot_images(make_cfg, tmp_path, data_root
 
 
 def test_load_adapt_predict_on_sinusoid(make_cfg, tmp_path):
-    cfg = make_cfg("experiment=maml_sinusoid", "trainer.iterations=20", "trainer.log_every=10",
-                   "trainer.val_every=20", "trainer.val_episodes=10", "trainer.ckpt_every=20",
-                   "eval.episodes=10", "device=cpu")
+    cfg = make_cfg(
+        "experiment=maml_sinusoid",
+        "trainer.iterations=20",
+        "trainer.log_every=10",
+        "trainer.val_every=20",
+        "trainer.val_episodes=10",
+        "trainer.ckpt_every=20",
+        "eval.episodes=10",
+        "device=cpu",
+    )
     run.train(cfg, tmp_path)
     model = metarun.load(tmp_path)
     xs = torch.stack([model.preprocess(x) for x in (-2.0, 0.0, 1.0, 3.0)])  # [4, 1]

@@ -1,4 +1,5 @@
-"""Every user mistake ends in one clear paragraph naming the setting, a non-zero exit, no traceback."""
+"""Every user mistake ends in one clear paragraph naming the setting, a non-zero exit, no
+traceback."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import metarun
 
 QUICK = ["trainer.iterations=1", "trainer.val_episodes=2", "eval.episodes=2", "device=cpu"]
@@ -17,13 +17,18 @@ TRAIN_MISTAKES = [
     (["backbone=nope"], "Available options in 'backbone'"),
     (["optimizer=nope"], "Available options in 'optimizer'"),
     (["experiment=nope"], "Available options in 'experiment'"),
-    (["task.wayz=3"], "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, queries, shots"),
+    (
+        ["task.wayz=3"],
+        "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, queries, "
+        "shots",
+    ),
     (["wayz=3"], "wayz is not a setting. Settings at the top level: algo, backbone"),
     (["+algo.foo=1"], "'algo' config could not be built"),
     (["task.ways=abc"], "task.ways='abc' is not a whole number"),
     (["task.ways=2000"], "task.ways=2000 but the 'test' split has only 1692"),
     (["task.ways=1000"], "task.ways=1000 but the 'val' split has only 688"),
-    (["task.shots=12", "task.queries=10"], "task.shots + queries"),
+    (["task.shots=12", "task.queries=10"], "task.shots + eval.queries = 12 + 15"),
+    (["task.shots=6", "task.queries=15", "eval.queries=5"], "task.shots + task.queries = 6 + 15"),
     (["task.shots=0"], "task.shots=0 is not allowed"),
     (["task.queries=-1"], "task.queries=-1 is not allowed"),
     (["task.meta_batch_size=0"], "task.meta_batch_size=0"),
@@ -37,7 +42,10 @@ TRAIN_MISTAKES = [
     (["dataset=sinusoid"], "backbone=mlp"),
     (["dataset=sinusoid", "backbone=mlp", "algo=protonet"], "ProtoNet classifies"),
     (["task.train_ways=10"], "task.train_ways"),
-    (["dataset=sinusoid", "backbone=mlp", "algo=baseline"], "trains as a classifier on labelled batches"),
+    (
+        ["dataset=sinusoid", "backbone=mlp", "algo=baseline"],
+        "trains as a classifier on labelled batches",
+    ),
     (["device=cuda:0"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
     (["engine=fast"], "engine='fast'"),
     (["compile=sometimes"], "compile='sometimes'"),
@@ -46,7 +54,10 @@ TRAIN_MISTAKES = [
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
     (["init_from=/nonexistent/run"], "No checkpoint at /nonexistent/run"),
-    (["trainer.resume=/nonexistent/run"], "trainer.resume=/nonexistent/run has no valid checkpoint"),
+    (
+        ["trainer.resume=/nonexistent/run"],
+        "trainer.resume=/nonexistent/run has no valid checkpoint",
+    ),
 ]
 
 
@@ -57,7 +68,11 @@ def assert_clear_failure(done, expected: str) -> None:
     assert expected in output, output[-2000:]
 
 
-@pytest.mark.parametrize("overrides, expected", TRAIN_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "overrides, expected",
+    TRAIN_MISTAKES,
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_train_mistake(overrides, expected, cli_env, tmp_path):
     done = metarun("train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}", env=cli_env)
     assert_clear_failure(done, expected)
@@ -65,7 +80,8 @@ def test_train_mistake(overrides, expected, cli_env, tmp_path):
 
 @pytest.fixture
 def broken_runs(trained_run, tmp_path):
-    """Run folders made wrong in the ways a user meets: empty, truncated, other shape, foreign file."""
+    """Run folders made wrong in the ways a user meets: empty, truncated, other shape, foreign
+    file."""
     no_checkpoint = tmp_path / "no_checkpoint"
     no_checkpoint.mkdir()
     shutil.copy(trained_run / "config.yaml", no_checkpoint / "config.yaml")
@@ -82,8 +98,13 @@ def broken_runs(trained_run, tmp_path):
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    return {"no_checkpoint": no_checkpoint, "truncated": truncated, "other_shape": other_shape,
-            "foreign": foreign, "good": trained_run}
+    return {
+        "no_checkpoint": no_checkpoint,
+        "truncated": truncated,
+        "other_shape": other_shape,
+        "foreign": foreign,
+        "good": trained_run,
+    }
 
 
 EVAL_MISTAKES = [
@@ -93,15 +114,20 @@ EVAL_MISTAKES = [
     (["run_dir={truncated}"], "cannot be read"),
     (["run_dir={other_shape}"], "different shape"),
     (["run_dir={good}", "checkpoint={foreign}"], "not a metarun checkpoint"),
-    (["run_dir={good}", "checkpoint=/nonexistent/model.pt"], "No checkpoint at /nonexistent/model.pt"),
+    (
+        ["run_dir={good}", "checkpoint=/nonexistent/model.pt"],
+        "No checkpoint at /nonexistent/model.pt",
+    ),
     (["run_dir={good}", "eval.episodes=0"], "eval.episodes=0"),
-    (["run_dir={good}", "eval.shots=30"], "task.shots + queries"),
+    (["run_dir={good}", "eval.shots=30"], "eval.shots + eval.queries = 30 + 2"),
     (["run_dir={good}", "bn=running"], "was trained with bn=transductive"),
     (["run_dir={good}", "eval.ways=3"], "Keep task.train_ways and eval.ways equal to task.ways"),
 ]
 
 
-@pytest.mark.parametrize("arguments, expected", EVAL_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "arguments, expected", EVAL_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
 def test_eval_mistake(arguments, expected, broken_runs, cli_env, tmp_path):
     paths = {**broken_runs, "tmp": tmp_path}
     done = metarun("eval", *(a.format(**paths) for a in arguments), env=cli_env)
@@ -112,8 +138,14 @@ def test_unreadable_image_in_a_dataset_folder_is_named(cli_env, tmp_path):
     character = tmp_path / "data" / "omniglot" / "images_background" / "Alphabet" / "character01"
     character.mkdir(parents=True)
     (character / "0001_01.png").write_bytes(b"this is not a png")
-    done = metarun("train", *QUICK, f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
-                   f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
+    done = metarun(
+        "train",
+        *QUICK,
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env=cli_env,
+    )
     assert_clear_failure(done, "Alphabet/character01/0001_01.png")
 
 
@@ -121,6 +153,12 @@ def test_partial_dataset_says_what_is_missing(cli_env, tmp_path, data_root):
     folder = tmp_path / "data" / "omniglot"
     folder.mkdir(parents=True)
     (folder / "images_background.zip").symlink_to(data_root / "omniglot" / "images_background.zip")
-    done = metarun("train", *QUICK, f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
-                   f"hydra.run.dir={tmp_path / 'run'}", env=cli_env)
+    done = metarun(
+        "train",
+        *QUICK,
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env=cli_env,
+    )
     assert_clear_failure(done, "images_evaluation.zip")

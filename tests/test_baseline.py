@@ -47,12 +47,16 @@ def test_a_batch_without_support_is_classified_over_every_training_class():
     algo = Baseline(MLP((2,), hidden=[4]), out_features=7, head="cosine").double()
     x = torch.randn(5, 2, dtype=torch.float64)
     logits = algo.adapt(algo.params(), x[:0], torch.zeros(0, dtype=torch.long), ways=7)(x)
-    expected = 10.0 * F.normalize(algo.model(x), dim=-1) @ F.normalize(algo.classifier.weight, dim=-1).T
+    expected = (
+        10.0 * F.normalize(algo.model(x), dim=-1) @ F.normalize(algo.classifier.weight, dim=-1).T
+    )
     torch.testing.assert_close(logits, expected)
 
 
 def test_labelled_batches_carry_each_image_class_index():
-    images = torch.arange(6 * 4, dtype=torch.uint8).view(6, 4, 1, 1, 1)  # class c, image i has value 4c + i
+    images = torch.arange(6 * 4, dtype=torch.uint8).view(
+        6, 4, 1, 1, 1
+    )  # class c, image i has value 4c + i
     batch = LabelledImageSampler(images, batch_size=10).sample(3, torch.Generator().manual_seed(0))
     assert batch.support_x.shape == (3, 0, 1, 1, 1) and batch.query_x.shape == (3, 10, 1, 1, 1)
     assert batch.ways == 6

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_maml import classification_batch
 
+from metarun import batchnorm
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
-from metarun import batchnorm
 from metarun.batchnorm import TaskBatchNorm2d
-from metarun.errors import ConfigError
 from metarun.engine import Engine
-
-from test_maml import classification_batch
+from metarun.errors import ConfigError
 
 
 def maml():
@@ -28,11 +27,14 @@ def task():
 
 
 def one_block(algo, x, statistics_of):
-    """conv -> BatchNorm with the statistics of `statistics_of`'s activations -> pool -> ReLU -> head."""
+    """conv -> BatchNorm with the statistics of `statistics_of`'s activations -> pool -> ReLU ->
+    head."""
     conv, norm = algo.model[0].features[0], algo.model[0].features[1]
     reference = conv(statistics_of)
     var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
-    normalised = (conv(x) - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+    normalised = (conv(x) - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(
+        1, -1, 1, 1
+    ) + norm.bias.view(1, -1, 1, 1)
     return algo.model[1](F.relu(F.max_pool2d(normalised, 2)).flatten(1))
 
 
@@ -54,8 +56,12 @@ def test_support_plus_one_normalises_each_query_with_the_support_and_itself():
     algo, (sx, sy, qx) = maml(), task()
     algo.bn = "support_plus_one"
     predict = algo.adapt(algo.params(), sx, sy, ways=3, steps=0)
-    expected = torch.cat([one_block(algo, qx[i:i + 1], statistics_of=torch.cat([sx, qx[i:i + 1]]))
-                          for i in range(len(qx))])
+    expected = torch.cat(
+        [
+            one_block(algo, qx[i : i + 1], statistics_of=torch.cat([sx, qx[i : i + 1]]))
+            for i in range(len(qx))
+        ]
+    )
     torch.testing.assert_close(predict(qx), expected)
 
 
@@ -156,7 +162,9 @@ def test_two_models_in_one_process_keep_their_own_running_statistics():
     assert torch.equal(untouched.running_mean, torch.zeros(1, 4))
     with batchnorm.recording(second):
         pass
-    assert torch.equal(untouched.running_mean, torch.zeros(1, 4))  # nothing was noted for later either
+    assert torch.equal(
+        untouched.running_mean, torch.zeros(1, 4)
+    )  # nothing was noted for later either
     assert not torch.equal(first.model[0].features[1].running_mean, torch.zeros(1, 4))
 
 
@@ -173,7 +181,9 @@ def test_flags_set_for_one_model_are_gone_after_its_block():
 
 @pytest.mark.parametrize("bn", list(batchnorm.MODES))
 def test_torch_batchnorm_in_a_backbone_is_refused_naming_the_mode(bn):
-    backbone = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten()
+    )
     backbone.out_features = 4 * 10 * 10
     algo = MAML(backbone, 3, inner_lr=0.4, inner_steps=1)
     with pytest.raises(ConfigError, match=f"bn={bn}.*BatchNorm2d.*TaskBatchNorm2d"):

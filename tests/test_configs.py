@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS
 
 from metarun.build import build, build_algorithm, build_optimizer, check_settings
-
-from conftest import CONFIGS
 
 GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONFIGS.glob("*/*.yaml"))
 COMPANIONS = {"dataset/sinusoid": ["backbone=mlp"], "backbone/mlp": ["dataset=sinusoid"]}

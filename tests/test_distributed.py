@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import REPO, TINY_OMNIGLOT
 
-from metarun.build import build, build_algorithm, seed_everything
+from metarun.build import build, build_algorithm
 from metarun.distributed import World
 from metarun.errors import ConfigError
 from metarun.run import make_engine
-
-from conftest import REPO, TINY_OMNIGLOT
+from metarun.runtime import seed_everything
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
 MAML = ["algo=maml", "algo.first_order=false", "algo.inner_steps=2", "task.meta_batch_size=4"]
@@ -31,10 +31,16 @@ def meta_gradient(cfg, world: World) -> dict[str, torch.Tensor]:
     dataset = build("dataset", cfg.dataset)
     algo = build_algorithm(cfg, dataset)
     engine = make_engine(cfg, algo, torch.device("cpu"), world)
-    sampler = dataset.sampler("train", cfg.task.ways, cfg.task.shots, cfg.task.queries, torch.device("cpu"))
-    engine.meta_backward(algo, sampler.sample(cfg.task.meta_batch_size, torch.Generator().manual_seed(1)))
-    return {**{name: p.grad.clone() for name, p in algo.named_parameters()},
-            **{name: b.clone() for name, b in algo.named_buffers()}}
+    sampler = dataset.sampler(
+        "train", cfg.task.ways, cfg.task.shots, cfg.task.queries, torch.device("cpu")
+    )
+    engine.meta_backward(
+        algo, sampler.sample(cfg.task.meta_batch_size, torch.Generator().manual_seed(1))
+    )
+    return {
+        **{name: p.grad.clone() for name, p in algo.named_parameters()},
+        **{name: b.clone() for name, b in algo.named_buffers()},
+    }
 
 
 def _rank_meta_gradient(rank: int, cfg, rendezvous: str, output: str) -> None:
@@ -48,12 +54,17 @@ def _rank_meta_gradient(rank: int, cfg, rendezvous: str, output: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", [MAML, PROTONET], ids=["maml_second_order", "protonet_running_bn"])
+@pytest.mark.parametrize(
+    "setting", [MAML, PROTONET], ids=["maml_second_order", "protonet_running_bn"]
+)
 def test_meta_gradient_over_two_processes_equals_one_process(setting, make_cfg, tmp_path):
     cfg = make_cfg(*TINY_OMNIGLOT, *setting)
     alone = meta_gradient(cfg, World())
-    mp.spawn(_rank_meta_gradient, args=(cfg, str(tmp_path / "rendezvous"), str(tmp_path / "shared.pt")),
-             nprocs=2)
+    mp.spawn(
+        _rank_meta_gradient,
+        args=(cfg, str(tmp_path / "rendezvous"), str(tmp_path / "shared.pt")),
+        nprocs=2,
+    )
     shared = torch.load(tmp_path / "shared.pt", weights_only=True)
     assert shared.keys() == alone.keys()
     for name in alone:
@@ -61,37 +72,66 @@ def test_meta_gradient_over_two_processes_equals_one_process(setting, make_cfg, 
 
 
 def train_command(processes: int, run_dir: Path, *overrides: str) -> list[str]:
-    launcher = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
-    return [*launcher, "-m", "metarun", "train", *TINY_OMNIGLOT, "optimizer=sgd", "trainer.iterations=3",
-            "trainer.val_every=1", "trainer.log_every=1", "eval.episodes=7", f"hydra.run.dir={run_dir}",
-            *overrides]
+    launcher = (
+        [TORCHRUN, "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else [sys.executable]
+    )
+    return [
+        *launcher,
+        "-m",
+        "metarun",
+        "train",
+        *TINY_OMNIGLOT,
+        "optimizer=sgd",
+        "trainer.iterations=3",
+        "trainer.val_every=1",
+        "trainer.log_every=1",
+        "eval.episodes=7",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", [MAML, PROTONET], ids=["maml_second_order", "protonet_running_bn"])
+@pytest.mark.parametrize(
+    "setting", [MAML, PROTONET], ids=["maml_second_order", "protonet_running_bn"]
+)
 def test_torchrun_training_equals_one_process(setting, cli_env, tmp_path):
     runs = {}
     for processes in (1, 2):
         run_dir = tmp_path / f"processes_{processes}"
-        done = subprocess.run(train_command(processes, run_dir, *setting), capture_output=True, text=True,
-                              env=cli_env, cwd=REPO, timeout=300)
+        done = subprocess.run(
+            train_command(processes, run_dir, *setting),
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            cwd=REPO,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("test accuracy") == 1  # rank 0 alone reports
         runs[processes] = run_dir
     one, two = (torch.load(runs[p] / "checkpoints" / "last.pt", weights_only=True) for p in (1, 2))
     assert one["iteration"] == two["iteration"] == 3
     for name in one["model"]:
-        torch.testing.assert_close(two["model"][name], one["model"][name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            two["model"][name], one["model"][name], rtol=1e-5, atol=1e-6, msg=name
+        )
     rows = {p: (runs[p] / "metrics.jsonl").read_text().splitlines() for p in (1, 2)}
     assert len(rows[2]) == len(rows[1]) == 3  # one row per iteration, written once
     tested = {p: json.loads((runs[p] / "results.json").read_text()) for p in (1, 2)}
-    assert tested[2]["episodes"] == tested[1]["episodes"] == 7  # 4 + 3 episodes gathered, none twice
+    assert (
+        tested[2]["episodes"] == tested[1]["episodes"] == 7
+    )  # 4 + 3 episodes gathered, none twice
     assert tested[2]["accuracy"]["mean"] == pytest.approx(tested[1]["accuracy"]["mean"], abs=1e-6)
     assert tested[2]["training"]["processes"] == 2
 
 
 def test_a_meta_batch_that_does_not_split_evenly_is_refused():
-    with pytest.raises(ConfigError, match="task.meta_batch_size=3 cannot be split evenly over 2 processes"):
+    with pytest.raises(
+        ConfigError, match="task.meta_batch_size=3 cannot be split evenly over 2 processes"
+    ):
         World(rank=0, size=2).check_divides(3, "task.meta_batch_size")
 
 
@@ -104,10 +144,24 @@ def test_each_rank_takes_a_contiguous_share():
 
 def test_one_process_is_a_world_of_one():
     world, grad = World(), torch.ones(3)
-    assert world.is_main and world.mean(1.5, 2.5) == (1.5, 2.5) and torch.equal(world.gather(grad), grad)
+    assert (
+        world.is_main
+        and world.mean(1.5, 2.5) == (1.5, 2.5)
+        and torch.equal(world.gather(grad), grad)
+    )
 
 
 def test_a_sweep_inside_torchrun_is_refused(cli_env):
-    done = subprocess.run([sys.executable, "-m", "metarun", "train", "-m", "algo=maml,fomaml"], capture_output=True,
-                          text=True, env={**cli_env, "WORLD_SIZE": "2"}, cwd=REPO, timeout=120)
-    assert done.returncode == 2 and "cannot run inside torchrun" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "metarun", "train", "-m", "algo=maml,fomaml"],
+        capture_output=True,
+        text=True,
+        env={**cli_env, "WORLD_SIZE": "2"},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert (
+        done.returncode == 2
+        and "cannot run inside torchrun" in done.stderr
+        and "Traceback" not in done.stderr
+    )

@@ -12,20 +12,30 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-
-from metarun import checkpoint, run
-from metarun.errors import TrainingError
-from metarun.trainer import restore_rng
-
 from conftest import METARUN, REPO, TINY_OMNIGLOT, metarun
 
-LONG = [*TINY_OMNIGLOT, "trainer.iterations=40", "trainer.ckpt_every=5", "trainer.log_every=1",
-        "trainer.val_every=10"]
+from metarun import checkpoint, run
+from metarun.checkpoint import restore_rng
+from metarun.errors import TrainingError
+
+LONG = [
+    *TINY_OMNIGLOT,
+    "trainer.iterations=40",
+    "trainer.ckpt_every=5",
+    "trainer.log_every=1",
+    "trainer.val_every=10",
+]
 
 
 def start(run_dir: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([METARUN, "train", *LONG, f"hydra.run.dir={run_dir}", *extra], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [METARUN, "train", *LONG, f"hydra.run.dir={run_dir}", *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -68,8 +78,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(cli_env, tmp_path):
     assert rows_a == rows_b
     for name in model_a:
         assert torch.equal(model_a[name], model_b[name]), name
-    assert json.loads((straight / "results.json").read_text())["accuracy"] == \
-        json.loads((killed / "results.json").read_text())["accuracy"]
+    assert (
+        json.loads((straight / "results.json").read_text())["accuracy"]
+        == json.loads((killed / "results.json").read_text())["accuracy"]
+    )
 
 
 @pytest.mark.slow
@@ -94,7 +106,8 @@ def test_sigterm_checkpoints_the_finished_iteration_and_resume_continues(cli_env
 @pytest.mark.slow
 def test_a_second_signal_exits_at_once(cli_env, tmp_path):
     # Iteration 3 ends in a validation of many seconds, which a first signal does not cut short;
-    # so both signals, sent while iteration 3 runs, reach a busy process whatever the machine's speed.
+    # so both signals, sent while iteration 3 runs, reach a busy process whatever the machine's
+    # speed.
     long_validation = ["trainer.val_every=3", "trainer.val_episodes=4000"]
     process = start(tmp_path, cli_env, *long_validation)
     metrics = tmp_path / "metrics.jsonl"
@@ -111,8 +124,12 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_cfg, tmp_path
     last = tmp_path / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     capsys.readouterr()
-    run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=6", "trainer.ckpt_every=1",
-                       "trainer.resume=auto"), tmp_path)
+    run.train(
+        make_cfg(
+            *TINY_OMNIGLOT, "trainer.iterations=6", "trainer.ckpt_every=1", "trainer.resume=auto"
+        ),
+        tmp_path,
+    )
     err = capsys.readouterr().err
     assert "cannot be read" in err and "Falling back" in err
     assert "previous.pt at iteration 3" in err
@@ -129,15 +146,24 @@ def test_disk_full_during_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     with pytest.raises(TrainingError, match="No space left on device.*intact"):
-        checkpoint.atomic_save({"format": 1, "model": {}, "iteration": 2}, path, previous=tmp_path / "previous.pt")
+        checkpoint.atomic_save(
+            {"format": 1, "model": {}, "iteration": 2}, path, previous=tmp_path / "previous.pt"
+        )
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(path)["iteration"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file left behind"
 
 
-NONFINITE = ["experiment=maml_sinusoid", "algo.inner_lr=1e30", "trainer.iterations=3",
-             "trainer.log_every=1", "trainer.val_every=3", "trainer.val_episodes=4", "eval.episodes=4",
-             "trainer.ckpt_every=1"]
+NONFINITE = [
+    "experiment=maml_sinusoid",
+    "algo.inner_lr=1e30",
+    "trainer.iterations=3",
+    "trainer.log_every=1",
+    "trainer.val_every=3",
+    "trainer.val_episodes=4",
+    "eval.episodes=4",
+    "trainer.ckpt_every=1",
+]
 
 
 def test_nonfinite_loss_stops_naming_the_iteration(cli_env, tmp_path):
@@ -154,8 +180,14 @@ def test_nonfinite_meta_batches_can_be_skipped_and_counted(make_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_unfinished(cli_env, tmp_path):
-    sweep = ["train", "-m", *TINY_OMNIGLOT, "trainer.ckpt_every=1", "algo=maml,fomaml",
-             f"hydra.sweep.dir={tmp_path}"]
+    sweep = [
+        "train",
+        "-m",
+        *TINY_OMNIGLOT,
+        "trainer.ckpt_every=1",
+        "algo=maml,fomaml",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     assert metarun(*sweep, env=cli_env).returncode == 0
     finished, unfinished = sorted(tmp_path.glob("*/results.json"))
     finished_before = finished.read_text()
@@ -173,20 +205,33 @@ def test_checkpoint_restores_every_random_generator(make_cfg, tmp_path):
     state = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")  # through a file
     sampler = torch.Generator()
     restore_rng(state["rng"], sampler)
-    expected = (random.random(), numpy.random.rand(), torch.rand(1).item(), torch.rand(1, generator=sampler).item())
+    expected = (
+        random.random(),
+        numpy.random.rand(),
+        torch.rand(1).item(),
+        torch.rand(1, generator=sampler).item(),
+    )
     random.seed(99), numpy.random.seed(99), torch.manual_seed(99), sampler.manual_seed(99)
     restore_rng(state["rng"], sampler)
-    assert (random.random(), numpy.random.rand(), torch.rand(1).item(),
-            torch.rand(1, generator=sampler).item()) == expected
+    assert (
+        random.random(),
+        numpy.random.rand(),
+        torch.rand(1).item(),
+        torch.rand(1, generator=sampler).item(),
+    ) == expected
 
 
 def test_resume_restores_batchnorm_running_statistics(make_cfg, tmp_path):
     settings = [*TINY_OMNIGLOT, "algo=protonet", "bn=running", "trainer.val_every=100"]
     run.train(make_cfg(*settings, "trainer.iterations=4"), tmp_path / "straight")
     run.train(make_cfg(*settings, "trainer.iterations=2"), tmp_path / "resumed")
-    run.train(make_cfg(*settings, "trainer.iterations=4", "trainer.resume=auto"), tmp_path / "resumed")
-    straight, resumed = (checkpoint.load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
-                         for name in ("straight", "resumed"))
+    run.train(
+        make_cfg(*settings, "trainer.iterations=4", "trainer.resume=auto"), tmp_path / "resumed"
+    )
+    straight, resumed = (
+        checkpoint.load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+        for name in ("straight", "resumed")
+    )
     assert any("running_mean" in name for name in straight)
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name

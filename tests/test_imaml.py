@@ -12,11 +12,14 @@ from metarun.episode import Episode
 
 
 def test_implicit_meta_gradient_equals_the_exact_one_on_a_quadratic_problem():
-    """Linear regression with MSE: the proximal solution phi*(theta) = (H + lam I)^-1 (lam theta - b)
-    is known in closed form, so d L_query(phi*(theta)) / d theta can be computed exactly."""
+    """Linear regression with MSE: the proximal solution
+    phi*(theta) = (H + lam I)^-1 (lam theta - b) is known in closed form, so
+    d L_query(phi*(theta)) / d theta can be computed exactly."""
     torch.manual_seed(0)
     lam = 2.0
-    algo = IMAML(MLP((3,), hidden=[]), 1, inner_lr=0.05, inner_steps=2000, lam=lam, cg_steps=4).double()
+    algo = IMAML(
+        MLP((3,), hidden=[]), 1, inner_lr=0.05, inner_steps=2000, lam=lam, cg_steps=4
+    ).double()
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 8, 3, generator=g, dtype=torch.float64)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.3
@@ -38,7 +41,9 @@ def test_implicit_meta_gradient_equals_the_exact_one_on_a_quadratic_problem():
         zero = torch.zeros_like(theta)
         hessian = torch.autograd.functional.hessian(lambda v: loss_at(v, x[t, :4], y[t, :4]), zero)
         linear = torch.autograd.functional.jacobian(lambda v: loss_at(v, x[t, :4], y[t, :4]), zero)
-        phi_star = torch.linalg.solve(hessian + lam * torch.eye(len(theta), dtype=theta.dtype), lam * theta - linear)
+        phi_star = torch.linalg.solve(
+            hessian + lam * torch.eye(len(theta), dtype=theta.dtype), lam * theta - linear
+        )
         total = total + loss_at(phi_star, x[t, 4:], y[t, 4:]) / 2
     expected = torch.autograd.grad(total, theta)[0]
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-8)
@@ -47,15 +52,21 @@ def test_implicit_meta_gradient_equals_the_exact_one_on_a_quadratic_problem():
 def test_meta_gradient_is_not_the_first_order_approximation():
     """With a strong support curvature the implicit correction (I + H/lam)^-1 matters."""
     torch.manual_seed(0)
-    algo = IMAML(MLP((3,), hidden=[4]), 1, inner_lr=0.05, inner_steps=20, lam=1.0, cg_steps=5).double()
+    algo = IMAML(
+        MLP((3,), hidden=[4]), 1, inner_lr=0.05, inner_steps=20, lam=1.0, cg_steps=5
+    ).double()
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 8, 3, generator=g, dtype=torch.float64)
-    batch = Episode(x[:, :4], x[:, :4].sum(-1, keepdim=True), x[:, 4:], x[:, 4:].sum(-1, keepdim=True), 1)
+    batch = Episode(
+        x[:, :4], x[:, :4].sum(-1, keepdim=True), x[:, 4:], x[:, 4:].sum(-1, keepdim=True), 1
+    )
     Engine("loop").meta_backward(algo, batch)
     implicit = torch.cat([p.grad.flatten() for p in algo.parameters()])
     phi = algo.fit(algo.params(), batch.support_x[0], batch.support_y[0], ways=1)
-    query = torch.nn.functional.mse_loss(algo.run({n: v.requires_grad_() for n, v in phi.items()},
-                                                  batch.query_x[0]), batch.query_y[0])
+    query = torch.nn.functional.mse_loss(
+        algo.run({n: v.requires_grad_() for n, v in phi.items()}, batch.query_x[0]),
+        batch.query_y[0],
+    )
     first_order = torch.cat([g.flatten() for g in torch.autograd.grad(query, list(phi.values()))])
     assert (implicit - first_order).norm() > 0.05 * first_order.norm()
 
@@ -75,6 +86,12 @@ def test_graph_kept_for_the_meta_gradient_does_not_grow_with_inner_steps():
     torch.manual_seed(0)
     algo = IMAML(MLP((3,), hidden=[4]), 1, inner_lr=0.05, inner_steps=1).double()
     x = torch.randn(8, 3, dtype=torch.float64)
-    sizes = [graph_size(algo.task_loss(algo.params(), x[:4], x[:4, :1], x[4:], x[4:, :1], ways=1,
-                                       steps=steps)[0]) for steps in (1, 30)]
+    sizes = [
+        graph_size(
+            algo.task_loss(algo.params(), x[:4], x[:4, :1], x[4:], x[4:, :1], ways=1, steps=steps)[
+                0
+            ]
+        )
+        for steps in (1, 30)
+    ]
     assert sizes[0] == sizes[1], sizes

@@ -11,9 +11,16 @@ from metarun import run
 
 @pytest.mark.slow
 def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
-    cfg = make_cfg("experiment=maml_sinusoid", "trainer.iterations=2000", "trainer.log_every=100",
-                   "trainer.val_every=2000", "trainer.val_episodes=100", "trainer.ckpt_every=2000",
-                   "eval.episodes=200", "device=cpu")
+    cfg = make_cfg(
+        "experiment=maml_sinusoid",
+        "trainer.iterations=2000",
+        "trainer.log_every=100",
+        "trainer.val_every=2000",
+        "trainer.val_episodes=100",
+        "trainer.ckpt_every=2000",
+        "eval.episodes=200",
+        "device=cpu",
+    )
     results = run.train(cfg, tmp_path)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     # Predicting 0 everywhere gives MSE = E[A^2]/2 ~ 4.2; 2000 meta-steps must cut it well below.
@@ -22,20 +29,56 @@ def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, iterations, overrides", [
-    ("protonet", 60, []), ("matching_net", 60, []), ("relation_net", 60, ["backbone.pooled_blocks=2"]),
-    ("baseline", 60, ["bn=running"]), ("baseline_plus_plus", 60, ["bn=running"]),
-    ("maml", 60, []), ("anil", 60, []), ("meta_sgd", 60, []),
-    ("reptile", 60, ["algo.inner_lr=0.003", "task.shots=5", "eval.shots=1", "eval.inner_steps=10", "optimizer=sgd",
-                     "optimizer.lr=1.0", "optimizer.momentum=0"]),
-    ("imaml", 30, ["algo.inner_steps=3", "algo.cg_steps=2"]),
-    ("lstm_meta_learner", 40, ["algo.inner_steps=3"]),
-    ("maml_plus_plus", 60, ["algo.inner_lr=0.4", "algo.inner_steps=1", "algo.first_order_epochs=0"]),
-])
-def test_short_omniglot_run_is_clearly_above_chance(make_cfg, tmp_path, algo, iterations, overrides):
-    cfg = make_cfg(f"algo={algo}", "task.queries=1", "task.meta_batch_size=8", "backbone.hidden=32",
-                   f"trainer.iterations={iterations}", "trainer.log_every=20", "trainer.val_every=60",
-                   "trainer.val_episodes=40", "trainer.ckpt_every=60", "eval.episodes=100",
-                   "eval.queries=5", "device=cpu", *overrides)
+@pytest.mark.parametrize(
+    "algo, iterations, overrides",
+    [
+        ("protonet", 60, []),
+        ("matching_net", 60, []),
+        ("relation_net", 60, ["backbone.pooled_blocks=2"]),
+        ("baseline", 60, ["bn=running"]),
+        ("baseline_plus_plus", 60, ["bn=running"]),
+        ("maml", 60, []),
+        ("anil", 60, []),
+        ("meta_sgd", 60, []),
+        (
+            "reptile",
+            60,
+            [
+                "algo.inner_lr=0.003",
+                "task.shots=5",
+                "eval.shots=1",
+                "eval.inner_steps=10",
+                "optimizer=sgd",
+                "optimizer.lr=1.0",
+                "optimizer.momentum=0",
+            ],
+        ),
+        ("imaml", 30, ["algo.inner_steps=3", "algo.cg_steps=2"]),
+        ("lstm_meta_learner", 40, ["algo.inner_steps=3"]),
+        (
+            "maml_plus_plus",
+            60,
+            ["algo.inner_lr=0.4", "algo.inner_steps=1", "algo.first_order_epochs=0"],
+        ),
+    ],
+)
+def test_short_omniglot_run_is_clearly_above_chance(
+    make_cfg, tmp_path, algo, iterations, overrides
+):
+    cfg = make_cfg(
+        f"algo={algo}",
+        "task.queries=1",
+        "task.meta_batch_size=8",
+        "backbone.hidden=32",
+        f"trainer.iterations={iterations}",
+        "trainer.log_every=20",
+        "trainer.val_every=60",
+        "trainer.val_episodes=40",
+        "trainer.ckpt_every=60",
+        "eval.episodes=100",
+        "eval.queries=5",
+        "device=cpu",
+        *overrides,
+    )
     results = run.train(cfg, tmp_path)
     assert results["accuracy"]["mean"] > 0.5, results  # chance is 0.2 for 5-way

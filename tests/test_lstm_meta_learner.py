@@ -1,4 +1,5 @@
-"""The LSTM meta-learner's update c_t = f_t * c_{t-1} - i_t * grad_t, checked with constant gates."""
+"""The LSTM meta-learner's update c_t = f_t * c_{t-1} - i_t * grad_t, checked with constant
+gates."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ import math
 
 import torch
 import torch.nn.functional as F
+from test_maml import classification_batch
 
 from metarun.algorithms.lstm_meta_learner import LSTMMetaLearner, preprocess
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
 
-from test_maml import classification_batch
-
 
 def test_preprocessing_splits_magnitude_and_sign():
-    x = torch.tensor([1.0, -math.e ** 5, 1e-6, -1e-6])
-    expected = torch.tensor([[0.0, 1.0], [0.5, -1.0], [-1.0, math.e ** 10 * 1e-6], [-1.0, -math.e ** 10 * 1e-6]])
+    x = torch.tensor([1.0, -(math.e**5), 1e-6, -1e-6])
+    expected = torch.tensor(
+        [[0.0, 1.0], [0.5, -1.0], [-1.0, math.e**10 * 1e-6], [-1.0, -(math.e**10) * 1e-6]]
+    )
     torch.testing.assert_close(preprocess(x), expected)
 
 
@@ -41,7 +43,9 @@ def test_constant_gates_give_sgd_with_decay_and_its_meta_gradient():
     weights = [p.detach().clone() for p in model.parameters()]
     for _ in range(steps):
         current = [w.clone().requires_grad_() for w in weights]
-        out = torch.func.functional_call(model, dict(zip([n for n, _ in model.named_parameters()], current)), (sx,))
+        out = torch.func.functional_call(
+            model, dict(zip([n for n, _ in model.named_parameters()], current)), (sx,)
+        )
         grads = torch.autograd.grad(F.cross_entropy(out, sy), current)
         weights = [decay * w - rate * g for w, g in zip(weights, grads)]
     final = [w.requires_grad_() for w in weights]
@@ -52,5 +56,5 @@ def test_constant_gates_give_sgd_with_decay_and_its_meta_gradient():
     torch.testing.assert_close(algo.adapt(algo.params(), sx, sy, ways=3)(qx), query_logits.detach())
     Engine("loop").meta_backward(algo, batch)
     for p, g in zip(model.parameters(), query_grad):
-        torch.testing.assert_close(p.grad, decay ** steps * g, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(p.grad, decay**steps * g, rtol=1e-9, atol=1e-12)
     assert algo.lstm.weight_ih.grad is not None and algo.input_gate.bias.grad.abs() > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import maml_meta_gradient
 from torch.func import functional_call
 
 from metarun.algorithms.maml import MAML
@@ -13,15 +14,17 @@ from metarun.backbones.mlp import MLP
 from metarun.engine import Engine
 from metarun.episode import Episode
 
-from reference import maml_meta_gradient
-
 
 def classification_batch(tasks=3, ways=3, shots=2, queries=2, size=12):
     g = torch.Generator().manual_seed(1)
     labels = lambda n: torch.arange(ways).repeat_interleave(n).repeat(tasks, 1)
-    return Episode(torch.rand(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
-                   labels(shots), torch.rand(tasks, ways * queries, 1, size, size, generator=g,
-                                              dtype=torch.float64), labels(queries), ways)
+    return Episode(
+        torch.rand(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
+        labels(shots),
+        torch.rand(tasks, ways * queries, 1, size, size, generator=g, dtype=torch.float64),
+        labels(queries),
+        ways,
+    )
 
 
 def regression_batch(tasks=4, points=5):
@@ -43,8 +46,13 @@ def engine_gradient(algo, batch, mode, **options):
 @pytest.mark.parametrize("first_order", [False, True])
 def test_conv4_with_batchnorm_matches_reference_loop(mode, channels_last, first_order):
     torch.manual_seed(0)
-    algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2,
-                first_order=first_order).double()
+    algo = MAML(
+        Conv4((1, 12, 12), hidden=4, blocks=2),
+        3,
+        inner_lr=0.4,
+        inner_steps=2,
+        first_order=first_order,
+    ).double()
     batch = classification_batch()
     expected = maml_meta_gradient(algo, batch, 0.4, 2, first_order)
     actual = engine_gradient(algo, batch, mode, channels_last=channels_last)
@@ -92,14 +100,18 @@ def test_first_order_differs_by_the_hessian_term():
     for name in params:
         expected = first[name] - 0.05 * hessian_times_first[name]
         torch.testing.assert_close(second[name], expected, rtol=1e-9, atol=1e-12, msg=name)
-    assert any((second[n] - first[n]).abs().max() > 1e-6 for n in params), "the term is not zero here"
+    assert any((second[n] - first[n]).abs().max() > 1e-6 for n in params), (
+        "the term is not zero here"
+    )
 
 
 def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
     torch.manual_seed(0)
     algo = MAML(Conv4((1, 12, 12), hidden=8, blocks=2), 3, inner_lr=0.4, inner_steps=1)
     batch = classification_batch()
-    batch = Episode(batch.support_x.float(), batch.support_y, batch.query_x.float(), batch.query_y, 3)
+    batch = Episode(
+        batch.support_x.float(), batch.support_y, batch.query_x.float(), batch.query_y, 3
+    )
     expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order=False)
     engine = Engine("loop", precision="bf16", channels_last=True)
     engine.prepare(algo)
@@ -116,8 +128,13 @@ def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
 @pytest.mark.parametrize("first_order", [False, True])
 def test_compiled_loop_matches_reference_loop(first_order):
     torch.manual_seed(0)
-    algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1,
-                first_order=first_order).double()
+    algo = MAML(
+        Conv4((1, 12, 12), hidden=4, blocks=1),
+        3,
+        inner_lr=0.4,
+        inner_steps=1,
+        first_order=first_order,
+    ).double()
     batch = classification_batch()
     expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order)
     actual = engine_gradient(algo, batch, "loop", compile=True)

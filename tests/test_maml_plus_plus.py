@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import maml_meta_gradient
+from test_maml import classification_batch
 
 from metarun import batchnorm
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.maml_plus_plus import MAMLPlusPlus
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
-
-from reference import maml_meta_gradient
-from test_maml import classification_batch
 
 
 def meta_gradient(algo, batch, mode="loop") -> dict:
@@ -23,9 +22,18 @@ def meta_gradient(algo, batch, mode="loop") -> dict:
 
 def plus_plus(**switches):
     torch.manual_seed(0)
-    options = dict(multi_step_loss=False, first_order_epochs=0, learned_step_sizes=False,
-                   per_step_bn_weights=False) | switches
-    return MAMLPlusPlus(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=3, **options).double()
+    options = (
+        dict(
+            multi_step_loss=False,
+            first_order_epochs=0,
+            learned_step_sizes=False,
+            per_step_bn_weights=False,
+        )
+        | switches
+    )
+    return MAMLPlusPlus(
+        Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=3, **options
+    ).double()
 
 
 def test_all_switches_off_is_maml():
@@ -45,7 +53,9 @@ def test_learned_step_sizes_at_their_start_value_are_maml(mode):
     actual = meta_gradient(algo, batch, mode)
     for name in expected:
         if name.startswith("model."):
-            torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-11, msg=name)
+            torch.testing.assert_close(
+                actual[name], expected[name], rtol=1e-9, atol=1e-11, msg=name
+            )
     assert all(actual[f"step_sizes.{i}"].abs().max() > 0 for i in range(len(algo.step_sizes)))
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
+from test_maml import classification_batch, regression_batch
 
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.meta_sgd import MetaSGD
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
 from metarun.engine import Engine
-
-from test_maml import classification_batch, regression_batch
 
 
 def meta_gradient(algo, batch) -> dict:
@@ -21,7 +20,9 @@ def meta_gradient(algo, batch) -> dict:
 
 def test_equal_rates_reduce_to_maml():
     torch.manual_seed(0)
-    meta_sgd = MetaSGD(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2).double()
+    meta_sgd = MetaSGD(
+        Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2
+    ).double()
     maml = MAML(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=2).double()
     maml.model.load_state_dict(meta_sgd.model.state_dict())
     for rates in meta_sgd.inner_lrs:
@@ -34,8 +35,9 @@ def test_equal_rates_reduce_to_maml():
 
 def test_rate_gradients_match_finite_differences():
     torch.manual_seed(0)
-    algo = MetaSGD(MLP((1,), hidden=[5]), 1, inner_lr=0.05, inner_steps=2,
-                   inner_lr_range=(0.01, 0.1)).double()
+    algo = MetaSGD(
+        MLP((1,), hidden=[5]), 1, inner_lr=0.05, inner_steps=2, inner_lr_range=(0.01, 0.1)
+    ).double()
     batch = regression_batch()
     analytic = meta_gradient(algo, batch)
 
@@ -52,5 +54,8 @@ def test_rate_gradients_match_finite_differences():
             down = meta_loss()
             flat[i] = original
             numeric = (up - down) / 2e-6
-            assert abs(numeric - analytic[f"inner_lrs.{index}"].view(-1)[i].item()) < 1e-6, (index, i)
+            assert abs(numeric - analytic[f"inner_lrs.{index}"].view(-1)[i].item()) < 1e-6, (
+                index,
+                i,
+            )
     assert all(analytic[f"inner_lrs.{i}"].abs().max() > 0 for i in range(len(algo.inner_lrs)))

@@ -5,19 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_OMNIGLOT
 
 from metarun import run
 from metarun.algorithms.nearest_neighbour import NearestNeighbour
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.mlp import MLP
 
-from conftest import TINY_OMNIGLOT
-
 
 def task():
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(6, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]),
-            torch.randn(7, 4, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(6, 4, generator=g, dtype=torch.float64),
+        torch.tensor([0, 1, 2, 0, 1, 2]),
+        torch.randn(7, 4, generator=g, dtype=torch.float64),
+    )
 
 
 def nearest(**options) -> NearestNeighbour:
@@ -41,13 +43,23 @@ def test_class_mean_with_euclidean_distance_is_prototypical_networks():
     algo, (sx, sy, qx) = nearest(rule="class_mean"), task()
     protonet = ProtoNet(MLP((4,), hidden=[8]), 3).double()
     protonet.load_state_dict(algo.state_dict())
-    torch.testing.assert_close(algo.adapt(algo.params(), sx, sy, ways=3)(qx),
-                               protonet.adapt(protonet.params(), sx, sy, ways=3)(qx))
+    torch.testing.assert_close(
+        algo.adapt(algo.params(), sx, sy, ways=3)(qx),
+        protonet.adapt(protonet.params(), sx, sy, ways=3)(qx),
+    )
 
 
 def test_nearest_class_mean_on_a_protonet_run_reproduces_its_test_accuracy(make_cfg, tmp_path):
     protonet = run.train(make_cfg(*TINY_OMNIGLOT, "algo=protonet"), tmp_path / "protonet")
-    nearest = run.train(make_cfg(*TINY_OMNIGLOT, "algo=nearest_neighbour", "algo.rule=class_mean", "trainer.iterations=0",
-                                 f"init_from={tmp_path / 'protonet'}"), tmp_path / "nearest")
+    nearest = run.train(
+        make_cfg(
+            *TINY_OMNIGLOT,
+            "algo=nearest_neighbour",
+            "algo.rule=class_mean",
+            "trainer.iterations=0",
+            f"init_from={tmp_path / 'protonet'}",
+        ),
+        tmp_path / "nearest",
+    )
     assert nearest["accuracy"] == protonet["accuracy"]
     assert nearest["iteration"] == 0

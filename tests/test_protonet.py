@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
+from conftest import TINY_OMNIGLOT
+from reference import assert_engines_agree
 
 from metarun import run
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.mlp import MLP
 from metarun.episode import Episode
-
-from conftest import TINY_OMNIGLOT
-from reference import assert_engines_agree
 
 
 def test_logits_are_negative_squared_distances_to_prototypes():
@@ -34,12 +33,19 @@ def test_loop_and_vmap_engines_agree():
     torch.manual_seed(0)
     algo = ProtoNet(MLP((4,), hidden=[8]), out_features=3).double()
     labels = torch.arange(3).repeat_interleave(2).repeat(4, 1)
-    batch = Episode(torch.randn(4, 6, 4, dtype=torch.float64), labels,
-                    torch.randn(4, 6, 4, dtype=torch.float64), labels, 3)
+    batch = Episode(
+        torch.randn(4, 6, 4, dtype=torch.float64),
+        labels,
+        torch.randn(4, 6, 4, dtype=torch.float64),
+        labels,
+        3,
+    )
     assert_engines_agree(algo, batch)
 
 
 def test_a_run_tests_at_other_ways_than_it_trained(make_cfg, tmp_path):
     run.train(make_cfg(*TINY_OMNIGLOT, "algo=protonet"), tmp_path)
-    result = run.evaluate(make_cfg(f"run_dir={tmp_path}", "eval.ways=7", "eval.episodes=3", config="eval"))
+    result = run.evaluate(
+        make_cfg(f"run_dir={tmp_path}", "eval.ways=7", "eval.episodes=3", config="eval")
+    )
     assert result["protocol"]["ways"] == 7 and result["episodes"] == 3

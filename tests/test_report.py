@@ -10,33 +10,58 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from conftest import TINY_OMNIGLOT, metarun
 from omegaconf import OmegaConf
 
 from metarun.errors import ConfigError
 from metarun.report import csv_text, find_runs, markdown, seed_rows
 
-from conftest import TINY_OMNIGLOT, metarun
 
-
-def fake_run(folder: Path, overrides: list[str], accuracy: float | None, val: list[float] = (0.5, 0.6)) -> Path:
+def fake_run(
+    folder: Path, overrides: list[str], accuracy: float | None, val: list[float] = (0.5, 0.6)
+) -> Path:
     """A run folder as metarun train leaves it (results.json only when it finished)."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / "config.yaml").write_text("seed: 0\n")
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    rows = [{"iteration": 10 * (i + 1), "train_loss": 1.0 / (i + 1), "val_accuracy": v, "val_accuracy_ci95": 0.02}
-            for i, v in enumerate(val)]
+    rows = [
+        {
+            "iteration": 10 * (i + 1),
+            "train_loss": 1.0 / (i + 1),
+            "val_accuracy": v,
+            "val_accuracy_ci95": 0.02,
+        }
+        for i, v in enumerate(val)
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if accuracy is not None:
-        (folder / "results.json").write_text(json.dumps({
-            "metric": "accuracy", "accuracy": {"mean": accuracy, "ci95": 0.01}, "episodes": 600,
-            "iteration": 20, "training": {"wall_time_s": 12.5, "best_val_accuracy": max(val)}}))
+        (folder / "results.json").write_text(
+            json.dumps(
+                {
+                    "metric": "accuracy",
+                    "accuracy": {"mean": accuracy, "ci95": 0.01},
+                    "episodes": 600,
+                    "iteration": 20,
+                    "training": {"wall_time_s": 12.5, "best_val_accuracy": max(val)},
+                }
+            )
+        )
     return folder
 
 
 @pytest.fixture
 def sweep(tmp_path) -> Path:
-    for algo, seed, accuracy in [("maml", 0, 0.90), ("maml", 1, 0.92), ("anil", 0, 0.80), ("anil", 1, 0.86)]:
-        fake_run(tmp_path / f"algo={algo},seed={seed}", [f"algo={algo}", f"seed={seed}", "task.shots=1"], accuracy)
+    for algo, seed, accuracy in [
+        ("maml", 0, 0.90),
+        ("maml", 1, 0.92),
+        ("anil", 0, 0.80),
+        ("anil", 1, 0.86),
+    ]:
+        fake_run(
+            tmp_path / f"algo={algo},seed={seed}",
+            [f"algo={algo}", f"seed={seed}", "task.shots=1"],
+            accuracy,
+        )
     fake_run(tmp_path / "algo=protonet,seed=0", ["algo=protonet", "seed=0", "task.shots=1"], None)
     return tmp_path
 
@@ -44,7 +69,10 @@ def sweep(tmp_path) -> Path:
 def test_the_table_has_a_column_per_varying_setting_and_lists_shared_ones_once(sweep):
     text = markdown(find_runs([sweep]))
     assert "5 runs; shared settings: task.shots=1" in text
-    assert "| algo | seed | test accuracy | ci95 | episodes | best iteration | wall time (s) | folder |" in text
+    assert (
+        "| algo | seed | test accuracy | ci95 | episodes | best iteration | wall time (s) | "
+        "folder |" in text
+    )
     assert "| maml | 1 | 92.00 | 1.00 | 600 | 20 | 12.5 | algo=maml,seed=1 |" in text
     assert "| protonet | 0 | unfinished |" in text
 
@@ -54,7 +82,9 @@ def test_runs_differing_only_by_seed_get_mean_and_spread(sweep):
     assert header == ["algo", "seeds", "mean test accuracy", "std over seeds", "min", "max"]
     by_algo = {row[0]: row for row in rows}
     assert set(by_algo) == {"anil", "maml"}  # protonet has one unfinished seed
-    assert by_algo["anil"][1:] == pytest.approx([2, 0.83, statistics.stdev([0.80, 0.86]), 0.80, 0.86])
+    assert by_algo["anil"][1:] == pytest.approx(
+        [2, 0.83, statistics.stdev([0.80, 0.86]), 0.80, 0.86]
+    )
 
 
 def test_csv_keeps_full_precision_and_full_paths(sweep):
@@ -77,7 +107,9 @@ def test_report_of_a_folder_without_runs_says_what_to_pass(tmp_path, cli_env):
     with pytest.raises(ConfigError, match="No run folders"):
         find_runs([tmp_path])
     done = metarun("report", str(tmp_path / "missing"), env=cli_env)
-    assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
+    )
 
 
 def test_plot_command_draws_learning_curves_and_the_sweep(sweep, cli_env, tmp_path):
@@ -97,8 +129,17 @@ def test_a_single_run_has_learning_curves_and_no_sweep_plot(tmp_path, cli_env):
 
 @pytest.mark.slow
 def test_parallel_launcher_sweep_over_seeds_ends_with_a_report(cli_env, tmp_path):
-    done = metarun("train", "-m", "hydra/launcher=parallel", *TINY_OMNIGLOT, "trainer.iterations=2",
-                   "algo=maml,fomaml", "seed=0,1", f"hydra.sweep.dir={tmp_path}", env=cli_env)
+    done = metarun(
+        "train",
+        "-m",
+        "hydra/launcher=parallel",
+        *TINY_OMNIGLOT,
+        "trainer.iterations=2",
+        "algo=maml,fomaml",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+        env=cli_env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = find_runs([tmp_path])
     assert len(runs) == 4 and all(run.mean is not None for run in runs)
@@ -109,13 +150,24 @@ def test_parallel_launcher_sweep_over_seeds_ends_with_a_report(cli_env, tmp_path
 
 @pytest.mark.slow
 def test_optuna_example_searches_the_inner_loop_on_validation(cli_env, tmp_path):
-    done = metarun("train", "-m", "hydra/sweeper=inner_loop_search", "hydra.sweeper.n_trials=2", *TINY_OMNIGLOT,
-                   "trainer.iterations=2", f"hydra.sweep.dir={tmp_path}", env=cli_env)
+    done = metarun(
+        "train",
+        "-m",
+        "hydra/sweeper=inner_loop_search",
+        "hydra.sweeper.n_trials=2",
+        *TINY_OMNIGLOT,
+        "trainer.iterations=2",
+        f"hydra.sweep.dir={tmp_path}",
+        env=cli_env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = find_runs([tmp_path])
     assert len(runs) == 2 and all("algo.inner_lr" in run.overrides for run in runs)
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    validation = [json.loads((r.folder / "results.json").read_text())["training"]["best_val_accuracy"] for r in runs]
+    validation = [
+        json.loads((r.folder / "results.json").read_text())["training"]["best_val_accuracy"]
+        for r in runs
+    ]
     assert best["best_value"] == pytest.approx(max(validation))
 
 

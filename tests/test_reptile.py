@@ -7,12 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_maml import classification_batch
 
 from metarun.algorithms.reptile import Reptile
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
-
-from test_maml import classification_batch
 
 
 def adapted_by_torch_adam(algo, support_x, support_y, steps, batch, lr):
@@ -32,15 +31,20 @@ def adapted_by_torch_adam(algo, support_x, support_y, steps, batch, lr):
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_update_moves_theta_towards_the_mean_adapted_weights(mode):
     torch.manual_seed(0)
-    algo = Reptile(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.01, inner_steps=4,
-                   inner_batch=4).double()
+    algo = Reptile(
+        Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.01, inner_steps=4, inner_batch=4
+    ).double()
     batch = classification_batch(tasks=3, shots=2)
     theta = [p.detach().clone() for p in algo.parameters()]
-    phis = [adapted_by_torch_adam(algo, batch.support_x[t], batch.support_y[t], 4, 4, 0.01) for t in range(3)]
+    phis = [
+        adapted_by_torch_adam(algo, batch.support_x[t], batch.support_y[t], 4, 4, 0.01)
+        for t in range(3)
+    ]
     eps = 0.7
     Engine(mode).meta_backward(algo, batch)
     torch.optim.SGD(algo.parameters(), lr=eps).step()
     for index, p in enumerate(algo.parameters()):
         mean_phi = torch.stack([phi[index] for phi in phis]).mean(0)
-        torch.testing.assert_close(p.detach(), theta[index] + eps * (mean_phi - theta[index]),
-                                   rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(
+            p.detach(), theta[index] + eps * (mean_phi - theta[index]), rtol=1e-7, atol=1e-9
+        )

@@ -26,9 +26,12 @@ def test_episode_shapes_and_labels(omniglot):
     assert episode.support_x.shape == (8, 10, 1, 28, 28)
     assert episode.query_x.shape == (8, 15, 1, 28, 28)
     for labels, per_class in ((episode.support_y, 2), (episode.query_y, 3)):
-        assert torch.equal(labels.bincount(minlength=5) if labels.dim() == 1 else
-                           torch.stack([row.bincount(minlength=5) for row in labels]),
-                           torch.full((8, 5), per_class))
+        assert torch.equal(
+            labels.bincount(minlength=5)
+            if labels.dim() == 1
+            else torch.stack([row.bincount(minlength=5) for row in labels]),
+            torch.full((8, 5), per_class),
+        )
 
 
 def test_classes_distinct_and_support_query_disjoint(omniglot):
@@ -47,14 +50,20 @@ def test_same_seed_same_episodes_and_different_seed_differs(omniglot):
     first = plan_and_episode(images, seed=3)[2]
     again = plan_and_episode(images, seed=3)[2]
     other = plan_and_episode(images, seed=4)[2]
-    assert torch.equal(first.support_x, again.support_x) and torch.equal(first.query_x, again.query_x)
+    assert torch.equal(first.support_x, again.support_x) and torch.equal(
+        first.query_x, again.query_x
+    )
     assert not torch.equal(first.support_x, other.support_x)
 
 
 def test_splits_share_no_character(omniglot):
-    split_characters = {s: {line.rsplit("/", 1)[0] for line in
-                            (omniglot.folder / "splits" / "vinyals" / f"{s}.txt").read_text().split()}
-                        for s in ("train", "val", "test")}
+    split_characters = {
+        s: {
+            line.rsplit("/", 1)[0]
+            for line in (omniglot.folder / "splits" / "vinyals" / f"{s}.txt").read_text().split()
+        }
+        for s in ("train", "val", "test")
+    }
     assert not split_characters["train"] & split_characters["val"]
     assert not split_characters["train"] & split_characters["test"]
     assert not split_characters["val"] & split_characters["test"]
@@ -66,5 +75,5 @@ def test_too_many_ways_is_a_clear_error(omniglot):
 
 
 def test_too_many_shots_and_queries_is_a_clear_error(omniglot):
-    with pytest.raises(ConfigError, match=r"20 images but task.shots \+ queries = 10 \+ 15"):
+    with pytest.raises(ConfigError, match=r"20 images but task.shots \+ task.queries = 10 \+ 15"):
         ClassImageSampler(omniglot.split_images("val"), "val", 5, 10, 15)

@@ -15,11 +15,20 @@ from metarun.metrics import task_loss_and_score
 
 
 class ANIL(MAML):
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_ways(support_y, ways)
         backbone, head = self.model
-        body_params, head_params = params_under(params, "model.0."), params_under(params, "model.1.")
+        body_params, head_params = (
+            params_under(params, "model.0."),
+            params_under(params, "model.1."),
+        )
         features = functional_call(backbone, body_params, (support_x,))
 
         def head_loss(weights: Params) -> torch.Tensor:
@@ -29,4 +38,6 @@ class ANIL(MAML):
             grads = inner_gradient(head_loss, head_params, first_order=self.uses_first_order())
             head_params = sgd_step(head_params, grads, self.inner_lr)
         embed = lambda x: functional_call(backbone, body_params, (x,))
-        return lambda query_x: functional_call(head, head_params, (self.on_queries(embed, support_x, query_x),))
+        return lambda query_x: functional_call(
+            head, head_params, (self.on_queries(embed, support_x, query_x),)
+        )

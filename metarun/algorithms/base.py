@@ -9,7 +9,7 @@ engine can either loop over tasks or vmap it over the task dimension.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,7 +27,9 @@ class Algorithm(nn.Module):
     """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
 
     model: nn.Module
-    bn: str = "transductive"  # the `bn` setting (metarun.batchnorm.MODES), applied by batchnorm.use_mode
+    bn: str = (
+        "transductive"  # the `bn` setting (metarun.batchnorm.MODES), applied by batchnorm.use_mode
+    )
     # False: meta-trained as an ordinary classifier of every training class, on labelled batches
     # (episodes with an empty support set; `out_features` is then the training class count).
     episodic: bool = True
@@ -47,31 +49,53 @@ class Algorithm(nn.Module):
         """The model evaluated with the given parameters instead of its own."""
         return functional_call(self, params, (x,))
 
-    def on_queries(self, network: Callable[[torch.Tensor], torch.Tensor], support_x: torch.Tensor,
-                   query_x: torch.Tensor) -> torch.Tensor:
+    def on_queries(
+        self,
+        network: Callable[[torch.Tensor], torch.Tensor],
+        support_x: torch.Tensor,
+        query_x: torch.Tensor,
+    ) -> torch.Tensor:
         """network(query_x), with BatchNorm statistics as the `bn` setting says."""
         return batchnorm.normalise_queries(self.bn, network, support_x, query_x)
 
     def check_classification(self, support_y: torch.Tensor) -> None:
         """For algorithms that only classify (metric-based ones)."""
         if support_y.dtype.is_floating_point:
-            raise ConfigError(f"{type(self).__name__} classifies; it cannot fit a regression dataset. "
-                              "Use a classification dataset such as dataset=omniglot.")
+            raise ConfigError(
+                f"{type(self).__name__} classifies; it cannot fit a regression dataset. "
+                "Use a classification dataset such as dataset=omniglot."
+            )
 
     def check_ways(self, support_y: torch.Tensor, ways: int) -> None:
         """For algorithms with a fixed-size classifier head (`self.out_features` classes)."""
         if not support_y.dtype.is_floating_point and ways != self.out_features:
-            raise ConfigError(f"This {type(self).__name__} model has a {self.out_features}-way head but was "
-                              f"given {ways}-way tasks. Keep task.train_ways and eval.ways equal to task.ways for it.")
+            raise ConfigError(
+                f"This {type(self).__name__} model has a {self.out_features}-way head but was "
+                f"given {ways}-way tasks. Keep task.train_ways and eval.ways equal to task.ways "
+                f"for it."
+            )
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         """Fits one task; returns a function from query inputs to predictions (logits)."""
         raise NotImplementedError
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(outer loss, score) of one task; override only if the outer loss is not on queries."""
         predict = self.adapt(params, support_x, support_y, ways, steps)
         return task_loss_and_score(predict(query_x), query_y)

@@ -28,13 +28,23 @@ HEADS = ("linear", "cosine")
 class Baseline(Algorithm):
     episodic = False
 
-    def __init__(self, backbone: nn.Module, out_features: int, head: str = "linear", scale: float = 10.0,
-                 finetune_steps: int = 100, finetune_lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 0.001) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        head: str = "linear",
+        scale: float = 10.0,
+        finetune_steps: int = 100,
+        finetune_lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 0.001,
+    ) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ConfigError(f"algo.head={head!r} is not known. Use algo.head=linear (Baseline) or "
-                              "algo.head=cosine (Baseline++).")
+            raise ConfigError(
+                f"algo.head={head!r} is not known. Use algo.head=linear (Baseline) or "
+                "algo.head=cosine (Baseline++)."
+            )
         self.model = backbone
         self.classifier = nn.Linear(backbone.out_features, out_features, bias=head == "linear")
         self.head, self.scale = head, scale
@@ -43,30 +53,54 @@ class Baseline(Algorithm):
 
     def logits(self, head: Params, features: torch.Tensor) -> torch.Tensor:
         if self.head == "cosine":
-            return self.scale * F.normalize(features, dim=-1) @ F.normalize(head["weight"], dim=-1).T
+            return (
+                self.scale * F.normalize(features, dim=-1) @ F.normalize(head["weight"], dim=-1).T
+            )
         return features @ head["weight"].T + head["bias"]
 
-    def fit_head(self, features: torch.Tensor, labels: torch.Tensor, ways: int, steps: int) -> Params:
+    def fit_head(
+        self, features: torch.Tensor, labels: torch.Tensor, ways: int, steps: int
+    ) -> Params:
         """A new head for `ways` classes fitted to the (frozen) support embeddings."""
         if self.head == "cosine":
             head = {"weight": class_means(features, labels, ways)}
         else:
-            head = {"weight": features.new_zeros(ways, features.shape[-1]), "bias": features.new_zeros(ways)}
+            head = {
+                "weight": features.new_zeros(ways, features.shape[-1]),
+                "bias": features.new_zeros(ways),
+            }
         loss = lambda weights: F.cross_entropy(self.logits(weights, features), labels)
         velocity = {name: torch.zeros_like(value) for name, value in head.items()}
         for _ in range(steps):
             gradient = grad(loss)(head)
-            velocity = {name: self.momentum * velocity[name] + gradient[name] + self.weight_decay * head[name]
-                        for name in head}
+            velocity = {
+                name: self.momentum * velocity[name]
+                + gradient[name]
+                + self.weight_decay * head[name]
+                for name in head
+            }
             head = {name: head[name] - self.finetune_lr * velocity[name] for name in head}
         return head
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_classification(support_y)
-        if support_x.shape[0] == 0:  # a labelled batch of every training class: the pre-training classifier
-            classifier = {"weight": params["classifier.weight"], "bias": params.get("classifier.bias")}
+        if (
+            support_x.shape[0] == 0
+        ):  # a labelled batch of every training class: the pre-training classifier
+            classifier = {
+                "weight": params["classifier.weight"],
+                "bias": params.get("classifier.bias"),
+            }
             return lambda query_x: self.logits(classifier, self.run(params, query_x))
         embed = lambda x: self.run(params, x).detach()
-        head = self.fit_head(embed(support_x), support_y, ways, self.finetune_steps if steps is None else steps)
+        head = self.fit_head(
+            embed(support_x), support_y, ways, self.finetune_steps if steps is None else steps
+        )
         return lambda query_x: self.logits(head, self.on_queries(embed, support_x, query_x))

@@ -6,7 +6,7 @@ them can be looped or vmapped over tasks and differentiated through by torch.fun
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import grad
@@ -16,7 +16,7 @@ Params = dict[str, torch.Tensor]
 
 def params_under(params: Params, prefix: str) -> Params:
     """The entries of one submodule (`prefix` = its name plus "."), named as inside it."""
-    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: value for name, value in params.items() if name.startswith(prefix)}
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
@@ -25,7 +25,9 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> to
     return member.T @ embeddings / member.sum(0).unsqueeze(-1)
 
 
-def inner_gradient(loss: Callable[..., torch.Tensor], weights: Params, *args, first_order: bool = False) -> Params:
+def inner_gradient(
+    loss: Callable[..., torch.Tensor], weights: Params, *args, first_order: bool = False
+) -> Params:
     """d loss(weights, *args) / d weights; first-order drops the graph back through it (no
     second-order terms in the meta-gradient)."""
     grads = grad(loss)(weights, *args)
@@ -33,9 +35,12 @@ def inner_gradient(loss: Callable[..., torch.Tensor], weights: Params, *args, fi
 
 
 def sgd_step(weights: Params, grads: Params, rate: float | Params) -> Params:
-    """One inner gradient-descent step; `rate` is one number or a tensor per weight (learned rates)."""
-    return {name: weights[name] - (rate[name] if isinstance(rate, dict) else rate) * grads[name]
-            for name in weights}
+    """One inner gradient-descent step; `rate` is one number or a tensor per weight (learned
+    rates)."""
+    return {
+        name: weights[name] - (rate[name] if isinstance(rate, dict) else rate) * grads[name]
+        for name in weights
+    }
 
 
 def loss_with_gradient(value: torch.Tensor, params: Params, gradient: Params) -> torch.Tensor:
@@ -44,16 +49,23 @@ def loss_with_gradient(value: torch.Tensor, params: Params, gradient: Params) ->
     How an algorithm whose meta-update is not the gradient of its loss (Reptile, iMAML)
     hands that update to the engine, which only ever backpropagates task losses.
     """
-    return value.detach() + sum(((params[name] - params[name].detach()) * g.detach()).sum()
-                                for name, g in gradient.items())
+    return value.detach() + sum(
+        ((params[name] - params[name].detach()) * g.detach()).sum() for name, g in gradient.items()
+    )
 
 
-def lstm_cell(params: Params, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_cell(
+    params: Params, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden, cell) after reading x [B, in] from state ([B, H], [B, H]), as nn.LSTMCell with
     the given parameters (its names). Written out because aten::lstm_cell has no vmap rule."""
     hidden, cell = state
-    gates = (x @ params["weight_ih"].T + params["bias_ih"] + hidden @ params["weight_hh"].T + params["bias_hh"])
+    gates = (
+        x @ params["weight_ih"].T
+        + params["bias_ih"]
+        + hidden @ params["weight_hh"].T
+        + params["bias_hh"]
+    )
     input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
     return torch.sigmoid(output_gate) * torch.tanh(cell), cell

@@ -28,21 +28,41 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
 
 
 class IMAML(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
-                 lam: float = 2.0, cg_steps: int = 5) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        inner_lr: float,
+        inner_steps: int,
+        lam: float = 2.0,
+        cg_steps: int = 5,
+    ) -> None:
         super().__init__()
         if inner_lr <= 0 or inner_steps < 0 or lam <= 0 or cg_steps < 1:
-            raise ConfigError(f"algo.inner_lr and algo.lam must be > 0, algo.inner_steps >= 0 and "
-                              f"algo.cg_steps >= 1 (got {inner_lr}, {lam}, {inner_steps}, {cg_steps}).")
+            raise ConfigError(
+                f"algo.inner_lr and algo.lam must be > 0, algo.inner_steps >= 0 and "
+                f"algo.cg_steps >= 1 (got {inner_lr}, {lam}, {inner_steps}, {cg_steps})."
+            )
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.out_features = out_features
-        self.inner_lr, self.inner_steps, self.lam, self.cg_steps = inner_lr, inner_steps, lam, cg_steps
+        self.inner_lr, self.inner_steps, self.lam, self.cg_steps = (
+            inner_lr,
+            inner_steps,
+            lam,
+            cg_steps,
+        )
 
     def _support_loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task_loss_and_score(self.run(fast, x), y)[0]
 
-    def fit(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-            steps: int | None = None) -> Params:
+    def fit(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Params:
         """Gradient descent on the proximal problem from theta; returns phi (no graph)."""
         self.check_ways(support_y, ways)
         anchor = {name: value.detach() for name, value in params.items()}
@@ -53,13 +73,20 @@ class IMAML(Algorithm):
             fast = sgd_step(fast, proximal, self.inner_lr)
         return fast
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         fast = self.fit(params, support_x, support_y, ways, steps)
         return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
 
-    def implicit_gradient(self, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                          query_gradient: Params) -> Params:
+    def implicit_gradient(
+        self, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, query_gradient: Params
+    ) -> Params:
         """Solves (I + H/lam) x = query_gradient by conjugate gradient, H at phi = fast."""
         support_gradient = lambda weights: grad(self._support_loss)(weights, support_x, support_y)
         hessian_times = lambda v: grad(lambda w: _dot(support_gradient(w), v))(fast)
@@ -73,19 +100,30 @@ class IMAML(Algorithm):
             solution = {name: solution[name] + step * direction[name] for name in solution}
             residual = {name: residual[name] - step * applied[name] for name in residual}
             new_norm = _dot(residual, residual)
-            direction = {name: residual[name] + _ratio(new_norm, residual_norm) * direction[name]
-                         for name in direction}
+            direction = {
+                name: residual[name] + _ratio(new_norm, residual_norm) * direction[name]
+                for name in direction
+            }
             residual_norm = new_norm
         return solution
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query loss and score of phi, carrying the implicit meta-gradient."""
         fast = self.fit(params, support_x, support_y, ways, steps)
+
         def query_loss(weights: Params):
-            loss, score = task_loss_and_score(self.on_queries(lambda x: self.run(weights, x), support_x, query_x),
-                                              query_y)
+            loss, score = task_loss_and_score(
+                self.on_queries(lambda x: self.run(weights, x), support_x, query_x), query_y
+            )
             return loss, (loss.detach(), score)
 
         query_gradient, (loss, score) = grad(query_loss, has_aux=True)(fast)

@@ -18,8 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 
 from metarun.algorithms.base import Algorithm, Predictor
-from metarun.algorithms.functional import Params, params_under
-from metarun.algorithms.functional import lstm_cell
+from metarun.algorithms.functional import Params, lstm_cell, params_under
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -27,20 +26,30 @@ from metarun.metrics import task_loss_and_score
 def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     """Andrychowicz et al.'s scaling of values spanning many magnitudes: [..., 2]."""
     large = x.abs() >= math.exp(-p)
-    magnitude = torch.where(large, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
+    magnitude = torch.where(
+        large, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0)
+    )
     direction = torch.where(large, x.sign(), math.exp(p) * x)
     return torch.stack([magnitude, direction], dim=-1)
 
 
 class LSTMMetaLearner(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, inner_steps: int, hidden: int = 20,
-                 forget_bias: tuple[float, float] = (4.0, 6.0), input_bias: tuple[float, float] = (-5.0, -4.0)
-                 ) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        inner_steps: int,
+        hidden: int = 20,
+        forget_bias: tuple[float, float] = (4.0, 6.0),
+        input_bias: tuple[float, float] = (-5.0, -4.0),
+    ) -> None:
         """forget_bias/input_bias: the gates' initial biases are drawn from these ranges (the
         paper's choice), so training starts close to SGD with a small rate and no decay."""
         super().__init__()
         if inner_steps < 0 or hidden < 1:
-            raise ConfigError(f"algo.inner_steps must be >= 0 and algo.hidden >= 1 (got {inner_steps}, {hidden}).")
+            raise ConfigError(
+                f"algo.inner_steps must be >= 0 and algo.hidden >= 1 (got {inner_steps}, {hidden})."
+            )
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.out_features, self.inner_steps = out_features, inner_steps
         self.lstm = nn.LSTMCell(4, hidden)
@@ -53,25 +62,52 @@ class LSTMMetaLearner(Algorithm):
 
     def _unflatten(self, flat: torch.Tensor) -> Params:
         sizes = [shape.numel() for shape in self.shapes.values()]
-        return {name: part.view(shape) for (name, shape), part in zip(self.shapes.items(), flat.split(sizes))}
+        return {
+            name: part.view(shape)
+            for (name, shape), part in zip(self.shapes.items(), flat.split(sizes))
+        }
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_ways(support_y, ways)
-        cell = torch.cat([params[name].flatten() for name in self.shapes])  # c_0: the learner's weights
-        support_loss = lambda weights: task_loss_and_score(self.run(self._unflatten(weights), support_x), support_y)[0]
-        lstm, input_gate, forget_gate = (params_under(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate"))
+        cell = torch.cat(
+            [params[name].flatten() for name in self.shapes]
+        )  # c_0: the learner's weights
+        support_loss = lambda weights: task_loss_and_score(
+            self.run(self._unflatten(weights), support_x), support_y
+        )[0]
+        lstm, input_gate, forget_gate = (
+            params_under(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate")
+        )
         count, hidden = cell.numel(), self.lstm.hidden_size
         state = (cell.new_zeros(count, hidden), cell.new_zeros(count, hidden))
         rate, decay = cell.new_zeros(count, 1), cell.new_zeros(count, 1)
         for _ in range(self.inner_steps if steps is None else steps):
             gradient, loss = grad_and_value(support_loss)(cell.detach())
-            features = torch.cat([preprocess(gradient), preprocess(loss.detach()).expand(count, 2)], dim=1)
+            features = torch.cat(
+                [preprocess(gradient), preprocess(loss.detach()).expand(count, 2)], dim=1
+            )
             state = lstm_cell(lstm, features, state)
-            rate = torch.sigmoid(functional_call(self.input_gate, input_gate,
-                                                 (torch.cat([state[0], cell.unsqueeze(1), rate], 1),)))
-            decay = torch.sigmoid(functional_call(self.forget_gate, forget_gate,
-                                                  (torch.cat([state[0], cell.unsqueeze(1), decay], 1),)))
+            rate = torch.sigmoid(
+                functional_call(
+                    self.input_gate,
+                    input_gate,
+                    (torch.cat([state[0], cell.unsqueeze(1), rate], 1),),
+                )
+            )
+            decay = torch.sigmoid(
+                functional_call(
+                    self.forget_gate,
+                    forget_gate,
+                    (torch.cat([state[0], cell.unsqueeze(1), decay], 1),),
+                )
+            )
             cell = decay.squeeze(1) * cell - rate.squeeze(1) * gradient
         fast = self._unflatten(cell)
         return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)

@@ -15,12 +15,20 @@ from metarun.metrics import task_loss_and_score
 
 
 class MAML(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
-                 first_order: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        inner_lr: float,
+        inner_steps: int,
+        first_order: bool = False,
+    ) -> None:
         super().__init__()
         if inner_lr <= 0 or inner_steps < 0:
-            raise ConfigError(f"algo.inner_lr must be > 0 and algo.inner_steps >= 0 "
-                              f"(got {inner_lr} and {inner_steps}).")
+            raise ConfigError(
+                f"algo.inner_lr must be > 0 and algo.inner_steps >= 0 "
+                f"(got {inner_lr} and {inner_steps})."
+            )
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.out_features = out_features
         self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
@@ -29,7 +37,9 @@ class MAML(Algorithm):
         """The network during inner step `step`; MAML++ gives each step its own BatchNorm."""
         return self.run(fast, x)
 
-    def support_loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+    def support_loss(
+        self, fast: Params, x: torch.Tensor, y: torch.Tensor, step: int
+    ) -> torch.Tensor:
         return task_loss_and_score(self.run_at_step(fast, x, step), y)[0]
 
     def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
@@ -39,19 +49,39 @@ class MAML(Algorithm):
     def uses_first_order(self) -> bool:
         return self.first_order
 
-    def inner_loop(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-                   steps: int | None = None) -> list[Params]:
+    def inner_loop(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> list[Params]:
         """The network's weights before and after each inner step: [steps + 1] dicts."""
         self.check_ways(support_y, ways)
         weights = [{name: value for name, value in params.items() if name.startswith("model.")}]
         for step in range(self.inner_steps if steps is None else steps):
-            grads = inner_gradient(self.support_loss, weights[-1], support_x, support_y, step,
-                                   first_order=self.uses_first_order())
+            grads = inner_gradient(
+                self.support_loss,
+                weights[-1],
+                support_x,
+                support_y,
+                step,
+                first_order=self.uses_first_order(),
+            )
             weights.append(self.inner_update(params, weights[-1], grads, step))
         return weights
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         weights = self.inner_loop(params, support_x, support_y, ways, steps)
         last = max(len(weights) - 2, 0)
-        return lambda query_x: self.on_queries(lambda x: self.run_at_step(weights[-1], x, last), support_x, query_x)
+        return lambda query_x: self.on_queries(
+            lambda x: self.run_at_step(weights[-1], x, last), support_x, query_x
+        )

@@ -20,31 +20,52 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarun import batchnorm
 from metarun.algorithms.functional import Params, sgd_step
 from metarun.algorithms.maml import MAML
-from metarun import batchnorm
 from metarun.metrics import task_loss_and_score
 
 
 class MAMLPlusPlus(MAML):
-    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
-                 first_order: bool = False, multi_step_loss: bool = False, msl_epochs: int = 10,
-                 first_order_epochs: int = 0, learned_step_sizes: bool = False,
-                 per_step_bn_weights: bool = False, per_step_bn_statistics: bool = False,
-                 iterations_per_epoch: int = 500) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        inner_lr: float,
+        inner_steps: int,
+        first_order: bool = False,
+        multi_step_loss: bool = False,
+        msl_epochs: int = 10,
+        first_order_epochs: int = 0,
+        learned_step_sizes: bool = False,
+        per_step_bn_weights: bool = False,
+        per_step_bn_statistics: bool = False,
+        iterations_per_epoch: int = 500,
+    ) -> None:
         super().__init__(backbone, out_features, inner_lr, inner_steps, first_order)
         self.multi_step_loss, self.msl_epochs = multi_step_loss, msl_epochs
-        self.first_order_epochs, self.iterations_per_epoch = first_order_epochs, iterations_per_epoch
+        self.first_order_epochs, self.iterations_per_epoch = (
+            first_order_epochs,
+            iterations_per_epoch,
+        )
         self.epoch = 0
         steps = max(inner_steps, 1)
-        self.step_sizes = nn.ParameterList(
-            nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in self.model.parameters()
-        ) if learned_step_sizes else None
+        self.step_sizes = (
+            nn.ParameterList(
+                nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in self.model.parameters()
+            )
+            if learned_step_sizes
+            else None
+        )
         for module in self.model.modules():
             if isinstance(module, batchnorm.TaskBatchNorm2d):
-                module.per_step(steps, weights=per_step_bn_weights, statistics=per_step_bn_statistics)
-        self.step_size_of = {f"model.{name}": f"step_sizes.{index}"
-                             for index, (name, _) in enumerate(self.model.named_parameters())}
+                module.per_step(
+                    steps, weights=per_step_bn_weights, statistics=per_step_bn_statistics
+                )
+        self.step_size_of = {
+            f"model.{name}": f"step_sizes.{index}"
+            for index, (name, _) in enumerate(self.model.named_parameters())
+        }
 
     def set_progress(self, iteration: int) -> None:
         self.epoch = iteration // self.iterations_per_epoch
@@ -60,7 +81,9 @@ class MAMLPlusPlus(MAML):
         if self.step_sizes is None:
             return super().inner_update(params, fast, grads, step)
         index = min(step, self.inner_steps - 1)
-        return sgd_step(fast, grads, {name: params[self.step_size_of[name]][index] for name in fast})
+        return sgd_step(
+            fast, grads, {name: params[self.step_size_of[name]][index] for name in fast}
+        )
 
     def step_weights(self, steps: int) -> list[float]:
         """Weights of the query losses after steps 1..steps: uniform at first, all on the last
@@ -72,18 +95,31 @@ class MAMLPlusPlus(MAML):
         others = [max(start - shift, floor)] * (steps - 1)
         return others + [1.0 - sum(others)]
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.inner_loop(params, support_x, support_y, ways, steps)
         if len(weights) == 1:
-            return task_loss_and_score(self.on_queries(lambda x: self.run_at_step(weights[0], x, 0), support_x,
-                                                       query_x), query_y)
+            return task_loss_and_score(
+                self.on_queries(lambda x: self.run_at_step(weights[0], x, 0), support_x, query_x),
+                query_y,
+            )
         total, score = 0.0, None
-        for step, (fast, weight) in enumerate(zip(weights[1:], self.step_weights(len(weights) - 1))):
+        for step, (fast, weight) in enumerate(
+            zip(weights[1:], self.step_weights(len(weights) - 1))
+        ):
             if weight == 0.0:
                 continue
-            predictions = self.on_queries(lambda x: self.run_at_step(fast, x, step), support_x, query_x)
+            predictions = self.on_queries(
+                lambda x: self.run_at_step(fast, x, step), support_x, query_x
+            )
             loss, score = task_loss_and_score(predictions, query_y)
             total = total + weight * loss
         return total, score

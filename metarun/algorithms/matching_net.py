@@ -16,17 +16,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.algorithms.base import Algorithm, Predictor
-from metarun.algorithms.functional import Params, params_under
-from metarun.algorithms.functional import lstm_cell
+from metarun.algorithms.functional import Params, lstm_cell, params_under
 from metarun.errors import ConfigError
 
 
 class MatchingNet(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, fce: bool = False, fce_steps: int = 5,
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        fce: bool = False,
+        fce_steps: int = 5,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         if temperature <= 0 or fce_steps < 1:
-            raise ConfigError(f"algo.temperature must be > 0 and algo.fce_steps >= 1 (got {temperature}, {fce_steps}).")
+            raise ConfigError(
+                f"algo.temperature must be > 0 and algo.fce_steps >= 1 (got {temperature}, "
+                f"{fce_steps})."
+            )
         self.model = backbone
         self.fce, self.fce_steps, self.temperature = fce, fce_steps, temperature
         width = backbone.out_features
@@ -56,8 +64,11 @@ class MatchingNet(Algorithm):
         backward = self._lstm_states(params, "support_backward", support.flip(0)).flip(0)
         return support + forward + backward
 
-    def _query_context(self, params: Params, queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-        """f(x, S): `fce_steps` attention-LSTM reads of the support set, starting from f'(x): [Q, D]."""
+    def _query_context(
+        self, params: Params, queries: torch.Tensor, support: torch.Tensor
+    ) -> torch.Tensor:
+        """f(x, S): `fce_steps` attention-LSTM reads of the support set, starting from f'(x): [Q,
+        D]."""
         cell_params = params_under(params, "query_lstm.")
         hidden, cell = queries, torch.zeros_like(queries)
         for _ in range(self.fce_steps):
@@ -66,8 +77,14 @@ class MatchingNet(Algorithm):
             hidden = hidden + queries
         return hidden
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_classification(support_y)
         support = self.run(params, support_x)  # [ways*shots, D]
         if self.fce:

@@ -13,17 +13,30 @@ from metarun.algorithms.maml import MAML
 
 
 class MetaSGD(MAML):
-    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
-                 first_order: bool = False, inner_lr_range: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        inner_lr: float,
+        inner_steps: int,
+        first_order: bool = False,
+        inner_lr_range: tuple[float, float] | None = None,
+    ) -> None:
         """inner_lr_range: draw the initial rates uniformly from it (the paper's choice), else
         every rate starts at inner_lr."""
         super().__init__(backbone, out_features, inner_lr, inner_steps, first_order)
         self.inner_lrs = nn.ParameterList(
-            nn.Parameter(torch.full_like(p, inner_lr) if inner_lr_range is None
-                         else torch.empty_like(p).uniform_(*inner_lr_range))
-            for p in self.model.parameters())
-        self.rate_of = {f"model.{name}": f"inner_lrs.{index}"
-                        for index, (name, _) in enumerate(self.model.named_parameters())}
+            nn.Parameter(
+                torch.full_like(p, inner_lr)
+                if inner_lr_range is None
+                else torch.empty_like(p).uniform_(*inner_lr_range)
+            )
+            for p in self.model.parameters()
+        )
+        self.rate_of = {
+            f"model.{name}": f"inner_lrs.{index}"
+            for index, (name, _) in enumerate(self.model.named_parameters())
+        }
 
     def inner_update(self, params: Params, fast: Params, grads: Params, step: int) -> Params:
         return sgd_step(fast, grads, {name: params[self.rate_of[name]] for name in fast})

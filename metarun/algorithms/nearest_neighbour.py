@@ -22,12 +22,19 @@ RULES, METRICS = ("example", "class_mean"), ("euclidean", "cosine")
 
 
 class NearestNeighbour(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, rule: str = "example",
-                 metric: str = "euclidean") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        rule: str = "example",
+        metric: str = "euclidean",
+    ) -> None:
         super().__init__()
         if rule not in RULES or metric not in METRICS:
-            raise ConfigError(f"algo.rule={rule!r} / algo.metric={metric!r}: use algo.rule=example or class_mean "
-                              "and algo.metric=euclidean or cosine.")
+            raise ConfigError(
+                f"algo.rule={rule!r} / algo.metric={metric!r}: use algo.rule=example or class_mean "
+                "and algo.metric=euclidean or cosine."
+            )
         self.model = backbone
         self.rule, self.metric = rule, metric
 
@@ -37,8 +44,14 @@ class NearestNeighbour(Algorithm):
             return F.normalize(queries, dim=-1) @ F.normalize(references, dim=-1).T
         return -(queries.unsqueeze(1) - references.unsqueeze(0)).pow(2).sum(-1)
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_classification(support_y)
         support = self.run(params, support_x)  # [ways*shots, D]
         references = class_means(support, support_y, ways) if self.rule == "class_mean" else support

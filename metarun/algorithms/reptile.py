@@ -22,15 +22,26 @@ from metarun.metrics import task_loss_and_score
 
 
 class Reptile(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, inner_lr: float, inner_steps: int,
-                 inner_batch: int, inner_optimizer: str = "adam",
-                 adam_betas: tuple[float, float] = (0.0, 0.999)) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        inner_lr: float,
+        inner_steps: int,
+        inner_batch: int,
+        inner_optimizer: str = "adam",
+        adam_betas: tuple[float, float] = (0.0, 0.999),
+    ) -> None:
         super().__init__()
         if inner_optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"algo.inner_optimizer={inner_optimizer!r} is not known. Use adam or sgd.")
+            raise ConfigError(
+                f"algo.inner_optimizer={inner_optimizer!r} is not known. Use adam or sgd."
+            )
         if inner_lr <= 0 or inner_steps < 0 or inner_batch < 1:
-            raise ConfigError(f"algo.inner_lr must be > 0, algo.inner_steps >= 0 and algo.inner_batch >= 1 "
-                              f"(got {inner_lr}, {inner_steps} and {inner_batch}).")
+            raise ConfigError(
+                f"algo.inner_lr must be > 0, algo.inner_steps >= 0 and algo.inner_batch >= 1 "
+                f"(got {inner_lr}, {inner_steps} and {inner_batch})."
+            )
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.out_features = out_features
         self.inner_lr, self.inner_steps, self.inner_batch = inner_lr, inner_steps, inner_batch
@@ -43,8 +54,14 @@ class Reptile(Algorithm):
             return torch.arange(count, device=support_y.device)
         return torch.arange(count, device=support_y.device).view(ways, count // ways).T.flatten()
 
-    def fit(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-            steps: int | None = None) -> Params:
+    def fit(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Params:
         """The task's adapted weights phi (no graph back to params)."""
         self.check_ways(support_y, ways)
         fast = {name: value.detach() for name, value in params.items()}
@@ -62,21 +79,41 @@ class Reptile(Algorithm):
             first = {name: beta1 * first[name] + (1 - beta1) * grads[name] for name in fast}
             second = {name: beta2 * second[name] + (1 - beta2) * grads[name] ** 2 for name in fast}
             correction1, correction2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
-            fast = {name: fast[name] - self.inner_lr * (first[name] / correction1)
-                    / ((second[name] / correction2).sqrt() + 1e-8) for name in fast}
+            fast = {
+                name: fast[name]
+                - self.inner_lr
+                * (first[name] / correction1)
+                / ((second[name] / correction2).sqrt() + 1e-8)
+                for name in fast
+            }
         return fast
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         return self._predictor(self.fit(params, support_x, support_y, ways, steps), support_x)
 
     def _predictor(self, fast: Params, support_x: torch.Tensor) -> Predictor:
         return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query loss and score of phi, carrying theta - phi as the meta-gradient."""
         fast = self.fit(params, support_x, support_y, ways, steps)
         loss, score = task_loss_and_score(self._predictor(fast, support_x)(query_x), query_y)
-        return loss_with_gradient(loss, params, {name: params[name] - fast[name] for name in fast}), score
+        return loss_with_gradient(
+            loss, params, {name: params[name] - fast[name] for name in fast}
+        ), score

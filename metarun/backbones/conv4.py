@@ -17,24 +17,36 @@ from metarun.errors import ConfigError
 
 
 class Conv4(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], hidden: int = 64, blocks: int = 4,
-                 pooled_blocks: int | None = None) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        hidden: int = 64,
+        blocks: int = 4,
+        pooled_blocks: int | None = None,
+    ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ConfigError(f"backbone=conv4 needs images [C, H, W] but the dataset gives inputs of "
-                              f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs.")
+            raise ConfigError(
+                f"backbone=conv4 needs images [C, H, W] but the dataset gives inputs of "
+                f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs."
+            )
         channels, height, width = input_shape
         pooled_blocks = blocks if pooled_blocks is None else pooled_blocks
         layers: list[nn.Module] = []
         for index in range(blocks):
-            layers += [nn.Conv2d(channels if index == 0 else hidden, hidden, 3, padding=1), TaskBatchNorm2d(hidden)]
+            layers += [
+                nn.Conv2d(channels if index == 0 else hidden, hidden, 3, padding=1),
+                TaskBatchNorm2d(hidden),
+            ]
             if index < pooled_blocks:
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             layers.append(nn.ReLU())
         if height < 1 or width < 1:
-            raise ConfigError(f"Images of {tuple(input_shape)} are too small for {pooled_blocks} pooling blocks; "
-                              "raise dataset.image_size.")
+            raise ConfigError(
+                f"Images of {tuple(input_shape)} are too small for {pooled_blocks} pooling blocks; "
+                "raise dataset.image_size."
+            )
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.out_shape = (hidden, height, width)
         self.out_features = hidden * height * width

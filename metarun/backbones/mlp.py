@@ -11,8 +11,10 @@ class MLP(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], hidden: list[int] = (40, 40)) -> None:
         super().__init__()
         if len(input_shape) != 1:
-            raise ConfigError(f"backbone=mlp needs vector inputs but the dataset gives inputs of shape "
-                              f"{tuple(input_shape)}. Use backbone=conv4 for images.")
+            raise ConfigError(
+                f"backbone=mlp needs vector inputs but the dataset gives inputs of shape "
+                f"{tuple(input_shape)}. Use backbone=conv4 for images."
+            )
         sizes = [input_shape[0], *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):

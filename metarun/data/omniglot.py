@@ -25,8 +25,10 @@ from metarun.errors import ConfigError
 
 ARCHIVES = ("images_background", "images_evaluation")
 ARCHIVE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{}.zip"
-SPLIT_URL = ("https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/"
-             "data/omniglot/splits/vinyals/{}.txt")
+SPLIT_URL = (
+    "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/"
+    "data/omniglot/splits/vinyals/{}.txt"
+)
 SPLITS = ("train", "val", "test")
 LAKE_VAL_ALPHABETS = 5
 CACHE_VERSION = 1
@@ -44,10 +46,19 @@ class Omniglot:
 
     metric = "accuracy"
 
-    def __init__(self, root: str, split: str = "vinyals", image_size: int = 28,
-                 rotations: list[int] | None = None, download: bool = True) -> None:
+    def __init__(
+        self,
+        root: str,
+        split: str = "vinyals",
+        image_size: int = 28,
+        rotations: list[int] | None = None,
+        download: bool = True,
+    ) -> None:
         if split not in ("vinyals", "lake"):
-            raise ConfigError(f"dataset.split={split!r} is not known. Use dataset.split=vinyals or dataset.split=lake.")
+            raise ConfigError(
+                f"dataset.split={split!r} is not known. Use dataset.split=vinyals or "
+                f"dataset.split=lake."
+            )
         self.folder = Path(root).expanduser() / "omniglot"
         self.split_name = split
         self.image_size = image_size
@@ -65,16 +76,25 @@ class Omniglot:
         return to_pixels(image, self.image_size).float() / 255.0
 
     def protocol(self) -> dict:
-        rotations = "as listed in the split files" if self.split_name == "vinyals" else self.rotations
-        return {"dataset": "omniglot", "split": self.split_name, "rotations": rotations,
-                "image_size": self.image_size}
+        rotations = (
+            "as listed in the split files" if self.split_name == "vinyals" else self.rotations
+        )
+        return {
+            "dataset": "omniglot",
+            "split": self.split_name,
+            "rotations": rotations,
+            "image_size": self.image_size,
+        }
 
-    def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device,
-                ways_setting: str = "task.ways") -> ClassImageSampler:
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> ClassImageSampler:
         images = self.split_images(split).to(device)
-        return ClassImageSampler(images, split, ways, shots, queries, ways_setting)
+        return ClassImageSampler(images, split, ways, shots, queries)
 
-    def labelled_batches(self, split: str, batch_size: int, device: torch.device) -> LabelledImageSampler:
+    def labelled_batches(
+        self, split: str, batch_size: int, device: torch.device
+    ) -> LabelledImageSampler:
         return LabelledImageSampler(self.split_images(split).to(device), batch_size)
 
     def num_classes(self, split: str) -> int:
@@ -115,17 +135,23 @@ class Omniglot:
         background = sorted({n.split("/")[0] for n in names[: self._background_count]})
         held_out = set(background[-LAKE_VAL_ALPHABETS:])
         if split == "test":
-            chosen = names[self._background_count:]
+            chosen = names[self._background_count :]
         else:
-            chosen = [n for n in names[: self._background_count]
-                      if (n.split("/")[0] in held_out) == (split == "val")]
+            chosen = [
+                n
+                for n in names[: self._background_count]
+                if (n.split("/")[0] in held_out) == (split == "val")
+            ]
         return [(name, degrees) for name in chosen for degrees in self.rotations]
 
     def _cache_path(self) -> Path:
         name = f"omniglot_{self.image_size}px.pt"
         # Permission bits, not os.access: as root the latter would write into read-only shares.
-        if (self.folder.is_dir() and self.folder.stat().st_mode & stat.S_IWUSR
-                and os.access(self.folder, os.W_OK)):
+        if (
+            self.folder.is_dir()
+            and self.folder.stat().st_mode & stat.S_IWUSR
+            and os.access(self.folder, os.W_OK)
+        ):
             return self.folder / name
         cache = Path(os.environ.get("METARUN_CACHE", Path.home() / ".cache" / "metarun"))
         digest = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:10]
@@ -154,14 +180,22 @@ class Omniglot:
         counts = {name: len(pixels) for name, pixels in zip(names, images)}
         short = [name for name, count in counts.items() if count != max(counts.values())]
         if short:
-            raise ConfigError(f"{len(short)} characters in {self.folder} have fewer drawings than the "
-                              f"others (e.g. {short[0]}: {counts[short[0]]}). The dataset folder is partial: "
-                              "restore the official zips (or their folders).")
-        return {"version": CACHE_VERSION, "image_size": self.image_size, "names": names,
-                "images": torch.stack(images), "background_count": background_count}
+            raise ConfigError(
+                f"{len(short)} characters in {self.folder} have fewer drawings than the "
+                f"others (e.g. {short[0]}: {counts[short[0]]}). The dataset folder is partial: "
+                "restore the official zips (or their folders)."
+            )
+        return {
+            "version": CACHE_VERSION,
+            "image_size": self.image_size,
+            "names": names,
+            "images": torch.stack(images),
+            "background_count": background_count,
+        }
 
     def _read_archive(self, archive: str) -> dict[str, torch.Tensor]:
-        """{'Alphabet/characterNN': uint8 [drawings, 1, H, W] in file order} from a zip or its folder."""
+        """{'Alphabet/characterNN': uint8 [drawings, 1, H, W] in file order} from a zip or its
+        folder."""
         folder, zipped = self.folder / archive, self.folder / f"{archive}.zip"
         if not folder.is_dir() and not zipped.exists():
             self._fetch()
@@ -175,35 +209,48 @@ class Omniglot:
 
     def _decode(self, files: dict[str, bytes], source: str) -> dict[str, torch.Tensor]:
         characters: dict[str, list[torch.Tensor]] = {}
-        for relative in tqdm(sorted(files), desc=f"decoding {Path(source).name}", unit="image", leave=False):
+        for relative in tqdm(
+            sorted(files), desc=f"decoding {Path(source).name}", unit="image", leave=False
+        ):
             alphabet, character, _ = relative.split("/")[-3:]
             try:
                 pixels = to_pixels(Image.open(io.BytesIO(files[relative])), self.image_size)
             except Exception:
-                raise ConfigError(f"The image {relative} in {source} cannot be read. Replace it with the "
-                                  "official file, or delete it and restore the official zip.") from None
+                raise ConfigError(
+                    f"The image {relative} in {source} cannot be read. Replace it with the "
+                    "official file, or delete it and restore the official zip."
+                ) from None
             characters.setdefault(f"{alphabet}/{character}", []).append(pixels)
         return {name: torch.stack(drawings) for name, drawings in characters.items()}
 
     def _fetch(self) -> None:
         """Downloads the official files, or explains where they were looked for."""
-        where = (f"Omniglot was not found under {self.folder} (expected images_background.zip and "
-                 "images_evaluation.zip, or their extracted folders, and splits/vinyals/*.txt).")
+        where = (
+            f"Omniglot was not found under {self.folder} (expected images_background.zip and "
+            "images_evaluation.zip, or their extracted folders, and splits/vinyals/*.txt)."
+        )
         if not self.download:
-            raise ConfigError(f"{where} Point dataset.root (or the METARUN_DATA environment variable) "
-                              "at the folder that contains omniglot/, or set dataset.download=true.")
+            raise ConfigError(
+                f"{where} Point dataset.root (or the METARUN_DATA environment variable) "
+                "at the folder that contains omniglot/, or set dataset.download=true."
+            )
         from torchvision.datasets.utils import download_url
 
         try:
             for archive in ARCHIVES:
-                if not (self.folder / archive).is_dir() and not (self.folder / f"{archive}.zip").exists():
+                if (
+                    not (self.folder / archive).is_dir()
+                    and not (self.folder / f"{archive}.zip").exists()
+                ):
                     download_url(ARCHIVE_URL.format(archive), str(self.folder))
             for split in SPLITS + ("trainval",):
                 if not (self.folder / "splits" / "vinyals" / f"{split}.txt").exists():
                     download_url(SPLIT_URL.format(split), str(self.folder / "splits" / "vinyals"))
         except Exception as error:  # any network or disk failure ends in the same advice
-            raise ConfigError(f"{where} Downloading them from the official release failed ({error}). "
-                              "Point dataset.root (or METARUN_DATA) at a local copy.") from None
+            raise ConfigError(
+                f"{where} Downloading them from the official release failed ({error}). "
+                "Point dataset.root (or METARUN_DATA) at a local copy."
+            ) from None
 
 
 def _read_cache(path: Path, image_size: int) -> dict | None:

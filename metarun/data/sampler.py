@@ -9,42 +9,26 @@ from __future__ import annotations
 
 import torch
 
+from metarun.data.base import check_shape
 from metarun.episode import Episode
-from metarun.errors import ConfigError
-
-
-def check_positive(**counts: int) -> None:
-    """Reject zero or negative episode counts with the setting's name."""
-    for name, value in counts.items():
-        if value is None or int(value) <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}. Set {name}=1 or more.")
 
 
 class ClassImageSampler:
     """Samples N-way K-shot episodes from images stored as [classes, per_class, C, H, W] uint8."""
 
-    def __init__(self, images: torch.Tensor, split: str, ways: int, shots: int, queries: int,
-                 ways_setting: str = "task.ways") -> None:
-        check_positive(**{ways_setting: ways, "task.shots": shots, "task.queries": queries})
-        num_classes, per_class = images.shape[:2]
-        if ways > num_classes:
-            raise ConfigError(
-                f"{ways_setting}={ways} but the '{split}' split has only {num_classes} classes. "
-                f"Lower {ways_setting} to at most {num_classes}."
-            )
-        if shots + queries > per_class:
-            raise ConfigError(
-                f"Each class of the '{split}' split has {per_class} images but task.shots + queries = "
-                f"{shots} + {queries} = {shots + queries}. Lower task.shots or the query count so "
-                f"their sum is at most {per_class}."
-            )
+    def __init__(
+        self, images: torch.Tensor, split: str, ways: int, shots: int, queries: int
+    ) -> None:
+        check_shape(split, ways, shots, queries, classes=images.shape[0], per_class=images.shape[1])
         self.images = images
         self.ways, self.shots, self.queries = ways, shots, queries
 
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Flat image indices for each task: [tasks, ways, shots+queries], drawn on the CPU."""
         num_classes, per_class = self.images.shape[:2]
-        classes = torch.rand(num_tasks, num_classes, generator=generator).argsort(dim=1)[:, : self.ways]
+        classes = torch.rand(num_tasks, num_classes, generator=generator).argsort(dim=1)[
+            :, : self.ways
+        ]
         picks = torch.rand(num_tasks, self.ways, per_class, generator=generator).argsort(dim=2)
         picks = picks[:, :, : self.shots + self.queries]
         return classes.unsqueeze(-1) * per_class + picks
@@ -78,7 +62,6 @@ class LabelledImageSampler:
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int) -> None:
-        check_positive(**{"task.batch_size": batch_size})
         self.images, self.batch_size = images, batch_size
 
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:

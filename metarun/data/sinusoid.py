@@ -8,28 +8,42 @@ import math
 
 import torch
 
-from metarun.data.sampler import check_positive
+from metarun.data.base import check_shape
 from metarun.episode import Episode
 
 
 class SinusoidSampler:
     """Draws (amplitude, phase, xs) per task on the CPU; builds the targets on the device."""
 
-    def __init__(self, amplitude: tuple[float, float], phase: tuple[float, float],
-                 x_range: tuple[float, float], shots: int, queries: int, device: torch.device) -> None:
-        check_positive(**{"task.shots": shots, "task.queries": queries})
+    def __init__(
+        self,
+        amplitude: tuple[float, float],
+        phase: tuple[float, float],
+        x_range: tuple[float, float],
+        shots: int,
+        queries: int,
+        device: torch.device,
+    ) -> None:
+        check_shape("any", 1, shots, queries)
         self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
         self.shots, self.queries, self.device = shots, queries, device
 
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """[tasks, 2 + shots + queries]: amplitude, phase, then the x positions."""
+
         def uniform(bounds: tuple[float, float], *shape: int) -> torch.Tensor:
             low, high = bounds
             return torch.rand(*shape, generator=generator) * (high - low) + low
 
         points = self.shots + self.queries
-        return torch.cat([uniform(self.amplitude, num_tasks, 1), uniform(self.phase, num_tasks, 1),
-                          uniform(self.x_range, num_tasks, points)], dim=1)
+        return torch.cat(
+            [
+                uniform(self.amplitude, num_tasks, 1),
+                uniform(self.phase, num_tasks, 1),
+                uniform(self.x_range, num_tasks, points),
+            ],
+            dim=1,
+        )
 
     def build(self, plan: torch.Tensor) -> Episode:
         plan = plan.to(self.device)
@@ -49,8 +63,12 @@ class Sinusoid:
     metric = "mse"
     input_shape = (1,)
 
-    def __init__(self, amplitude: tuple[float, float] = (0.1, 5.0), phase: tuple[float, float] = (0.0, math.pi),
-                 x_range: tuple[float, float] = (-5.0, 5.0)) -> None:
+    def __init__(
+        self,
+        amplitude: tuple[float, float] = (0.1, 5.0),
+        phase: tuple[float, float] = (0.0, math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+    ) -> None:
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
 
     def out_features(self, ways: int) -> int:
@@ -61,9 +79,14 @@ class Sinusoid:
         return torch.as_tensor(x, dtype=torch.float32).reshape(1)
 
     def protocol(self) -> dict:
-        return {"dataset": "sinusoid", "amplitude": list(self.amplitude), "phase": list(self.phase),
-                "x_range": list(self.x_range)}
+        return {
+            "dataset": "sinusoid",
+            "amplitude": list(self.amplitude),
+            "phase": list(self.phase),
+            "x_range": list(self.x_range),
+        }
 
-    def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device,
-                ways_setting: str = "task.ways") -> SinusoidSampler:
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> SinusoidSampler:
         return SinusoidSampler(self.amplitude, self.phase, self.x_range, shots, queries, device)

@@ -1,0 +1,41 @@
+"""Which code made a result: package version, git commit and whether the tree was clean, torch,
+device."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).resolve().parent.parent
+
+
+def _git(*arguments: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(SOURCE), *arguments], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def code_stamp(device: torch.device) -> dict:
+    """{"metarun", "commit", "uncommitted_changes", "torch", "device"}; commit and
+    uncommitted_changes are None when metarun does not run from a git checkout."""
+    try:
+        version = metadata.version("metarun")
+    except metadata.PackageNotFoundError:
+        version = None
+    commit = _git("rev-parse", "HEAD") if (SOURCE / ".git").exists() else None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {
+        "metarun": version,
+        "commit": commit,
+        "uncommitted_changes": bool(status) if commit else None,
+        "torch": torch.__version__,
+        "device": name,
+    }
