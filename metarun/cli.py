@@ -23,6 +23,7 @@ from metarun.errors import MetarunError, Preempted
 from metarun.evaluator import describe
 
 USAGE = """usage: metarun train [overrides...]    meta-train (algo=<name> dataset=<name>; -m: sweep)
+       metarun show [overrides...]     the resolved settings (e.g. show experiment=<preset>)
        metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]
        metarun report <run or sweep folders...> [--output DIR]   results (report.md, .csv)
        metarun plot <run or sweep folders...> [--output DIR]     learning curves, sweep (PNG)
@@ -160,9 +161,26 @@ def _join_processes(command: str, overrides: list[str]) -> list[str]:
     return extra
 
 
+def _show(overrides: list[str]) -> None:
+    """`metarun show [overrides]`: the resolved settings of a train configuration, e.g. a preset."""
+    from metarun import show
+
+    _check_keys("train", overrides)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        try:
+            cfg = compose("train", overrides)
+        except ConfigCompositionException as error:
+            print(f"metarun: error: {error}", file=sys.stderr)
+            sys.exit(2)
+    print(show.render(show.settings(cfg)))
+
+
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] in ("report", "plot"):
         _folders_command(sys.argv[1], sys.argv[2:])
+        return
+    if len(sys.argv) >= 2 and sys.argv[1] == "show":
+        _show(sys.argv[2:])
         return
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)

@@ -11,6 +11,7 @@ from metarun.build import build, build_algorithm, build_optimizer, check_setting
 
 GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONFIGS.glob("*/*.yaml"))
 COMPANIONS = {"dataset/sinusoid": ["backbone=mlp"], "backbone/mlp": ["dataset=sinusoid"]}
+ADDED_GROUPS = ("preset",)
 EXPERIMENTS = [name for group, name in GROUP_FILES if group == "experiment"]
 
 
@@ -25,7 +26,8 @@ def instantiate_everything(cfg):
 @pytest.mark.parametrize("group, name", [g for g in GROUP_FILES if g[0] != "experiment"])
 def test_group_option_composes_and_instantiates(make_cfg, group, name):
     companions = COMPANIONS.get(f"{group}/{name}", [])
-    instantiate_everything(make_cfg(f"{group}={name}", *companions))
+    added = "+" if group in ADDED_GROUPS else ""  # groups train.yaml does not choose by default
+    instantiate_everything(make_cfg(f"{added}{group}={name}", *companions))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -1,0 +1,101 @@
+"""Every experiment preset resolves to its paper's setting (or the choice its file states), and
+no preset hides its values in a chain of presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from metarun.show import settings
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# preset: (train ways, shots, queries per class, meta-batch, inner lr, inner steps at
+# training, at test, iterations, bn). Sources: MAML (Finn et al. 2017, App. A.1), ANIL
+# (Raghu et al. 2019: MAML's setting), Meta-SGD (Li et al. 2017: one inner step), iMAML
+# (Rajeswaran et al. 2019), MAML++ (Antoniou et al. 2019: 5 steps of 0.1), ProtoNet (Snell et
+# al. 2017: 60-way training, 5 queries), Relation Networks (Sung et al. 2018: 19/15/10/5 queries,
+# 1M episodes), Reptile (Nichol et al. 2018, Omniglot: 10-shot inner batches, 5 steps, 50 at
+# test); Matching Networks, LSTM meta-learner and Baseline schedules are the presets' stated
+# choices.
+PAPERS = {
+    "maml_omniglot_5w1s": (5, 1, 1, 32, 0.4, 1, 3, 60000, "transductive"),
+    "maml_omniglot_5w5s": (5, 5, 5, 32, 0.4, 1, 3, 60000, "transductive"),
+    "maml_omniglot_20w1s": (20, 1, 1, 16, 0.1, 5, 5, 60000, "transductive"),
+    "maml_omniglot_20w5s": (20, 5, 5, 16, 0.1, 5, 5, 60000, "transductive"),
+    "maml_sinusoid": (1, 10, 10, 25, 0.01, 1, 1, 70000, "transductive"),
+    "anil_omniglot_5w1s": (5, 1, 1, 32, 0.4, 1, 3, 60000, "transductive"),
+    "anil_omniglot_20w1s": (20, 1, 1, 16, 0.1, 5, 5, 60000, "transductive"),
+    "anil_omniglot_20w5s": (20, 5, 5, 16, 0.1, 5, 5, 60000, "transductive"),
+    "meta_sgd_omniglot_5w1s": (5, 1, 1, 32, 0.4, 1, 1, 60000, "transductive"),
+    "meta_sgd_omniglot_5w5s": (5, 5, 5, 32, 0.4, 1, 1, 60000, "transductive"),
+    "meta_sgd_omniglot_20w1s": (20, 1, 1, 16, 0.4, 1, 1, 60000, "transductive"),
+    "imaml_omniglot_5w1s": (5, 1, 1, 32, 0.03, 16, 16, 60000, "transductive"),
+    "imaml_omniglot_20w1s": (20, 1, 1, 16, 0.03, 25, 25, 60000, "transductive"),
+    "maml_plus_plus_omniglot_5w1s": (5, 1, 1, 8, 0.1, 5, 5, 75000, "transductive"),
+    "maml_plus_plus_omniglot_20w1s": (20, 1, 1, 8, 0.1, 5, 5, 75000, "transductive"),
+    "lstm_meta_learner_omniglot_5w1s": (5, 1, 15, 8, None, 12, 12, 20000, "transductive"),
+    "lstm_meta_learner_omniglot_20w1s": (20, 1, 15, 8, None, 12, 12, 20000, "transductive"),
+    "reptile_omniglot_5w1s": (5, 10, 1, 5, 0.001, 5, 50, 100000, "transductive"),
+    "reptile_omniglot_20w1s": (20, 10, 1, 5, 0.001, 5, 50, 100000, "transductive"),
+    "protonet_omniglot_5w1s": (60, 1, 5, 1, None, None, None, 20000, "running"),
+    "protonet_omniglot_5w5s": (60, 5, 5, 1, None, None, None, 20000, "running"),
+    "protonet_omniglot_20w1s": (60, 1, 5, 1, None, None, None, 20000, "running"),
+    "matching_net_omniglot_5w1s": (5, 1, 5, 16, None, None, None, 20000, "transductive"),
+    "matching_net_omniglot_5w5s": (5, 5, 5, 16, None, None, None, 20000, "transductive"),
+    "matching_net_omniglot_20w1s": (20, 1, 5, 16, None, None, None, 20000, "transductive"),
+    "matching_net_omniglot_20w5s": (20, 5, 5, 16, None, None, None, 20000, "transductive"),
+    "relation_net_omniglot_5w1s": (5, 1, 19, 1, None, None, None, 1000000, "transductive"),
+    "relation_net_omniglot_5w5s": (5, 5, 15, 1, None, None, None, 1000000, "transductive"),
+    "relation_net_omniglot_20w1s": (20, 1, 10, 1, None, None, None, 1000000, "transductive"),
+    "relation_net_omniglot_20w5s": (20, 5, 5, 1, None, None, None, 1000000, "transductive"),
+    "baseline_omniglot": (5, 1, 15, 1, None, None, None, 20000, "running"),
+    "baseline_plus_plus_omniglot": (5, 1, 15, 1, None, None, None, 20000, "running"),
+    "nearest_neighbour_omniglot": (5, 1, 15, 32, None, None, None, 0, "transductive"),
+}
+PRESETS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def test_every_preset_is_in_the_table():
+    assert sorted(PAPERS) == PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_resolves_to_its_paper_setting(name):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", [f"experiment={name}"])
+    shown = settings(cfg)
+    resolved = (
+        cfg.task.train_ways,
+        cfg.task.shots,
+        cfg.task.queries,
+        cfg.task.meta_batch_size,
+        shown["inner_lr"],
+        shown["inner_steps_train"],
+        shown["inner_steps_test"],
+        shown["iterations"],
+        shown["bn"],
+    )
+    assert resolved == PAPERS[name]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_inherits_from_at_most_one_other_preset(name):
+    parents = [
+        entry
+        for entry in yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text())[
+            "defaults"
+        ]
+        if isinstance(entry, str) and not entry.startswith("/")
+    ]
+    for parent in parents:
+        grandparents = yaml.safe_load((CONFIGS / "experiment" / f"{parent}.yaml").read_text())[
+            "defaults"
+        ]
+        assert all(not isinstance(e, str) or e.startswith("/") for e in grandparents), (
+            name,
+            parent,
+        )
