@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import random
 import signal
 from collections.abc import Iterator
@@ -56,6 +57,11 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 31)
 
 
+STOP_NOTICE = (
+    "\nmetarun: stop requested: finishing this iteration, then a checkpoint (again: exit now)\n"
+)
+
+
 class StopRequest:
     """Set by the first SIGTERM/SIGINT inside `stoppable()`; the loop checks it between
     iterations."""
@@ -79,6 +85,7 @@ def stoppable() -> Iterator[StopRequest]:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         request.signal = signum
+        os.write(2, STOP_NOTICE.encode())  # os.write: safe even if the signal cut a print short
 
     try:
         previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}

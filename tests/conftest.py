@@ -74,6 +74,27 @@ def metarun(*args: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture
+def metarun_in_process(data_root, capsys, monkeypatch):
+    """Calls the entry function the `metarun` command calls, in this process (no interpreter
+    start-up): returns the exit status and output as a CompletedProcess."""
+    from metarun import cli
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("METARUN_DATA", str(data_root))
+        monkeypatch.setattr(sys, "argv", ["metarun", *args])
+        capsys.readouterr()
+        try:
+            cli.main()
+            status = 0
+        except SystemExit as end:
+            status = end.code if isinstance(end.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["metarun", *args], status, out, err)
+
+    return call
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, data_root) -> Path:
     """A tiny Omniglot run folder made by the real command, shared by the CLI tests."""

@@ -73,7 +73,25 @@ def assert_clear_failure(done, expected: str) -> None:
     TRAIN_MISTAKES,
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
-def test_train_mistake(overrides, expected, cli_env, tmp_path):
+def test_train_mistake(overrides, expected, metarun_in_process, tmp_path):
+    done = metarun_in_process("train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}")
+    assert_clear_failure(done, expected)
+
+
+WIRED_THROUGH_THE_COMMAND = [
+    TRAIN_MISTAKES[0],
+    TRAIN_MISTAKES[5],
+    TRAIN_MISTAKES[8],
+    TRAIN_MISTAKES[9],
+]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    WIRED_THROUGH_THE_COMMAND,
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_train_mistake_through_the_real_command(overrides, expected, cli_env, tmp_path):
     done = metarun("train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}", env=cli_env)
     assert_clear_failure(done, expected)
 
@@ -128,37 +146,44 @@ EVAL_MISTAKES = [
 @pytest.mark.parametrize(
     "arguments, expected", EVAL_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None
 )
-def test_eval_mistake(arguments, expected, broken_runs, cli_env, tmp_path):
+def test_eval_mistake(arguments, expected, broken_runs, metarun_in_process, tmp_path):
+    paths = {**broken_runs, "tmp": tmp_path}
+    done = metarun_in_process("eval", *(a.format(**paths) for a in arguments))
+    assert_clear_failure(done, expected)
+
+
+@pytest.mark.parametrize(
+    "arguments, expected", [EVAL_MISTAKES[0], EVAL_MISTAKES[3], EVAL_MISTAKES[8]]
+)
+def test_eval_mistake_through_the_real_command(arguments, expected, broken_runs, cli_env, tmp_path):
     paths = {**broken_runs, "tmp": tmp_path}
     done = metarun("eval", *(a.format(**paths) for a in arguments), env=cli_env)
     assert_clear_failure(done, expected)
 
 
-def test_unreadable_image_in_a_dataset_folder_is_named(cli_env, tmp_path):
+def test_unreadable_image_in_a_dataset_folder_is_named(metarun_in_process, tmp_path):
     character = tmp_path / "data" / "omniglot" / "images_background" / "Alphabet" / "character01"
     character.mkdir(parents=True)
     (character / "0001_01.png").write_bytes(b"this is not a png")
-    done = metarun(
+    done = metarun_in_process(
         "train",
         *QUICK,
         f"dataset.root={tmp_path / 'data'}",
         "dataset.download=false",
         f"hydra.run.dir={tmp_path / 'run'}",
-        env=cli_env,
     )
     assert_clear_failure(done, "Alphabet/character01/0001_01.png")
 
 
-def test_partial_dataset_says_what_is_missing(cli_env, tmp_path, data_root):
+def test_partial_dataset_says_what_is_missing(metarun_in_process, tmp_path, data_root):
     folder = tmp_path / "data" / "omniglot"
     folder.mkdir(parents=True)
     (folder / "images_background.zip").symlink_to(data_root / "omniglot" / "images_background.zip")
-    done = metarun(
+    done = metarun_in_process(
         "train",
         *QUICK,
         f"dataset.root={tmp_path / 'data'}",
         "dataset.download=false",
         f"hydra.run.dir={tmp_path / 'run'}",
-        env=cli_env,
     )
     assert_clear_failure(done, "images_evaluation.zip")

@@ -17,6 +17,7 @@ from conftest import METARUN, REPO, TINY_OMNIGLOT, metarun
 from metarun import checkpoint, run
 from metarun.checkpoint import restore_rng
 from metarun.errors import TrainingError
+from metarun.runtime import STOP_NOTICE
 
 LONG = [
     *TINY_OMNIGLOT,
@@ -109,13 +110,18 @@ def test_a_second_signal_exits_at_once(cli_env, tmp_path):
     # so both signals, sent while iteration 3 runs, reach a busy process whatever the machine's
     # speed.
     long_validation = ["trainer.val_every=3", "trainer.val_episodes=4000"]
-    process = start(tmp_path, cli_env, *long_validation)
-    metrics = tmp_path / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.5)  # signals sent back to back would be coalesced into one
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [METARUN, "train", *LONG, f"hydra.run.dir={tmp_path / 'run'}", *long_validation],
+            cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: STOP_NOTICE.strip() in log.read_text(), process)  # the first one landed
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
     assert process.returncode == -signal.SIGINT
 
 

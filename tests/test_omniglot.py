@@ -53,10 +53,16 @@ def test_missing_data_names_the_folder_and_the_setting(tmp_path):
 
 @pytest.mark.slow
 def test_unreadable_cache_is_rebuilt(data_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("METARUN_CACHE", str(tmp_path))
-    dataset = Omniglot(str(data_root), download=False)
+    read_only = tmp_path / "data" / "omniglot"  # the official files, in a folder without write bits
+    read_only.mkdir(parents=True)
+    for name in ("images_background.zip", "images_evaluation.zip", "splits"):
+        (read_only / name).symlink_to(data_root / "omniglot" / name)
+    read_only.chmod(0o555)
+    monkeypatch.setenv("METARUN_CACHE", str(tmp_path / "cache"))
+    dataset = Omniglot(str(tmp_path / "data"), download=False)
     cache = dataset._cache_path()
-    assert cache.parent == tmp_path, "a read-only data folder keeps its cache elsewhere"
+    assert cache.parent == tmp_path / "cache", "a read-only data folder keeps its cache elsewhere"
+    cache.parent.mkdir()
     cache.write_bytes(b"not a tensor file")
     names, images = dataset._load()
     assert len(names) == 1623 and images.shape[0] == 1623
