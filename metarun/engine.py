@@ -12,7 +12,7 @@ ships against a slow reference, with BatchNorm):
 - keep_freed_memory (CPU): glibc reuses freed activation memory (faster, higher peak RSS).
 Under torchrun each process computes its share of the meta-batch and the shares' meta-
 gradients are averaged (metarun.distributed); evaluation episodes are split the same way.
-Measured with scripts/bench.py on a 2-core CPU (README): for Conv-4 the loop is about
+Measured with scripts/bench.py on a 2-core CPU (docs/results.md): for Conv-4 the loop is about
 2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
 cache); for the sinusoid MLP vmap is 7x and compiled vmap about 40x the fastest peer;
 channels_last speeds first-order convolutional training (ProtoNet) 1.5x but slows
