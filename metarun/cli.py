@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -96,6 +97,30 @@ def _folders_command(command: str, arguments: list[str]) -> None:
     print("written: " + ", ".join(str(p) for p in pictures if p is not None))
 
 
+# Config choices that need a Hydra plugin from an install extra: override -> (module, extra).
+PLUGINS = {
+    "hydra/launcher=parallel": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+    "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
+    "hydra/sweeper=inner_loop_search": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+}
+
+
+def _check_plugins(overrides: list[str]) -> None:
+    """A choice whose plugin is not installed is named with the extra that installs it."""
+    for override in overrides:
+        module, extra = PLUGINS.get(override, (None, None))
+        if module is None or importlib.util.find_spec(module) is not None:
+            continue
+        plugin = module.split(".")[-1]
+        print(
+            f"metarun: error: {override} needs the {plugin} Hydra plugin, which is not installed. "
+            f"Install it with pip install -e '.[{extra}]' (from a checkout) or "
+            f"pip install 'metarun[{extra}]', or drop {override} to run the jobs one by one.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def _check_keys(command: str, overrides: list[str]) -> None:
     """Hydra rejects an unknown key without saying which keys exist; this names them."""
     if any(o.startswith("-") for o in overrides):  # --multirun, --cfg ...: Hydra's own checks
@@ -186,6 +211,7 @@ def main() -> None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     command = sys.argv.pop(1)
+    _check_plugins(sys.argv[1:])
     _check_keys(command, sys.argv[1:])
     if command == "eval" and not any(arg.startswith("run_dir=") for arg in sys.argv[1:]):
         print(

@@ -187,3 +187,21 @@ def test_partial_dataset_says_what_is_missing(metarun_in_process, tmp_path, data
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert_clear_failure(done, "images_evaluation.zip")
+
+
+def test_a_launcher_whose_plugin_is_missing_names_the_extra(
+    metarun_in_process, monkeypatch, tmp_path
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "joblib" in name else real(name, *a)
+    )
+    done = metarun_in_process(
+        "train", "-m", "hydra/launcher=parallel", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert_clear_failure(
+        done, "hydra/launcher=parallel needs the hydra_joblib_launcher Hydra plugin"
+    )
+    assert "metarun[sweep]" in done.stderr
