@@ -93,8 +93,8 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         return
     from metarun import plot  # matplotlib loads only for this command
 
-    pictures = [plot.learning_curves(runs, output), plot.sweep_plot(runs, output)]
-    print("written: " + ", ".join(str(p) for p in pictures if p is not None))
+    pictures = plot.learning_curves(runs, output) + plot.sweep_plot(runs, output)
+    print("written: " + ", ".join(map(str, pictures)))
 
 
 # Config choices that need a Hydra plugin from an install extra: override -> (module, extra).

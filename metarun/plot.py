@@ -1,4 +1,9 @@
-"""Pictures of runs: learning curves from metrics.jsonl and, for a sweep, result against setting."""
+"""Pictures of runs: learning curves from metrics.jsonl and, for a sweep, result against setting.
+
+Runs are grouped by the metric they are scored with (accuracy, mse): each group gets its own
+pictures, so an accuracy curve never shares an axis with an MSE curve. A setting counts as
+swept when every run of the group sets it and the values differ.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +15,66 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 
-from metarun.report import SEED, RunResult, varying_keys  # noqa: E402
+from metarun.report import SEED, RunResult  # noqa: E402
+
+
+def _rows(run: RunResult) -> list[dict]:
+    path = run.folder / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _metric(run: RunResult) -> str:
+    """'accuracy' or 'mse': from results.json, else from the val_<name> columns of metrics.jsonl."""
+    names = (
+        key.removeprefix("val_") for row in _rows(run) for key in row if key.startswith("val_")
+    )
+    return run.metric or next((n for n in names if not n.endswith("_ci95")), "accuracy")
+
+
+def swept_keys(runs: list[RunResult]) -> list[str]:
+    """Settings every run sets, to values that differ between runs."""
+    shared = set.intersection(*(set(run.overrides) for run in runs)) if runs else set()
+    return sorted(key for key in shared if len({run.overrides[key] for run in runs}) > 1)
 
 
 def _label(run: RunResult, keys: list[str]) -> str:
     return " ".join(f"{key}={run.overrides.get(key, '')}" for key in keys) or run.folder.name
 
 
-def learning_curves(runs: list[RunResult], output: Path) -> Path:
-    """Training loss, and the validation score with its 95% interval band, against iteration."""
-    figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(12, 4))
-    keys, metric = varying_keys(runs), "accuracy"
+def _by_metric(runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    groups: dict[str, list[RunResult]] = {}
     for run in runs:
-        path = run.folder / "metrics.jsonl"
-        rows = (
-            [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-        )
-        metric = _validated_metric(rows) or metric
+        groups.setdefault(_metric(run), []).append(run)
+    return groups
+
+
+def _file(output: Path, stem: str, metric: str, groups: int) -> Path:
+    return output / (f"{stem}.png" if groups == 1 else f"{stem}_{metric}.png")
+
+
+def learning_curves(runs: list[RunResult], output: Path) -> list[Path]:
+    """Per metric: training loss, and the validation score with its 95% band, against iteration."""
+    groups = _by_metric(runs)
+    return [
+        _curves(members, metric, _file(output, "learning_curves", metric, len(groups)))
+        for metric, members in groups.items()
+    ]
+
+
+def _curves(runs: list[RunResult], metric: str, path: Path) -> Path:
+    figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(12, 4))
+    keys = swept_keys(runs) or sorted({key for run in runs for key in run.overrides if key != SEED})
+    for run in runs:
+        rows = _rows(run)
         trained = [row for row in rows if "train_loss" in row]
-        loss_axes.plot(
-            [r["iteration"] for r in trained],
-            [r["train_loss"] for r in trained],
-            label=_label(run, keys),
-        )
+        loss_axes.plot([r["iteration"] for r in trained], [r["train_loss"] for r in trained])
         validated = [row for row in rows if f"val_{metric}" in row]
         steps = [r["iteration"] for r in validated]
         mean = [r[f"val_{metric}"] for r in validated]
         half = [r[f"val_{metric}_ci95"] for r in validated]
         (line,) = val_axes.plot(steps, mean, marker=".", label=_label(run, keys))
-        val_axes.fill_between(
-            steps,
-            [m - h for m, h in zip(mean, half)],
-            [m + h for m, h in zip(mean, half)],
-            color=line.get_color(),
-            alpha=0.2,
-        )
+        low, high = [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)]
+        val_axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     loss_axes.set(xlabel="iteration", ylabel="training loss", title="meta-training loss")
     val_axes.set(
         xlabel="iteration",
@@ -54,53 +84,47 @@ def learning_curves(runs: list[RunResult], output: Path) -> Path:
     for axes in (loss_axes, val_axes):
         axes.grid(alpha=0.3)
     if len(runs) > 1:
-        val_axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
-    return _save(figure, output / "learning_curves.png")
+        val_axes.legend(fontsize="small", loc="best")
+    return _save(figure, path)
 
 
-def sweep_plot(runs: list[RunResult], output: Path) -> Path | None:
-    """Test score with its 95% interval against the swept setting (the one with most values);
-    one line per value of the other swept settings. None when nothing was swept."""
-    finished = [run for run in runs if run.mean is not None]
-    swept = [key for key in varying_keys(finished) if key != SEED] if len(finished) > 1 else []
-    if not swept:
-        return None
-    x_key = max(swept, key=lambda key: len({run.overrides.get(key) for run in finished}))
+def sweep_plot(runs: list[RunResult], output: Path) -> list[Path]:
+    """Per metric: test score with its 95% interval against the swept setting with most values,
+    one series per value of the other swept settings. None drawn where nothing was swept."""
+    finished = _by_metric([run for run in runs if run.mean is not None])
+    drawn = []
+    for metric, members in finished.items():
+        swept = [key for key in swept_keys(members) if key != SEED] if len(members) > 1 else []
+        if swept:
+            drawn.append(
+                _sweep(members, swept, metric, _file(output, "sweep", metric, len(finished)))
+            )
+    return drawn
+
+
+def _sweep(runs: list[RunResult], swept: list[str], metric: str, path: Path) -> Path:
+    x_key = max(swept, key=lambda key: len({run.overrides[key] for run in runs}))
     others = [key for key in swept if key != x_key]
-    values = sorted({run.overrides.get(x_key, "") for run in finished}, key=_number_first)
+    values = sorted({run.overrides[x_key] for run in runs}, key=_number_first)
     figure, axes = plt.subplots(figsize=(6, 4))
 
     def group(run: RunResult) -> str:  # seeds of one setting share a colour
-        return " ".join(f"{key}={run.overrides.get(key, '')}" for key in others)
+        return " ".join(f"{key}={run.overrides[key]}" for key in others)
 
-    for name in sorted({group(run) for run in finished}):
-        members = [run for run in finished if group(run) == name]
-        xs = [values.index(run.overrides.get(x_key, "")) for run in members]
-        axes.errorbar(
-            xs,
-            [run.mean for run in members],
-            yerr=[run.ci95 for run in members],
-            fmt="o",
-            capsize=3,
-            label=name or None,
-        )
+    for name in sorted({group(run) for run in runs}):
+        members = [run for run in runs if group(run) == name]
+        xs = [values.index(run.overrides[x_key]) for run in members]
+        means, intervals = [run.mean for run in members], [run.ci95 for run in members]
+        axes.errorbar(xs, means, yerr=intervals, fmt="o", capsize=3, label=name or None)
+    long = max(map(len, values)) > 8
     axes.set_xticks(
-        range(len(values)),
-        values,
-        rotation=30 if max(map(len, values)) > 8 else 0,
-        ha="right" if max(map(len, values)) > 8 else "center",
+        range(len(values)), values, rotation=30 if long else 0, ha="right" if long else "center"
     )
-    axes.set(xlabel=x_key, ylabel=f"test {finished[0].metric} (95% interval)")
+    axes.set(xlabel=x_key, ylabel=f"test {metric} (95% interval)")
     axes.grid(alpha=0.3)
     if others:
-        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
-    return _save(figure, output / "sweep.png")
-
-
-def _validated_metric(rows: list[dict]) -> str | None:
-    """'accuracy' or 'mse': the name behind the val_<name> columns of metrics.jsonl."""
-    names = (key.removeprefix("val_") for row in rows for key in row if key.startswith("val_"))
-    return next((name for name in names if not name.endswith("_ci95")), None)
+        axes.legend(fontsize="small", loc="best")
+    return _save(figure, path)
 
 
 def _number_first(value: str) -> tuple:

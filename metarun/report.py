@@ -34,6 +34,9 @@ class RunResult:
     episodes: int | None
     best_iteration: int | None
     wall_time_s: float | None
+    commit: str | None = (
+        None  # the code that made the result: short commit, "+" for uncommitted changes
+    )
 
 
 def _overrides(folder: Path) -> dict[str, str]:
@@ -54,6 +57,10 @@ def read_run(folder: Path) -> RunResult:
         return RunResult(folder, _overrides(folder), None, None, None, None, None, None)
     results = json.loads(results_file.read_text())
     summary, training = results[results["metric"]], results.get("training", {})
+    code = results.get("code") or {}
+    commit = code.get("commit") and code["commit"][:10] + (
+        "+" if code.get("uncommitted_changes") else ""
+    )
     return RunResult(
         folder,
         _overrides(folder),
@@ -63,6 +70,7 @@ def read_run(folder: Path) -> RunResult:
         results["episodes"],
         results.get("iteration"),
         training.get("wall_time_s"),
+        commit,
     )
 
 
@@ -104,9 +112,11 @@ def _shared(runs: list[RunResult], varying: list[str]) -> dict[str, str]:
 
 
 def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
-    """The per-run table: the varying settings, then the test result."""
+    """The per-run table: the commit when runs differ in it, the varying settings, the result."""
     varying = varying_keys(runs)
+    commits = ["commit"] if len({run.commit for run in runs}) > 1 else []
     header = [
+        *commits,
         *varying,
         f"test {_metric(runs)}",
         "ci95",
@@ -117,6 +127,7 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     ]
     rows = [
         [
+            *([run.commit or "unknown"] if commits else []),
             *(run.overrides.get(key, "") for key in varying),
             run.mean,
             run.ci95,

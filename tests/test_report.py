@@ -175,3 +175,32 @@ def test_slurm_launcher_config_composes(cli_env):
     done = metarun("train", "hydra/launcher=slurm", "--cfg", "hydra", env=cli_env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SlurmLauncher" in done.stdout and "gpus_per_node: 1" in done.stdout
+
+
+def test_report_shows_the_commit_when_runs_differ_in_it(tmp_path):
+    for name, commit in (("a", "1234567890abcdef"), ("b", "fedcba0987654321")):
+        folder = fake_run(tmp_path / name, [f"seed={name}"], 0.9)
+        results = json.loads((folder / "results.json").read_text())
+        results["code"] = {"commit": commit, "uncommitted_changes": name == "b"}
+        (folder / "results.json").write_text(json.dumps(results))
+    table = markdown(find_runs([tmp_path]))
+    assert "| commit |" in table and "| 1234567890 |" in table and "| fedcba0987+ |" in table
+
+
+def test_report_leaves_the_commit_out_when_runs_share_it(sweep):
+    assert "commit" not in markdown(find_runs([sweep]))
+
+
+def test_runs_scored_differently_get_a_picture_each_and_no_sweep_plot(tmp_path, cli_env):
+    fake_run(
+        tmp_path / "classifier",
+        ["experiment=protonet_omniglot_5w1s", "dataset.rotations=[0]"],
+        0.97,
+    )
+    regression = fake_run(tmp_path / "regressor", ["experiment=maml_sinusoid"], None)
+    rows = [{"iteration": 10, "train_loss": 1.0, "val_mse": 0.5, "val_mse_ci95": 0.1}]
+    (regression / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = metarun("plot", str(tmp_path), "--output", str(tmp_path / "plots"), env=cli_env)
+    assert done.returncode == 0, done.stderr
+    written = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert written == ["learning_curves_accuracy.png", "learning_curves_mse.png"]
