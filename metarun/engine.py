@@ -87,41 +87,40 @@ def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None 
     return engine
 
 
+def _meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None):
+    """grad of the mean task loss over one task (or, vmapped, a meta-batch) with respect to the
+    parameters; returns (gradients, (loss, score)). Compiled by the engine once per shape."""
+
+    def objective(params, *task_tensors):
+        fn = partial(algo.task_loss, params, ways=ways, steps=steps)
+        losses, scores = vmap(fn)(*task_tensors) if vmapped else fn(*task_tensors)
+        return losses.mean(), (losses.detach().mean(), scores.mean())
+
+    return torch.func.grad(objective, has_aux=True)
+
+
+def _tensors(batch: Episode) -> tuple[torch.Tensor, ...]:
+    return batch.support_x, batch.support_y, batch.query_x, batch.query_y
+
+
 class Engine:
-    def __init__(
-        self,
-        mode: str,
-        *,
-        precision: str = "fp32",
-        compile: bool = False,
-        channels_last: bool = False,
-        keep_freed_memory: bool = False,
-        world: World | None = None,
-    ) -> None:
+    def __init__(self, mode: str, *, precision: str = "fp32", compile: bool = False,
+                 channels_last: bool = False, keep_freed_memory: bool = False,
+                 world: World | None = None) -> None:  # fmt: skip
         if mode not in MODES[1:]:
             raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
         if precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision={precision!r} is not known. Use one of: {', '.join(PRECISIONS)}."
-            )
-        self.mode, self.precision, self.compile, self.channels_last = (
-            mode,
-            precision,
-            compile,
-            channels_last,
-        )
-        self.keep_freed_memory = keep_freed_memory
+            known = ", ".join(PRECISIONS)
+            raise ConfigError(f"precision={precision!r} is not known. Use one of: {known}.")
+        self.mode, self.precision, self.compile = mode, precision, compile
+        self.channels_last, self.keep_freed_memory = channels_last, keep_freed_memory
         self.world = world or World()
         self._compiled: dict[tuple, object] = {}
 
     def describe(self) -> dict:
-        return {
-            "engine": self.mode,
-            "precision": self.precision,
-            "compile": self.compile,
-            "channels_last": self.channels_last,
-            "keep_freed_memory": self.keep_freed_memory,
-        }
+        """The settings as the run used them (`auto` resolved), for results.json's protocol."""
+        names = ("precision", "compile", "channels_last", "keep_freed_memory")
+        return {"engine": self.mode, **{name: getattr(self, name) for name in names}}
 
     @contextmanager
     def _computing(self, device: torch.device) -> Iterator[None]:
@@ -142,13 +141,10 @@ class Engine:
 
     def _tasks(self, batch: Episode) -> tuple[torch.Tensor, ...]:
         """The meta-batch's tensors; images [T, N, C, H, W] in channels_last per task if asked."""
-        tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if not self.channels_last:
-            return tensors
-        return tuple(
-            t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
-            for t in tensors
-        )
+            return _tensors(batch)
+        nhwc = lambda t: t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        return tuple(nhwc(t) if t.dim() == 5 else t for t in _tensors(batch))
 
     def meta_backward(
         self, algo: Algorithm, batch: Episode, steps: int | None = None
@@ -163,62 +159,40 @@ class Engine:
                 "auto for both) with bn=running, or another bn mode."
             )
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
-        loss, score = self._share_backward(algo, batch, steps)
+        mine = Episode(*map(self.world.my_share, _tensors(batch)), batch.ways)
+        with self._computing(batch.support_x.device), batchnorm.recording(algo, self.world.gather):
+            if self.compile:
+                loss, score = self._compiled_backward(algo, mine, steps)
+            else:
+                loss, score = self._backward(algo, mine, steps)
         self.world.average_gradients(algo.parameters())
         return self.world.mean(loss, score)
 
-    def _share_backward(
-        self, algo: Algorithm, batch: Episode, steps: int | None
-    ) -> tuple[float, float]:
-        mine = Episode(
-            *(
-                self.world.my_share(t)
-                for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-            ),
-            batch.ways,
-        )
-        tensors, tasks = self._tasks(mine), mine.num_tasks
-        with self._computing(batch.support_x.device), batchnorm.recording(algo, self.world.gather):
-            if self.compile:
-                return self._compiled_meta_backward(algo, batch.ways, steps, tensors, tasks)
-            fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
-            if self.mode == "vmap":
-                losses, scores = vmap(fn)(*tensors)
-                losses.mean().backward()
-                return losses.mean().item(), scores.mean().item()
-            losses, scores = [], []
-            for index in range(tasks):
-                loss, score = fn(*(t[index] for t in tensors))
-                (loss / tasks).backward()
-                losses.append(loss.detach())
-                scores.append(score)
+    def _backward(self, algo: Algorithm, batch: Episode, steps: int | None) -> tuple[float, float]:
+        tensors, tasks = self._tasks(batch), batch.num_tasks
+        fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
+        if self.mode == "vmap":
+            losses, scores = vmap(fn)(*tensors)
+            losses.mean().backward()
+            return losses.mean().item(), scores.mean().item()
+        losses, scores = [], []
+        for index in range(tasks):
+            loss, score = fn(*(t[index] for t in tensors))
+            (loss / tasks).backward()
+            losses.append(loss.detach())
+            scores.append(score)
         return torch.stack(losses).mean().item(), torch.stack(scores).mean().item()
 
-    def _compiled_meta_backward(
-        self,
-        algo: Algorithm,
-        ways: int,
-        steps: int | None,
-        tensors: tuple[torch.Tensor, ...],
-        tasks: int,
+    def _compiled_backward(
+        self, algo: Algorithm, batch: Episode, steps: int | None
     ) -> tuple[float, float]:
-        key = (id(algo), ways, steps)
+        key, vmapped = (id(algo), batch.ways, steps), self.mode == "vmap"
         if key not in self._compiled:
-
-            def objective(params, *task_tensors):
-                fn = partial(algo.task_loss, params, ways=ways, steps=steps)
-                losses, scores = (
-                    vmap(fn)(*task_tensors) if self.mode == "vmap" else fn(*task_tensors)
-                )
-                return losses.mean(), (losses.detach().mean(), scores.mean())
-
-            self._compiled[key] = torch.compile(torch.func.grad(objective, has_aux=True))
-        meta_gradient = self._compiled[key]
+            self._compiled[key] = torch.compile(_meta_gradient(algo, vmapped, batch.ways, steps))
+        meta_gradient, tensors = self._compiled[key], self._tasks(batch)
         params = {name: p.detach() for name, p in algo.named_parameters()}
         parts = (
-            [tensors]
-            if self.mode == "vmap"
-            else [tuple(t[i] for t in tensors) for i in range(tasks)]
+            [tensors] if vmapped else [tuple(t[i] for t in tensors) for i in range(batch.num_tasks)]
         )
         losses, scores = [], []
         for part in parts:
@@ -242,7 +216,7 @@ class Engine:
                 if self.mode == "vmap":
                     return vmap(fn)(*tensors)[1]
                 return torch.stack(
-                    [fn(*(t[index] for t in tensors))[1] for index in range(batch.num_tasks)]
+                    [fn(*(t[i] for t in tensors))[1] for i in range(batch.num_tasks)]
                 )
         finally:
             algo.train(was_training)

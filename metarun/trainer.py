@@ -35,29 +35,36 @@ class Schedule:
     clip_grad_norm: float | None = None  # largest meta-gradient norm applied; None: no clipping
 
 
+def _training_row(
+    window: list[tuple[float, float]], seconds: float, tasks: int, metric: str
+) -> dict:
+    """Mean loss and score of the steps since the last row, and their throughput."""
+    if not window:
+        return {}
+    losses, scores = zip(*window)
+    return {
+        "train_loss": sum(losses) / len(losses),
+        f"train_{metric}": sum(scores) / len(scores),
+        "tasks_per_s": len(window) * tasks / seconds,
+    }
+
+
+def _stopped(iteration: int, run_dir: Path) -> Preempted:
+    return Preempted(
+        f"Stopped by a signal after iteration {iteration}; checkpoint written to "
+        f"{run_dir / 'checkpoints' / 'last.pt'}. Resume with the same command plus "
+        f"hydra.run.dir={run_dir} trainer.resume=auto."
+    )
+
+
 class Trainer:
-    def __init__(
-        self,
-        *,
-        state: TrainingState,
-        engine,
-        sampler,
-        validate: Callable[[], dict],
-        schedule: Schedule,
-        run_dir: Path,
-        metric: str,
-        world: World | None = None,
-        logger=None,
-    ) -> None:
+    def __init__(self, *, state: TrainingState, engine, sampler, validate: Callable[[], dict],
+                 schedule: Schedule, run_dir: Path, metric: str, world: World | None = None,
+                 logger=None) -> None:  # fmt: skip
         """`logger` (optional, metarun.loggers) receives every metrics row besides metrics.jsonl."""
         self.state, self.engine, self.sampler, self.validate = state, engine, sampler, validate
-        self.schedule, self.run_dir, self.metric, self.logger = (
-            schedule,
-            Path(run_dir),
-            metric,
-            logger,
-        )
-        self.world = world or World()  # rank 0 alone writes files and progress output
+        self.schedule, self.run_dir, self.metric = schedule, Path(run_dir), metric
+        self.logger, self.world = logger, world or World()  # rank 0 alone writes and shows progress
         self.progress, self.algo = state.progress, state.model
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.shown = ("train_loss", f"train_{metric}", "tasks_per_s", f"val_{metric}")
@@ -68,21 +75,13 @@ class Trainer:
         s, p = self.schedule, self.progress
         if self.world.is_main:
             self.metrics.drop_after(p.iteration)
-        if (
-            s.iterations == 0
-        ):  # nothing to train: validate and keep the model as it starts (e.g. init_from)
+        if s.iterations == 0:  # nothing to train: validate and keep the starting model (init_from)
             self._log_and_validate(0, 0.0)
             self.save("last")
         first, elapsed_before, window_seconds = p.iteration, p.elapsed_s, 0.0
         started = time.perf_counter() - elapsed_before  # wall time carries over a resume
-        bar = tqdm(
-            range(first + 1, s.iterations + 1),
-            desc="meta-train",
-            dynamic_ncols=True,
-            initial=first,
-            total=s.iterations,
-            disable=not self.world.is_main,
-        )
+        bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,
+                   initial=first, total=s.iterations, disable=not self.world.is_main)  # fmt: skip
         with stoppable() as stop:
             for iteration in bar:
                 step_start = time.perf_counter()
@@ -92,33 +91,19 @@ class Trainer:
                 row = self._log_and_validate(iteration, window_seconds)
                 if row:
                     window_seconds = 0.0
-                    bar.set_postfix(
-                        {
-                            k.removeprefix("train_"): f"{v:.3g}"
-                            for k, v in row.items()
-                            if k in self.shown
-                        }
-                    )
+                    bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items()
+                                     if k in self.shown})  # fmt: skip
                 stopping = self.world.any(stop.requested)  # every rank stops at one iteration
                 if iteration % s.ckpt_every == 0 or iteration == s.iterations or stopping:
                     self.save("last")
                 if stopping:
-                    raise Preempted(
-                        f"Stopped by a signal after iteration {iteration}; "
-                        f"checkpoint written to {self.run_dir / 'checkpoints' / 'last.pt'}. "
-                        f"Resume with the same command plus hydra.run.dir={self.run_dir} "
-                        "trainer.resume=auto."
-                    )
+                    raise _stopped(iteration, self.run_dir)
         wall = time.perf_counter() - started
-        return {
-            "wall_time_s": wall,
-            "tasks_per_s_overall": (s.iterations - first)
-            * s.meta_batch_size
-            / max(wall - elapsed_before, 1e-9),
-            "best_iteration": p.best_iteration,
-            f"best_val_{self.metric}": p.best_score,
-            "skipped_nonfinite": p.skipped_nonfinite,
-        }
+        return {"wall_time_s": wall,
+                "tasks_per_s_overall": (s.iterations - first) * s.meta_batch_size
+                / max(wall - elapsed_before, 1e-9),
+                "best_iteration": p.best_iteration, f"best_val_{self.metric}": p.best_score,
+                "skipped_nonfinite": p.skipped_nonfinite}  # fmt: skip
 
     def _step(self, iteration: int) -> None:
         optimizer, scheduler = self.state.optimizer, self.state.scheduler
@@ -158,29 +143,13 @@ class Trainer:
         s, p, last = self.schedule, self.progress, iteration == self.schedule.iterations
         row: dict = {}
         if iteration % s.log_every == 0 or last:
-            row["iteration"] = iteration
-            if p.window:
-                losses, scores = zip(*p.window)
-                row.update(
-                    train_loss=sum(losses) / len(losses),
-                    **{f"train_{self.metric}": sum(scores) / len(scores)},
-                    tasks_per_s=len(p.window) * s.meta_batch_size / window_seconds,
-                )
+            trained = _training_row(p.window, window_seconds, s.meta_batch_size, self.metric)
+            row = {"iteration": iteration, **trained}
             if p.skipped_nonfinite:
                 row["skipped_nonfinite"] = p.skipped_nonfinite
             p.window = []
         if iteration % s.val_every == 0 or last:
-            summary = self.validate()[self.metric]
-            if p.improves(summary["mean"]):
-                p.best_score, p.best_iteration = summary["mean"], iteration
-                self.save("best")
-            row.update(
-                iteration=iteration,
-                **{
-                    f"val_{self.metric}": summary["mean"],
-                    f"val_{self.metric}_ci95": summary["ci95"],
-                },
-            )
+            row.update(iteration=iteration, **self._validate(iteration))
         if row and self.world.is_main:
             row["elapsed_s"] = round(p.elapsed_s, 3)
             self.metrics.write(row)
@@ -188,15 +157,19 @@ class Trainer:
                 self.logger.log(row)
         return row
 
+    def _validate(self, iteration: int) -> dict:
+        """Validation's row entries; a better score than any before is kept as best.pt."""
+        summary = self.validate()[self.metric]
+        if self.progress.improves(summary["mean"]):
+            self.progress.best_score, self.progress.best_iteration = summary["mean"], iteration
+            self.save("best")
+        return {f"val_{self.metric}": summary["mean"], f"val_{self.metric}_ci95": summary["ci95"]}
+
     def save(self, name: str) -> None:
-        """Writes checkpoints/<name>.pt atomically; `last` keeps the one it replaces as
-        previous.pt."""
+        """Writes checkpoints/<name>.pt atomically; `last` keeps the one it replaces as previous."""
         if name == "last":
             self.last_saved = self.progress.iteration
         if self.world.is_main:
             folder = self.run_dir / "checkpoints"
-            atomic_save(
-                self.state.capture(),
-                folder / f"{name}.pt",
-                previous=folder / "previous.pt" if name == "last" else None,
-            )
+            previous = folder / "previous.pt" if name == "last" else None
+            atomic_save(self.state.capture(), folder / f"{name}.pt", previous=previous)

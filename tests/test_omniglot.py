@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metarun.data.omniglot import Omniglot
+from metarun.data.omniglot import Omniglot, cache_path
 from metarun.errors import ConfigError
 
 
@@ -60,7 +60,7 @@ def test_unreadable_cache_is_rebuilt(data_root, tmp_path, monkeypatch):
     read_only.chmod(0o555)
     monkeypatch.setenv("METARUN_CACHE", str(tmp_path / "cache"))
     dataset = Omniglot(str(tmp_path / "data"), download=False)
-    cache = dataset._cache_path()
+    cache = cache_path(dataset.folder, dataset.image_size)
     assert cache.parent == tmp_path / "cache", "a read-only data folder keeps its cache elsewhere"
     cache.parent.mkdir()
     cache.write_bytes(b"not a tensor file")

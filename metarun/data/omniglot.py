@@ -144,22 +144,9 @@ class Omniglot:
             ]
         return [(name, degrees) for name in chosen for degrees in self.rotations]
 
-    def _cache_path(self) -> Path:
-        name = f"omniglot_{self.image_size}px.pt"
-        # Permission bits, not os.access: as root the latter would write into read-only shares.
-        if (
-            self.folder.is_dir()
-            and self.folder.stat().st_mode & stat.S_IWUSR
-            and os.access(self.folder, os.W_OK)
-        ):
-            return self.folder / name
-        cache = Path(os.environ.get("METARUN_CACHE", Path.home() / ".cache" / "metarun"))
-        digest = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:10]
-        return cache / f"{digest}_{name}"
-
     def _load(self) -> tuple[list[str], torch.Tensor]:
         if self._images is None:
-            cache = self._cache_path()
+            cache = cache_path(self.folder, self.image_size)
             stored = _read_cache(cache, self.image_size)
             if stored is None:
                 stored = self._decode_all()
@@ -172,7 +159,14 @@ class Omniglot:
     def _decode_all(self) -> dict:
         names, images, background_count = [], [], 0
         for archive in ARCHIVES:
-            for character, pixels in sorted(self._read_archive(archive).items()):
+            if (
+                not (self.folder / archive).is_dir()
+                and not (self.folder / f"{archive}.zip").exists()
+            ):
+                self._fetch()
+            for character, pixels in sorted(
+                read_archive(self.folder, archive, self.image_size).items()
+            ):
                 names.append(character)
                 images.append(pixels)
             if archive == ARCHIVES[0]:
@@ -192,36 +186,6 @@ class Omniglot:
             "images": torch.stack(images),
             "background_count": background_count,
         }
-
-    def _read_archive(self, archive: str) -> dict[str, torch.Tensor]:
-        """{'Alphabet/characterNN': uint8 [drawings, 1, H, W] in file order} from a zip or its
-        folder."""
-        folder, zipped = self.folder / archive, self.folder / f"{archive}.zip"
-        if not folder.is_dir() and not zipped.exists():
-            self._fetch()
-        if folder.is_dir():
-            files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.png")}
-            return self._decode(files, str(folder))
-        with zipfile.ZipFile(zipped) as handle:
-            members = [m for m in handle.namelist() if m.endswith(".png")]
-            files = {m.split("/", 1)[1]: handle.read(m) for m in members}
-        return self._decode(files, str(zipped))
-
-    def _decode(self, files: dict[str, bytes], source: str) -> dict[str, torch.Tensor]:
-        characters: dict[str, list[torch.Tensor]] = {}
-        for relative in tqdm(
-            sorted(files), desc=f"decoding {Path(source).name}", unit="image", leave=False
-        ):
-            alphabet, character, _ = relative.split("/")[-3:]
-            try:
-                pixels = to_pixels(Image.open(io.BytesIO(files[relative])), self.image_size)
-            except Exception:
-                raise ConfigError(
-                    f"The image {relative} in {source} cannot be read. Replace it with the "
-                    "official file, or delete it and restore the official zip."
-                ) from None
-            characters.setdefault(f"{alphabet}/{character}", []).append(pixels)
-        return {name: torch.stack(drawings) for name, drawings in characters.items()}
 
     def _fetch(self) -> None:
         """Downloads the official files, or explains where they were looked for."""
@@ -262,3 +226,44 @@ def _read_cache(path: Path, image_size: int) -> dict | None:
     except Exception:
         return None
     return None
+
+
+def cache_path(folder: Path, image_size: int) -> Path:
+    """Beside the data when its folder is writable, else under $METARUN_CACHE (~/.cache/metarun)."""
+    name = f"omniglot_{image_size}px.pt"
+    # Permission bits, not os.access alone: as root the latter would write into read-only shares.
+    if folder.is_dir() and folder.stat().st_mode & stat.S_IWUSR and os.access(folder, os.W_OK):
+        return folder / name
+    cache = Path(os.environ.get("METARUN_CACHE", Path.home() / ".cache" / "metarun"))
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
+    return cache / f"{digest}_{name}"
+
+
+def read_archive(root: Path, archive: str, image_size: int) -> dict[str, torch.Tensor]:
+    """{'Alphabet/characterNN': uint8 [drawings, 1, H, W] in file order} from one official zip
+    under `root`, or its extracted folder."""
+    folder, zipped = root / archive, root / f"{archive}.zip"
+    if folder.is_dir():
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.png")}
+        return _decode(files, str(folder), image_size)
+    with zipfile.ZipFile(zipped) as handle:
+        members = [m for m in handle.namelist() if m.endswith(".png")]
+        files = {m.split("/", 1)[1]: handle.read(m) for m in members}
+    return _decode(files, str(zipped), image_size)
+
+
+def _decode(files: dict[str, bytes], source: str, image_size: int) -> dict[str, torch.Tensor]:
+    characters: dict[str, list[torch.Tensor]] = {}
+    for relative in tqdm(
+        sorted(files), desc=f"decoding {Path(source).name}", unit="image", leave=False
+    ):
+        alphabet, character, _ = relative.split("/")[-3:]
+        try:
+            pixels = to_pixels(Image.open(io.BytesIO(files[relative])), image_size)
+        except Exception:
+            raise ConfigError(
+                f"The image {relative} in {source} cannot be read. Replace it with the "
+                "official file, or delete it and restore the official zip."
+            ) from None
+        characters.setdefault(f"{alphabet}/{character}", []).append(pixels)
+    return {name: torch.stack(drawings) for name, drawings in characters.items()}
