@@ -27,13 +27,13 @@ from metarun.checkpoint import (
     newest_valid_checkpoint,
     restore_model,
 )
-from metarun.data.base import EpisodeShapeError
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
-from metarun.evaluator import episode_scores, summarise
+from metarun.protocol import eval_sampler, protocol, score, train_sampler
 from metarun.provenance import code_stamp
 from metarun.runtime import resolve_device, seed_everything
+from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
 
 RUNTIME_SETTINGS = tuple(OmegaConf.load(Path(CONFIG_DIR) / "runtime" / "default.yaml"))
@@ -46,70 +46,6 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
     if cfg.get("init_from"):
         cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
-
-
-def _key_set(cfg: DictConfig, key: str, source: str) -> str:
-    """`source` when `key` only repeats its value (e.g. eval.shots: ${task.shots}), else `key`:
-    the setting an error should name."""
-    return source if OmegaConf.select(cfg, key) == OmegaConf.select(cfg, source) else key
-
-
-def _sampler(
-    cfg: DictConfig, dataset, split: str, device: torch.device, keys: tuple[str, str, str]
-):
-    """The dataset's sampler of `split` with (ways, shots, queries) read from `keys`, which an
-    impossible shape names."""
-    try:
-        return dataset.sampler(split, *(OmegaConf.select(cfg, key) for key in keys), device)
-    except EpisodeShapeError as error:
-        raise ConfigError(error.explain(*keys)) from None
-
-
-def _eval_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
-    keys = (
-        _key_set(cfg, "eval.ways", "task.ways"),
-        _key_set(cfg, "eval.shots", "task.shots"),
-        "eval.queries",
-    )
-    return _sampler(cfg, dataset, split, device, keys)
-
-
-def _train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
-    if not algo.episodic:
-        return dataset.labelled_batches("train", cfg.task.batch_size, device)
-    return _sampler(
-        cfg,
-        dataset,
-        "train",
-        device,
-        (_key_set(cfg, "task.train_ways", "task.ways"), "task.shots", "task.queries"),
-    )
-
-
-def _score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int) -> dict:
-    scores = episode_scores(
-        algo, engine, sampler, episodes, cfg.eval.seed, cfg.eval.batch_tasks, cfg.eval.inner_steps
-    )
-    return summarise(scores, metric)
-
-
-def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
-    """What a published number must share with ours to be comparable."""
-    train_steps = cfg.algo.get("inner_steps")
-    test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
-    return {
-        **dataset.protocol(),
-        "eval_split": "test",
-        "batchnorm": f"{cfg.bn}: {batchnorm.MODES[cfg.bn]}",
-        "ways": cfg.eval.ways,
-        "shots": cfg.eval.shots,
-        "queries_test": cfg.eval.queries,
-        "inner_steps_train": train_steps,
-        "inner_steps_test": test_steps,
-        "episodes": cfg.eval.episodes,
-        "eval_seed": cfg.eval.seed,
-        **engine.describe(),
-    }
 
 
 def _resume(state: TrainingState, resume: str, run_dir: Path) -> None:
@@ -146,34 +82,6 @@ def _starting_model(cfg: DictConfig, dataset, device: torch.device, world: World
     return algo
 
 
-def _banner(
-    cfg: DictConfig, run_dir: Path, algo, dataset, engine: Engine, device: torch.device, start: int
-) -> str:
-    """What a run is about to do and where its output goes, printed before the first iteration."""
-    t, shape = cfg.trainer, dataset.protocol()
-    split = f" ({shape['split']} split)" if "split" in shape else ""
-    episode = (
-        f"{cfg.task.train_ways}-way {cfg.task.shots}-shot, {cfg.task.queries} queries per class, "
-        f"meta-batch {cfg.task.meta_batch_size}"
-        if algo.episodic
-        else f"labelled batches of {cfg.task.batch_size}"
-    )
-    resumed = f", resuming at {start}" if start else ""
-    e = engine.describe()
-    return (
-        f"metarun train: {type(algo).__name__} on {shape['dataset']}{split}: {episode}\n"
-        f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on "
-        f"{t.val_episodes} episodes; "
-        f"test: {cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes\n"
-        f"  device {device}; engine {e['engine']}, compile {'on' if e['compile'] else 'off'}, "
-        f"{e['precision']}, "
-        f"bn={cfg.bn}\n"
-        f"  run folder {run_dir}: checkpoints/ every {t.ckpt_every} (best.pt, last.pt), "
-        f"metrics.jsonl, "
-        "config.yaml, results.json at the end"
-    )
-
-
 def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
     optimizer, scheduler = build_optimizer(cfg, algo)
     return TrainingState(
@@ -186,42 +94,22 @@ def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
     )
 
 
-def _fit(
-    cfg: DictConfig,
-    run_dir: Path,
-    state: TrainingState,
-    engine: Engine,
-    train_sampler,
-    validate,
-    metric: str,
-    world: World,
-) -> dict:
+def _fit(cfg: DictConfig, run_dir: Path, state: TrainingState, engine: Engine, samplers: dict,
+         metric: str, world: World) -> dict:  # fmt: skip
+    """Trains with the trainer.* schedule, validating on samplers["val"]; returns its summary."""
     t = cfg.trainer
-    schedule = Schedule(
-        t.iterations,
-        cfg.task.meta_batch_size,
-        t.log_every,
-        t.val_every,
-        t.ckpt_every,
-        t.nonfinite,
-        t.clip_grad_norm,
-    )
+    schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every,
+                        t.ckpt_every, t.nonfinite, t.clip_grad_norm)  # fmt: skip
     logger = None
     if cfg.get("logger") and world.is_main:
+        resumed_at = state.progress.iteration
         logger = build("logger", cfg.logger)(
-            run_dir=run_dir, config=state.config, resumed_at=state.progress.iteration
+            run_dir=run_dir, config=state.config, resumed_at=resumed_at
         )
-    trainer = Trainer(
-        state=state,
-        engine=engine,
-        sampler=train_sampler,
-        validate=validate,
-        schedule=schedule,
-        run_dir=run_dir,
-        metric=metric,
-        world=world,
-        logger=logger,
-    )
+    validate = lambda: score(cfg, state.model, engine, samplers["val"], metric, t.val_episodes)
+    trainer = Trainer(state=state, engine=engine, sampler=samplers["train"], validate=validate,
+                      schedule=schedule, run_dir=run_dir, metric=metric, world=world,
+                      logger=logger)  # fmt: skip
     try:
         return {**trainer.fit(), "processes": world.size}
     finally:
@@ -245,32 +133,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     algo = _starting_model(cfg, dataset, device, world)
     engine = make_engine(cfg, algo, device, world)
     # Every split is checked before training starts, so an impossible test episode fails now.
-    test_sampler = _eval_sampler(cfg, dataset, "test", device)
-    val_sampler = _eval_sampler(cfg, dataset, "val", device)
-    train_sampler = _train_sampler(cfg, dataset, algo, device)
+    samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
+    samplers["train"] = train_sampler(cfg, dataset, algo, device)
     state = _training_state(cfg, algo, dataset.metric)
     if cfg.trainer.resume:
         _resume(state, cfg.trainer.resume, run_dir)
     if world.is_main:
         print(
-            _banner(cfg, run_dir, algo, dataset, engine, device, state.progress.iteration),
-            file=sys.stderr,
+            banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration), file=sys.stderr
         )
-    validate = lambda: _score(
-        cfg, algo, engine, val_sampler, dataset.metric, cfg.trainer.val_episodes
-    )
-    training = _fit(cfg, run_dir, state, engine, train_sampler, validate, dataset.metric, world)
+    training = _fit(cfg, run_dir, state, engine, samplers, dataset.metric, world)
     world.barrier()  # rank 0 has finished writing best.pt
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
-    results = _score(cfg, algo, engine, test_sampler, dataset.metric, cfg.eval.episodes)
-    results.update(
-        checkpoint="best",
-        iteration=training["best_iteration"],
-        protocol=protocol(cfg, dataset, engine),
-        training=training,
-        code=code_stamp(device),
-    )
+    results = score(cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes)
+    results.update(checkpoint="best", iteration=training["best_iteration"], training=training,
+                   protocol=protocol(cfg, dataset, engine), code=code_stamp(device))  # fmt: skip
     if world.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -339,8 +217,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     algo.to(device)
     world = World.current()
     engine = make_engine(run_cfg, algo, device, world)
-    sampler = _eval_sampler(run_cfg, dataset, "test", device)
-    results = _score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
+    sampler = eval_sampler(run_cfg, dataset, "test", device)
+    results = score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
     results.update(
         checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine), code=code_stamp(device)
     )

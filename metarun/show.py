@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -39,3 +41,26 @@ def settings(cfg: DictConfig) -> dict:
 def render(values: dict) -> str:
     width = max(map(len, values))
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in values.items())
+
+
+def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) -> str:
+    """What a run is about to do and where its output goes, printed before the first iteration."""
+    t, task, shape, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
+    split = f" ({shape['split']} split)" if "split" in shape else ""
+    if algo.episodic:
+        episode = f"{task.train_ways}-way {task.shots}-shot, {task.queries} queries per class"
+        episode += f", meta-batch {task.meta_batch_size}"
+    else:
+        episode = f"labelled batches of {task.batch_size}"
+    device = next(algo.parameters()).device
+    resumed = f", resuming at {start}" if start else ""
+    compiled = "on" if e["compile"] else "off"
+    return (
+        f"metarun train: {type(algo).__name__} on {shape['dataset']}{split}: {episode}\n"
+        f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on {t.val_episodes} "
+        f"episodes; test: {cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes\n"
+        f"  device {device}; engine {e['engine']}, compile {compiled}, {e['precision']}, "
+        f"bn={cfg.bn}\n"
+        f"  run folder {run_dir}: checkpoints/ (best.pt, last.pt every {t.ckpt_every}), "
+        "metrics.jsonl, config.yaml; results.json at the end"
+    )

@@ -15,9 +15,9 @@ import argparse
 import torch
 
 import metarun
+from metarun.engine import make_engine
 from metarun.evaluator import episode_scores
 from metarun.metrics import mean_ci95
-from metarun.run import make_engine
 
 DIVERGED = 100.0
 

@@ -16,8 +16,8 @@ from conftest import REPO, TINY_OMNIGLOT
 
 from metarun.build import build, build_algorithm
 from metarun.distributed import World
+from metarun.engine import make_engine
 from metarun.errors import ConfigError
-from metarun.run import make_engine
 from metarun.runtime import seed_everything
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"

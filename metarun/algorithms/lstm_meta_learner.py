@@ -67,14 +67,16 @@ class LSTMMetaLearner(Algorithm):
             for (name, shape), part in zip(self.shapes.items(), flat.split(sizes))
         }
 
-    def adapt(
-        self,
-        params: Params,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        ways: int,
-        steps: int | None = None,
-    ) -> Predictor:
+    def _gate(self, name: str, params: Params, hidden: torch.Tensor, cell: torch.Tensor,
+              previous: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """One gate per coordinate, from the LSTM state, the weight and its last value: [n, 1]."""
+        inputs = torch.cat([hidden, cell.unsqueeze(1), previous], 1)
+        return torch.sigmoid(
+            functional_call(getattr(self, name), params_under(params, f"{name}."), (inputs,))
+        )
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+              steps: int | None = None) -> Predictor:  # fmt: skip
         self.check_ways(support_y, ways)
         cell = torch.cat(
             [params[name].flatten() for name in self.shapes]
@@ -82,9 +84,7 @@ class LSTMMetaLearner(Algorithm):
         support_loss = lambda weights: task_loss_and_score(
             self.run(self._unflatten(weights), support_x), support_y
         )[0]
-        lstm, input_gate, forget_gate = (
-            params_under(params, f"{name}.") for name in ("lstm", "input_gate", "forget_gate")
-        )
+        lstm = params_under(params, "lstm.")
         count, hidden = cell.numel(), self.lstm.hidden_size
         state = (cell.new_zeros(count, hidden), cell.new_zeros(count, hidden))
         rate, decay = cell.new_zeros(count, 1), cell.new_zeros(count, 1)
@@ -94,20 +94,8 @@ class LSTMMetaLearner(Algorithm):
                 [preprocess(gradient), preprocess(loss.detach()).expand(count, 2)], dim=1
             )
             state = lstm_cell(lstm, features, state)
-            rate = torch.sigmoid(
-                functional_call(
-                    self.input_gate,
-                    input_gate,
-                    (torch.cat([state[0], cell.unsqueeze(1), rate], 1),),
-                )
-            )
-            decay = torch.sigmoid(
-                functional_call(
-                    self.forget_gate,
-                    forget_gate,
-                    (torch.cat([state[0], cell.unsqueeze(1), decay], 1),),
-                )
-            )
+            rate = self._gate("input_gate", params, state[0], cell, rate)
+            decay = self._gate("forget_gate", params, state[0], cell, decay)
             cell = decay.squeeze(1) * cell - rate.squeeze(1) * gradient
         fast = self._unflatten(cell)
         return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)

@@ -124,7 +124,7 @@ class Omniglot:
     def _vinyals_entries(self, split: str) -> list[tuple[str, int]]:
         path = self.folder / "splits" / "vinyals" / f"{split}.txt"
         if not path.exists():
-            self._fetch()
+            fetch(self.folder, self.download)
         entries = []
         for line in path.read_text().split():
             alphabet, character, rotation = line.split("/")
@@ -149,72 +149,12 @@ class Omniglot:
             cache = cache_path(self.folder, self.image_size)
             stored = _read_cache(cache, self.image_size)
             if stored is None:
-                stored = self._decode_all()
+                stored = decode_all(self.folder, self.image_size, self.download)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 atomic_save(stored, cache)
             self._names, self._images = stored["names"], stored["images"]
             self._background_count = stored["background_count"]
         return self._names, self._images
-
-    def _decode_all(self) -> dict:
-        names, images, background_count = [], [], 0
-        for archive in ARCHIVES:
-            if (
-                not (self.folder / archive).is_dir()
-                and not (self.folder / f"{archive}.zip").exists()
-            ):
-                self._fetch()
-            for character, pixels in sorted(
-                read_archive(self.folder, archive, self.image_size).items()
-            ):
-                names.append(character)
-                images.append(pixels)
-            if archive == ARCHIVES[0]:
-                background_count = len(names)
-        counts = {name: len(pixels) for name, pixels in zip(names, images)}
-        short = [name for name, count in counts.items() if count != max(counts.values())]
-        if short:
-            raise ConfigError(
-                f"{len(short)} characters in {self.folder} have fewer drawings than the "
-                f"others (e.g. {short[0]}: {counts[short[0]]}). The dataset folder is partial: "
-                "restore the official zips (or their folders)."
-            )
-        return {
-            "version": CACHE_VERSION,
-            "image_size": self.image_size,
-            "names": names,
-            "images": torch.stack(images),
-            "background_count": background_count,
-        }
-
-    def _fetch(self) -> None:
-        """Downloads the official files, or explains where they were looked for."""
-        where = (
-            f"Omniglot was not found under {self.folder} (expected images_background.zip and "
-            "images_evaluation.zip, or their extracted folders, and splits/vinyals/*.txt)."
-        )
-        if not self.download:
-            raise ConfigError(
-                f"{where} Point dataset.root (or the METARUN_DATA environment variable) "
-                "at the folder that contains omniglot/, or set dataset.download=true."
-            )
-        from torchvision.datasets.utils import download_url
-
-        try:
-            for archive in ARCHIVES:
-                if (
-                    not (self.folder / archive).is_dir()
-                    and not (self.folder / f"{archive}.zip").exists()
-                ):
-                    download_url(ARCHIVE_URL.format(archive), str(self.folder))
-            for split in SPLITS + ("trainval",):
-                if not (self.folder / "splits" / "vinyals" / f"{split}.txt").exists():
-                    download_url(SPLIT_URL.format(split), str(self.folder / "splits" / "vinyals"))
-        except Exception as error:  # any network or disk failure ends in the same advice
-            raise ConfigError(
-                f"{where} Downloading them from the official release failed ({error}). "
-                "Point dataset.root (or METARUN_DATA) at a local copy."
-            ) from None
 
 
 def _read_cache(path: Path, image_size: int) -> dict | None:
@@ -267,3 +207,57 @@ def _decode(files: dict[str, bytes], source: str, image_size: int) -> dict[str, 
             ) from None
         characters.setdefault(f"{alphabet}/{character}", []).append(pixels)
     return {name: torch.stack(drawings) for name, drawings in characters.items()}
+
+
+def _missing(folder: Path, archive: str) -> bool:
+    return not (folder / archive).is_dir() and not (folder / f"{archive}.zip").exists()
+
+
+def decode_all(folder: Path, image_size: int, download: bool) -> dict:
+    """Both archives decoded: the cache's content (names, images [1623, 20, 1, H, W], ...)."""
+    names, images, background_count = [], [], 0
+    for archive in ARCHIVES:
+        if _missing(folder, archive):
+            fetch(folder, download)
+        for character, pixels in sorted(read_archive(folder, archive, image_size).items()):
+            names.append(character)
+            images.append(pixels)
+        if archive == ARCHIVES[0]:
+            background_count = len(names)
+    counts = {name: len(pixels) for name, pixels in zip(names, images)}
+    short = [name for name, count in counts.items() if count != max(counts.values())]
+    if short:
+        raise ConfigError(
+            f"{len(short)} characters in {folder} have fewer drawings than the others (e.g. "
+            f"{short[0]}: {counts[short[0]]}). The dataset folder is partial: restore the "
+            "official zips (or their folders)."
+        )
+    return {"version": CACHE_VERSION, "image_size": image_size, "names": names,
+            "images": torch.stack(images), "background_count": background_count}  # fmt: skip
+
+
+def fetch(folder: Path, download: bool) -> None:
+    """Downloads the official files, or explains where they were looked for."""
+    where = (
+        f"Omniglot was not found under {folder} (expected images_background.zip and "
+        "images_evaluation.zip, or their extracted folders, and splits/vinyals/*.txt)."
+    )
+    if not download:
+        raise ConfigError(
+            f"{where} Point dataset.root (or the METARUN_DATA environment variable) "
+            "at the folder that contains omniglot/, or set dataset.download=true."
+        )
+    from torchvision.datasets.utils import download_url
+
+    try:
+        for archive in ARCHIVES:
+            if _missing(folder, archive):
+                download_url(ARCHIVE_URL.format(archive), str(folder))
+        for split in SPLITS + ("trainval",):
+            if not (folder / "splits" / "vinyals" / f"{split}.txt").exists():
+                download_url(SPLIT_URL.format(split), str(folder / "splits" / "vinyals"))
+    except Exception as error:  # any network or disk failure ends in the same advice
+        raise ConfigError(
+            f"{where} Downloading them from the official release failed ({error}). "
+            "Point dataset.root (or METARUN_DATA) at a local copy."
+        ) from None

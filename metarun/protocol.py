@@ -1,0 +1,78 @@
+"""A run's evaluation protocol: samplers built from its settings (an impossible episode shape
+names the setting that fed it), scores on fixed episodes, and the protocol stamp of results.json."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metarun import batchnorm
+from metarun.data.base import EpisodeShapeError
+from metarun.engine import Engine
+from metarun.errors import ConfigError
+from metarun.evaluator import episode_scores, summarise
+
+
+def _key_set(cfg: DictConfig, key: str, source: str) -> str:
+    """`source` when `key` only repeats its value (e.g. eval.shots: ${task.shots}), else `key`:
+    the setting an error should name."""
+    return source if OmegaConf.select(cfg, key) == OmegaConf.select(cfg, source) else key
+
+
+def sampler(cfg: DictConfig, dataset, split: str, device: torch.device, keys: tuple[str, str, str]):
+    """The dataset's sampler of `split` with (ways, shots, queries) read from `keys`, which an
+    impossible shape names."""
+    try:
+        return dataset.sampler(split, *(OmegaConf.select(cfg, key) for key in keys), device)
+    except EpisodeShapeError as error:
+        raise ConfigError(error.explain(*keys)) from None
+
+
+def eval_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
+    """Validation and test episodes: eval.ways/shots/queries (which default to task.*)."""
+    keys = (
+        _key_set(cfg, "eval.ways", "task.ways"),
+        _key_set(cfg, "eval.shots", "task.shots"),
+        "eval.queries",
+    )
+    return sampler(cfg, dataset, split, device, keys)
+
+
+def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
+    """Meta-training episodes, or labelled batches for algorithms trained as classifiers."""
+    if not algo.episodic:
+        return dataset.labelled_batches("train", cfg.task.batch_size, device)
+    return sampler(
+        cfg,
+        dataset,
+        "train",
+        device,
+        (_key_set(cfg, "task.train_ways", "task.ways"), "task.shots", "task.queries"),
+    )
+
+
+def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int) -> dict:
+    """Mean and 95% interval over `episodes` fixed episodes (seeded by eval.seed alone)."""
+    scores = episode_scores(
+        algo, engine, sampler, episodes, cfg.eval.seed, cfg.eval.batch_tasks, cfg.eval.inner_steps
+    )
+    return summarise(scores, metric)
+
+
+def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
+    """What a published number must share with ours to be comparable."""
+    train_steps = cfg.algo.get("inner_steps")
+    test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
+    return {
+        **dataset.protocol(),
+        "eval_split": "test",
+        "batchnorm": f"{cfg.bn}: {batchnorm.MODES[cfg.bn]}",
+        "ways": cfg.eval.ways,
+        "shots": cfg.eval.shots,
+        "queries_test": cfg.eval.queries,
+        "inner_steps_train": train_steps,
+        "inner_steps_test": test_steps,
+        "episodes": cfg.eval.episodes,
+        "eval_seed": cfg.eval.seed,
+        **engine.describe(),
+    }
