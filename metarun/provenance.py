@@ -3,6 +3,7 @@ device."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -39,3 +40,12 @@ def code_stamp(device: torch.device) -> dict:
         "torch": torch.__version__,
         "device": name,
     }
+
+
+def record_code(run_dir: Path, stamp: dict, iteration: int) -> None:
+    """Appends this process's stamp to the run folder's code.json (one entry per start or
+    resume, with the iteration it started from)."""
+    path = Path(run_dir) / "code.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append({"started_at_iteration": iteration, **stamp})
+    path.write_text(json.dumps(entries, indent=2))

@@ -31,7 +31,7 @@ from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
 from metarun.protocol import eval_sampler, protocol, score, train_sampler
-from metarun.provenance import code_stamp
+from metarun.provenance import code_stamp, record_code
 from metarun.runtime import resolve_device, seed_everything
 from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
@@ -125,6 +125,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     world, run_dir = World.current(), Path(run_dir)
     _absolute_paths(cfg)
     device = resolve_device(cfg.device)
+    code = code_stamp(device)  # now: the code this process loaded, whatever changes later
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -139,6 +140,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.trainer.resume:
         _resume(state, cfg.trainer.resume, run_dir)
     if world.is_main:
+        record_code(run_dir, code, state.progress.iteration)
         print(
             banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration), file=sys.stderr
         )
@@ -148,7 +150,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     restore_model(algo, load_checkpoint(best), best)
     results = score(cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes)
     results.update(checkpoint="best", iteration=training["best_iteration"], training=training,
-                   protocol=protocol(cfg, dataset, engine), code=code_stamp(device))  # fmt: skip
+                   protocol=protocol(cfg, dataset, engine), code=code)  # fmt: skip
     if world.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -209,6 +211,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     path = _checkpoint_path(run_dir, cfg.checkpoint)
     run_cfg = _evaluation_config(cfg, overrides)
     device = resolve_device(run_cfg.device)
+    code = code_stamp(device)
     dataset = build("dataset", run_cfg.dataset)
     algo = build_algorithm(run_cfg, dataset)  # as trained, so the checkpoint's BatchNorm state fits
     restore_model(algo, load_checkpoint(path), path)
@@ -219,9 +222,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     engine = make_engine(run_cfg, algo, device, world)
     sampler = eval_sampler(run_cfg, dataset, "test", device)
     results = score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
-    results.update(
-        checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine), code=code_stamp(device)
-    )
+    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine), code=code)
     if world.is_main:
         output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
         output.parent.mkdir(parents=True, exist_ok=True)
