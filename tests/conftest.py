@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -29,6 +29,35 @@ TINY_OMNIGLOT = [
     "backbone.hidden=8",
     "device=cpu",
 ]
+
+
+TINY_IMAGES = [
+    "task.meta_batch_size=2", "task.queries=2", "trainer.iterations=4", "trainer.log_every=2",
+    "trainer.val_every=2", "trainer.val_episodes=4", "trainer.ckpt_every=2", "eval.episodes=6",
+    "eval.queries=2", "backbone.hidden=8", "device=cpu",
+]  # fmt: skip
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that read the real Omniglot (through the data_root fixture) are marked `omniglot`."""
+    for item in items:
+        if "data_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.omniglot)
+
+
+@pytest.fixture
+def tiny_cfg():
+    """compose('train', overrides) with the in-memory TinyImages dataset (tests/synthetic.py)
+    in place of Omniglot: no data folder needed."""
+
+    def make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[*TINY_IMAGES, *overrides])
+        with open_dict(cfg):
+            cfg.dataset = {"_target_": "synthetic.TinyImages"}
+        return cfg
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -172,8 +172,8 @@ NONFINITE = [
 ]
 
 
-def test_nonfinite_loss_stops_naming_the_iteration(cli_env, tmp_path):
-    done = metarun("train", *NONFINITE, f"hydra.run.dir={tmp_path}", env=cli_env)
+def test_nonfinite_loss_stops_naming_the_iteration(metarun_in_process, tmp_path):
+    done = metarun_in_process("train", *NONFINITE, f"hydra.run.dir={tmp_path}")
     assert done.returncode == 3 and "Traceback" not in done.stderr
     assert "not finite at iteration 1" in done.stderr and "trainer.nonfinite=skip" in done.stderr
 

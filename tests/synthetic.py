@@ -1,0 +1,51 @@
+"""A tiny in-memory image dataset for tests that need images but not Omniglot: each class is a
+fixed random pattern plus noise, so a model can learn it in a few steps."""
+
+from __future__ import annotations
+
+import torch
+
+from metarun.data.sampler import ClassImageSampler, LabelledImageSampler
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+class TinyImages:
+    metric = "accuracy"
+
+    def __init__(
+        self, classes: int = 8, per_class: int = 10, image_size: int = 16, seed: int = 0
+    ) -> None:
+        self.classes, self.per_class, self.image_size, self.seed = (
+            classes,
+            per_class,
+            image_size,
+            seed,
+        )
+        self.input_shape = (1, image_size, image_size)
+
+    def split_images(self, split: str) -> torch.Tensor:
+        """uint8 [classes, per_class, 1, H, W]; each split has its own classes."""
+        generator = torch.Generator().manual_seed(self.seed * 10 + SPLITS[split])
+        shape = (self.classes, 1, 1, self.image_size, self.image_size)
+        patterns = torch.rand(shape, generator=generator) * 200
+        noise = torch.rand(self.classes, self.per_class, *shape[2:], generator=generator) * 55
+        return (patterns + noise).to(torch.uint8)
+
+    def out_features(self, ways: int) -> int:
+        return ways
+
+    def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.float() / 255.0
+
+    def protocol(self) -> dict:
+        return {"dataset": "tiny_images", "classes": self.classes, "per_class": self.per_class}
+
+    def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device):
+        return ClassImageSampler(self.split_images(split).to(device), split, ways, shots, queries)
+
+    def num_classes(self, split: str) -> int:
+        return self.classes
+
+    def labelled_batches(self, split: str, batch_size: int, device: torch.device):
+        return LabelledImageSampler(self.split_images(split).to(device), batch_size)
