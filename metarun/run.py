@@ -98,8 +98,11 @@ def _fit(cfg: DictConfig, run_dir: Path, state: TrainingState, engine: Engine, s
          metric: str, world: World) -> dict:  # fmt: skip
     """Trains with the trainer.* schedule, validating on samplers["val"]; returns its summary."""
     t = cfg.trainer
-    schedule = Schedule(t.iterations, cfg.task.meta_batch_size, t.log_every, t.val_every,
-                        t.ckpt_every, t.nonfinite, t.clip_grad_norm)  # fmt: skip
+    schedule = Schedule(
+        iterations=t.iterations, meta_batch_size=cfg.task.meta_batch_size, log_every=t.log_every,
+        val_every=t.val_every, ckpt_every=t.ckpt_every, nonfinite=t.nonfinite,
+        clip_grad_norm=t.clip_grad_norm,
+    )  # fmt: skip
     logger = None
     if cfg.get("logger") and world.is_main:
         resumed_at = state.progress.iteration

@@ -24,7 +24,7 @@ from metarun.metrics import JsonlWriter
 from metarun.runtime import stoppable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Schedule:
     iterations: int
     meta_batch_size: int

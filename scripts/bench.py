@@ -141,7 +141,10 @@ def plain_model(w: Workload) -> nn.Module:
 def metarun_algorithm(w: Workload, weights: nn.Module):
     backbone = MLP((1,), [40, 40]) if w.model == "mlp" else Conv4((1, 28, 28))
     if w.kind == "maml":
-        algo = MAML(backbone, 1 if w.model == "mlp" else w.ways, w.inner_lr, w.steps, w.first_order)
+        ways = 1 if w.model == "mlp" else w.ways
+        algo = MAML(
+            backbone, ways, inner_lr=w.inner_lr, inner_steps=w.steps, first_order=w.first_order
+        )
     else:
         algo = ProtoNet(backbone, w.ways)
     with torch.no_grad():  # same initial weights as the plain model, parameter by parameter

@@ -32,6 +32,7 @@ class Baseline(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         head: str = "linear",
         scale: float = 10.0,
         finetune_steps: int = 100,

@@ -32,6 +32,7 @@ class IMAML(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         inner_lr: float,
         inner_steps: int,
         lam: float = 2.0,

@@ -38,6 +38,7 @@ class LSTMMetaLearner(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         inner_steps: int,
         hidden: int = 20,
         forget_bias: tuple[float, float] = (4.0, 6.0),

@@ -19,6 +19,7 @@ class MAML(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         inner_lr: float,
         inner_steps: int,
         first_order: bool = False,

@@ -25,6 +25,7 @@ class MatchingNet(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         fce: bool = False,
         fce_steps: int = 5,
         temperature: float = 1.0,

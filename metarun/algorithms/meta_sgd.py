@@ -17,6 +17,7 @@ class MetaSGD(MAML):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         inner_lr: float,
         inner_steps: int,
         first_order: bool = False,
@@ -24,7 +25,13 @@ class MetaSGD(MAML):
     ) -> None:
         """inner_lr_range: draw the initial rates uniformly from it (the paper's choice), else
         every rate starts at inner_lr."""
-        super().__init__(backbone, out_features, inner_lr, inner_steps, first_order)
+        super().__init__(
+            backbone,
+            out_features,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            first_order=first_order,
+        )
         self.inner_lrs = nn.ParameterList(
             nn.Parameter(
                 torch.full_like(p, inner_lr)

@@ -26,6 +26,7 @@ class NearestNeighbour(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         rule: str = "example",
         metric: str = "euclidean",
     ) -> None:

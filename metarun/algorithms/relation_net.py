@@ -45,7 +45,7 @@ def _relation_module(
 
 class RelationNet(Algorithm):
     def __init__(
-        self, backbone: nn.Module, out_features: int, hidden: int = 64, units: int = 8
+        self, backbone: nn.Module, out_features: int, *, hidden: int = 64, units: int = 8
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "out_shape"):

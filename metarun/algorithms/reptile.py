@@ -26,6 +26,7 @@ class Reptile(Algorithm):
         self,
         backbone: nn.Module,
         out_features: int,
+        *,
         inner_lr: float,
         inner_steps: int,
         inner_batch: int,
