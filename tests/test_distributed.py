@@ -49,6 +49,7 @@ def _rank_meta_gradient(rank: int, cfg, rendezvous: str, output: str) -> None:
         result = meta_gradient(cfg, World.current())
         if rank == 0:
             torch.save(result, output)
+        dist.barrier()  # both ranks are past every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
 
