@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CONFIGS
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from metarun.build import build, build_algorithm, build_optimizer, check_settings
 
@@ -13,6 +15,17 @@ GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONFIGS.glob("*/*.yaml"))
 COMPANIONS = {"dataset/sinusoid": ["backbone=mlp"], "backbone/mlp": ["dataset=sinusoid"]}
 ADDED_GROUPS = ("preset",)
 EXPERIMENTS = [name for group, name in GROUP_FILES if group == "experiment"]
+
+
+def compose_without_data(*overrides: str):
+    """The train config; Omniglot replaced by the in-memory TinyImages (same image interface),
+    so every group and preset is built without a data folder."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", list(overrides))
+    if cfg.dataset._target_.endswith("Omniglot"):
+        with open_dict(cfg):
+            cfg.dataset = {"_target_": "synthetic.TinyImages", "image_size": 28}
+    return cfg
 
 
 def instantiate_everything(cfg):
@@ -24,15 +37,20 @@ def instantiate_everything(cfg):
 
 
 @pytest.mark.parametrize("group, name", [g for g in GROUP_FILES if g[0] != "experiment"])
-def test_group_option_composes_and_instantiates(make_cfg, group, name):
+def test_group_option_composes_and_instantiates(group, name):
     companions = COMPANIONS.get(f"{group}/{name}", [])
     added = "+" if group in ADDED_GROUPS else ""  # groups train.yaml does not choose by default
-    instantiate_everything(make_cfg(f"{added}{group}={name}", *companions))
+    instantiate_everything(compose_without_data(f"{added}{group}={name}", *companions))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_instantiates(make_cfg, name):
-    instantiate_everything(make_cfg(f"experiment={name}"))
+def test_experiment_composes_and_instantiates(name):
+    instantiate_everything(compose_without_data(f"experiment={name}"))
+
+
+def test_omniglot_config_builds_the_real_dataset(make_cfg):
+    dataset, _ = instantiate_everything(make_cfg("dataset=omniglot", "algo=baseline"))
+    assert dataset.num_classes("train") == 4112
 
 
 def test_eval_config_composes(make_cfg):

@@ -1,9 +1,10 @@
-"""Episode sampler invariants, on real Omniglot."""
+"""Episode sampler invariants (on in-memory images), and the real Omniglot splits' limits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from synthetic import TinyImages
 
 from metarun.data.omniglot import Omniglot
 from metarun.data.sampler import ClassImageSampler
@@ -15,14 +16,20 @@ def omniglot(data_root):
     return Omniglot(str(data_root), download=False)
 
 
+@pytest.fixture(scope="module")
+def images():
+    """Omniglot-shaped classes in memory: 30 classes of 20 images of 28x28."""
+    return TinyImages(classes=30, per_class=20, image_size=28)
+
+
 def plan_and_episode(images, ways=5, shots=2, queries=3, tasks=8, seed=0):
     sampler = ClassImageSampler(images, "test", ways, shots, queries)
     plan = sampler.draw(tasks, torch.Generator().manual_seed(seed))
     return sampler, plan, sampler.build(plan)
 
 
-def test_episode_shapes_and_labels(omniglot):
-    _, _, episode = plan_and_episode(omniglot.split_images("test"))
+def test_episode_shapes_and_labels(images):
+    _, _, episode = plan_and_episode(images.split_images("test"))
     assert episode.support_x.shape == (8, 10, 1, 28, 28)
     assert episode.query_x.shape == (8, 15, 1, 28, 28)
     for labels, per_class in ((episode.support_y, 2), (episode.query_y, 3)):
@@ -34,8 +41,8 @@ def test_episode_shapes_and_labels(omniglot):
         )
 
 
-def test_classes_distinct_and_support_query_disjoint(omniglot):
-    sampler, plan, _ = plan_and_episode(omniglot.split_images("test"), tasks=50)
+def test_classes_distinct_and_support_query_disjoint(images):
+    sampler, plan, _ = plan_and_episode(images.split_images("test"), tasks=50)
     per_class = sampler.images.shape[1]
     classes = plan // per_class  # [tasks, ways, S+Q]
     assert (classes == classes[..., :1]).all(), "one class per way"
@@ -45,11 +52,11 @@ def test_classes_distinct_and_support_query_disjoint(omniglot):
         assert task.flatten().unique().numel() == task.numel(), "no image twice in a task"
 
 
-def test_same_seed_same_episodes_and_different_seed_differs(omniglot):
-    images = omniglot.split_images("val")
-    first = plan_and_episode(images, seed=3)[2]
-    again = plan_and_episode(images, seed=3)[2]
-    other = plan_and_episode(images, seed=4)[2]
+def test_same_seed_same_episodes_and_different_seed_differs(images):
+    pixels = images.split_images("val")
+    first = plan_and_episode(pixels, seed=3)[2]
+    again = plan_and_episode(pixels, seed=3)[2]
+    other = plan_and_episode(pixels, seed=4)[2]
     assert torch.equal(first.support_x, again.support_x) and torch.equal(
         first.query_x, again.query_x
     )

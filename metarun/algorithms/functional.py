@@ -37,10 +37,9 @@ def inner_gradient(
 def sgd_step(weights: Params, grads: Params, rate: float | Params) -> Params:
     """One inner gradient-descent step; `rate` is one number or a tensor per weight (learned
     rates)."""
-    return {
-        name: weights[name] - (rate[name] if isinstance(rate, dict) else rate) * grads[name]
-        for name in weights
-    }
+    if isinstance(rate, dict):
+        return {name: weights[name] - rate[name] * grads[name] for name in weights}
+    return {name: weights[name] - rate * grads[name] for name in weights}
 
 
 def loss_with_gradient(value: torch.Tensor, params: Params, gradient: Params) -> torch.Tensor:

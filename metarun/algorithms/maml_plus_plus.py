@@ -43,36 +43,27 @@ class MAMLPlusPlus(MAML):
         per_step_bn_statistics: bool = False,
         iterations_per_epoch: int = 500,
     ) -> None:
-        super().__init__(
-            backbone,
-            out_features,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-        )
+        super().__init__(backbone, out_features, inner_lr=inner_lr, inner_steps=inner_steps,
+                         first_order=first_order)  # fmt: skip
         self.multi_step_loss, self.msl_epochs = multi_step_loss, msl_epochs
         self.first_order_epochs, self.iterations_per_epoch = (
             first_order_epochs,
             iterations_per_epoch,
         )
-        self.epoch = 0
-        steps = max(inner_steps, 1)
-        self.step_sizes = (
-            nn.ParameterList(
-                nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in self.model.parameters()
-            )
-            if learned_step_sizes
-            else None
-        )
+        self.epoch, steps = 0, max(inner_steps, 1)
+        names = [name for name, _ in self.model.named_parameters()]
+        self.step_sizes = None
+        if learned_step_sizes:
+            rates = (nn.Parameter(torch.full((steps,), float(inner_lr))) for _ in names)
+            self.step_sizes = nn.ParameterList(rates)
+        self.step_size_of = {
+            f"model.{name}": f"step_sizes.{index}" for index, name in enumerate(names)
+        }
         for module in self.model.modules():
             if isinstance(module, batchnorm.TaskBatchNorm2d):
                 module.per_step(
                     steps, weights=per_step_bn_weights, statistics=per_step_bn_statistics
                 )
-        self.step_size_of = {
-            f"model.{name}": f"step_sizes.{index}"
-            for index, (name, _) in enumerate(self.model.named_parameters())
-        }
 
     def set_progress(self, iteration: int) -> None:
         self.epoch = iteration // self.iterations_per_epoch
