@@ -105,6 +105,9 @@ def recording(
     ranks sharing a meta-batch fold the same batches in the same order as one process would.
     """
     keeping = [layer for layer in _layers(model) if layer.uses_running_statistics]
+    if not keeping:  # the common case: nothing to note, no flags to change
+        yield
+        return
     with _changed(recording=_flags.get().recording | {id(layer) for layer in keeping}):
         yield
     for layer in keeping:
