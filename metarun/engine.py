@@ -152,16 +152,19 @@ class Engine:
         """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score).
 
         With several processes, this one's share of the tasks, averaged over all processes."""
-        if batchnorm.keeps_running_statistics(algo) and (self.mode == "vmap" or self.compile):
-            raise ConfigError(
-                "bn=running updates BatchNorm's running statistics batch by batch, which "
-                "only the uncompiled loop engine does. Use engine=loop compile=false (or "
-                "auto for both) with bn=running, or another bn mode."
-            )
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
         mine = Episode(*map(self.world.my_share, _tensors(batch)), batch.ways)
-        with self._computing(batch.support_x.device), batchnorm.recording(algo, self.world.gather):
-            if self.compile:
+        with self._computing(batch.support_x.device):
+            if self.mode == "loop" and not self.compile:
+                with batchnorm.recording(algo, self.world.gather):
+                    loss, score = self._backward(algo, mine, steps)
+            elif batchnorm.keeps_running_statistics(algo):
+                raise ConfigError(
+                    "bn=running updates BatchNorm's running statistics batch by batch, which "
+                    "only the uncompiled loop engine does. Use engine=loop compile=false (or "
+                    "auto for both) with bn=running, or another bn mode."
+                )
+            elif self.compile:
                 loss, score = self._compiled_backward(algo, mine, steps)
             else:
                 loss, score = self._backward(algo, mine, steps)
