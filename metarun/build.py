@@ -120,9 +120,8 @@ def _labelled_classes(cfg: DictConfig, dataset) -> int:
     if not isinstance(dataset, LabelledDataset):
         raise ConfigError(
             f"algo={cfg.algo._target_.rsplit('.', 1)[-1]} trains as a classifier on labelled "
-            f"batches "
-            f"of classes, which dataset {type(dataset).__name__} does not have. Use a "
-            "classification dataset such as dataset=omniglot."
+            f"batches of classes, which dataset {type(dataset).__name__} does not have. "
+            "Use a classification dataset such as dataset=omniglot."
         )
     return dataset.num_classes("train")
 

@@ -148,8 +148,8 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"No checkpoint at {path}. Train first, or pass checkpoint=best|last|<path to a .pt "
-            f"file>."
+            f"No checkpoint at {path}. Train first, or pass "
+            "checkpoint=best|last|<path to a .pt file>."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

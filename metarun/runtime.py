@@ -22,8 +22,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"device={name} was asked for but CUDA is not available here. Use device=cpu or "
-            f"device=auto."
+            f"device={name} was asked for but CUDA is not available here. "
+            "Use device=cpu or device=auto."
         )
     try:
         return torch.device(name)

@@ -48,11 +48,9 @@ class EpisodeShapeError(ConfigError):
             )
         total = self.shots + self.queries
         return (
-            f"Each class of the '{self.split}' split has {self.per_class} images but {shots} + "
-            f"{queries} = "
-            f"{self.shots} + {self.queries} = {total}. Lower {shots} or {queries} so their sum is "
-            f"at most "
-            f"{self.per_class}."
+            f"Each class of the '{self.split}' split has {self.per_class} images but "
+            f"{shots} + {queries} = {self.shots} + {self.queries} = {total}. "
+            f"Lower {shots} or {queries} so their sum is at most {self.per_class}."
         )
 
 

@@ -56,8 +56,8 @@ class Omniglot:
     ) -> None:
         if split not in ("vinyals", "lake"):
             raise ConfigError(
-                f"dataset.split={split!r} is not known. Use dataset.split=vinyals or "
-                f"dataset.split=lake."
+                f"dataset.split={split!r} is not known. "
+                "Use dataset.split=vinyals or dataset.split=lake."
             )
         self.folder = Path(root).expanduser() / "omniglot"
         self.split_name = split
