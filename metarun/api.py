@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algorithms.base import Algorithm
-from metarun.build import build, build_algorithm
+from metarun.build import build, build_algorithm, upgrade_old_config
 from metarun.checkpoint import checkpoint_file, load_checkpoint, restore_model
 
 
@@ -48,7 +48,7 @@ def load(path: str | Path) -> MetaModel:
     """Loads a run folder (its best checkpoint) or a checkpoint file, on the CPU."""
     path = checkpoint_file(path)
     state = load_checkpoint(path)
-    config = OmegaConf.create(state["config"])
+    config = upgrade_old_config(OmegaConf.create(state["config"]))
     dataset = build("dataset", config.dataset)
     algo = build_algorithm(config, dataset)
     restore_model(algo, state, path)

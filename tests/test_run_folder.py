@@ -10,6 +10,7 @@ from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import metarun
 from metarun import run
 from metarun.provenance import code_stamp
 
@@ -86,3 +87,14 @@ def test_show_prints_a_presets_resolved_settings(metarun_in_process):
         and lines["inner_steps_test"] == "5"
         and lines["iterations"] == "60000"
     )
+
+
+def test_load_reads_a_checkpoint_saved_before_later_settings_existed(tiny_cfg, tmp_path):
+    run.train(tiny_cfg("algo=protonet"), tmp_path)
+    best = tmp_path / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    for key in ("bn", "precision", "compile", "channels_last", "keep_freed_memory"):
+        state["config"].pop(key)
+    torch.save(state, best)
+    model = metarun.load(tmp_path)
+    assert model.algo.bn == "transductive" and model.config.keep_freed_memory is False
