@@ -114,6 +114,17 @@ def recording(
         layer.fold_recorded_batches(gather)
 
 
+def _owner(model: nn.Module, path: str) -> str:
+    """The class of the first module on the way to `path` that is not a container (the
+    backbone, in an algorithm that wraps it in nn.Sequential with a head)."""
+    parts = path.split(".")
+    for depth in range(1, len(parts)):
+        module = model.get_submodule(".".join(parts[:depth]))
+        if not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return type(module).__name__
+    return type(model).__name__
+
+
 def use_mode(model: nn.Module, mode: str) -> None:
     """Applies the `bn` setting to a model: its layers keep running statistics for `running`.
 
@@ -122,15 +133,14 @@ def use_mode(model: nn.Module, mode: str) -> None:
     silently not apply to them."""
     if mode not in MODES:
         raise ConfigError(f"bn={mode!r} is not one of {', '.join(MODES)}. Set bn to one of them.")
-    foreign = [
-        type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    foreign = [(path, layer) for path, layer in model.named_modules()
+               if isinstance(layer, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
     if foreign:
-        backbone = type(getattr(model, "model", model)).__name__
+        path, layer = foreign[0]
         raise ConfigError(
-            f"bn={mode}: the model (backbone {backbone}) uses torch's {foreign[0]}, which "
-            "metarun's BatchNorm modes cannot steer (its statistics would bypass the mode). "
-            "Build the backbone with metarun.batchnorm.TaskBatchNorm2d instead."
+            f"bn={mode}: backbone {_owner(model, path)} uses torch's {type(layer).__name__} "
+            f"({path}), which metarun's BatchNorm modes cannot steer (its statistics would "
+            "bypass the mode). Build the backbone with metarun.batchnorm.TaskBatchNorm2d instead."
         )
     model.bn = mode
     for layer in _layers(model):

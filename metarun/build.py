@@ -15,6 +15,8 @@ from metarun.data.base import LabelledDataset
 from metarun.errors import ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# How a run computes rather than what it learns: the keys of configs/runtime/default.yaml.
+RUNTIME_SETTINGS = tuple(OmegaConf.load(Path(CONFIG_DIR) / "runtime" / "default.yaml"))
 
 COUNTS = (  # whole numbers greater than zero
     "task.ways",

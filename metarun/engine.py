@@ -99,10 +99,6 @@ def _meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None)
     return torch.func.grad(objective, has_aux=True)
 
 
-def _tensors(batch: Episode) -> tuple[torch.Tensor, ...]:
-    return batch.support_x, batch.support_y, batch.query_x, batch.query_y
-
-
 class Engine:
     def __init__(self, mode: str, *, precision: str = "fp32", compile: bool = False,
                  channels_last: bool = False, keep_freed_memory: bool = False,
@@ -142,9 +138,9 @@ class Engine:
     def _tasks(self, batch: Episode) -> tuple[torch.Tensor, ...]:
         """The meta-batch's tensors; images [T, N, C, H, W] in channels_last per task if asked."""
         if not self.channels_last:
-            return _tensors(batch)
+            return batch.tensors
         nhwc = lambda t: t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        return tuple(nhwc(t) if t.dim() == 5 else t for t in _tensors(batch))
+        return tuple(nhwc(t) if t.dim() == 5 else t for t in batch.tensors)
 
     def meta_backward(
         self, algo: Algorithm, batch: Episode, steps: int | None = None
@@ -153,7 +149,7 @@ class Engine:
 
         With several processes, this one's share of the tasks, averaged over all processes."""
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
-        mine = Episode(*map(self.world.my_share, _tensors(batch)), batch.ways)
+        mine = Episode(*map(self.world.my_share, batch.tensors), batch.ways)
         with self._computing(batch.support_x.device):
             if self.mode == "loop" and not self.compile:
                 with batchnorm.recording(algo, self.world.gather):

@@ -26,12 +26,7 @@ class Episode:
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def task(self, index: int) -> Episode:
-        """One task of the batch, without the task dimension."""
-        return Episode(
-            self.support_x[index],
-            self.support_y[index],
-            self.query_x[index],
-            self.query_y[index],
-            self.ways,
-        )
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(support_x, support_y, query_x, query_y), the arguments of `task_loss` after params."""
+        return self.support_x, self.support_y, self.query_x, self.query_y

@@ -25,10 +25,12 @@ def _rows(run: RunResult) -> list[dict]:
 
 def _metric(run: RunResult) -> str:
     """'accuracy' or 'mse': from results.json, else from the val_<name> columns of metrics.jsonl."""
+    if run.metric:  # finished runs name it; only unfinished ones need their log read
+        return run.metric
     names = (
         key.removeprefix("val_") for row in _rows(run) for key in row if key.startswith("val_")
     )
-    return run.metric or next((n for n in names if not n.endswith("_ci95")), "accuracy")
+    return next((n for n in names if not n.endswith("_ci95")), "accuracy")
 
 
 def swept_keys(runs: list[RunResult]) -> list[str]:

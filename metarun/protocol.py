@@ -59,10 +59,16 @@ def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes:
     return summarise(scores, metric)
 
 
+def inner_steps(cfg: DictConfig) -> tuple[int | None, int | None]:
+    """(inner steps at meta-training, at test): eval.inner_steps=null tests with the training
+    value; None for algorithms without inner steps."""
+    train = cfg.algo.get("inner_steps")
+    return train, cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train
+
+
 def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     """What a published number must share with ours to be comparable."""
-    train_steps = cfg.algo.get("inner_steps")
-    test_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train_steps
+    train_steps, test_steps = inner_steps(cfg)
     return {
         **dataset.protocol(),
         "eval_split": "test",

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarun import batchnorm
 from metarun.build import (
-    CONFIG_DIR,
+    RUNTIME_SETTINGS,
     build,
     build_algorithm,
     build_optimizer,
@@ -35,8 +35,6 @@ from metarun.provenance import code_stamp, record_code
 from metarun.runtime import resolve_device, seed_everything
 from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
-
-RUNTIME_SETTINGS = tuple(OmegaConf.load(Path(CONFIG_DIR) / "runtime" / "default.yaml"))
 
 
 def _absolute_paths(cfg: DictConfig) -> None:

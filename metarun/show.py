@@ -6,6 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from metarun.build import RUNTIME_SETTINGS
+from metarun.protocol import inner_steps
+
 
 def _name(target: str | None) -> str | None:
     return target.rsplit(".", 1)[-1] if target else None
@@ -13,28 +16,27 @@ def _name(target: str | None) -> str | None:
 
 def settings(cfg: DictConfig) -> dict:
     """The values that decide what a run reproduces: episode shapes, rates, inner steps, budget,
-    BatchNorm mode and engine settings, resolved."""
+    BatchNorm mode and runtime settings, resolved."""
+    train_steps, test_steps = inner_steps(cfg)
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    task, algo, ev, trainer = cfg["task"], cfg["algo"], cfg["eval"], cfg["trainer"]
+    task, ev = cfg["task"], cfg["eval"]
     ways, shots, queries = task["train_ways"], task["shots"], task["queries"]
     scheduler = cfg.get("scheduler") or {}
     return {
-        "algorithm": _name(algo["_target_"]),
+        "algorithm": _name(cfg["algo"]["_target_"]),
         "dataset": _name(cfg["dataset"]["_target_"]),
         "backbone": _name(cfg["backbone"]["_target_"]),
         "train_episode": f"{ways}-way {shots}-shot, {queries} queries",
         "test_episode": f"{ev['ways']}-way {ev['shots']}-shot, {ev['queries']} queries",
         "meta_batch_size": task["meta_batch_size"],
-        "inner_lr": algo.get("inner_lr"),
-        "inner_steps_train": algo.get("inner_steps"),
-        "inner_steps_test": ev["inner_steps"]
-        if ev["inner_steps"] is not None
-        else algo.get("inner_steps"),
+        "inner_lr": cfg["algo"].get("inner_lr"),
+        "inner_steps_train": train_steps,
+        "inner_steps_test": test_steps,
         "optimizer": f"{_name(cfg['optimizer']['_target_'])} lr {cfg['optimizer']['lr']}",
         "scheduler": _name(scheduler.get("_target_")),
-        "iterations": trainer["iterations"],
+        "iterations": cfg["trainer"]["iterations"],
         "bn": cfg["bn"],
-        **{key: cfg[key] for key in ("device", "engine", "compile", "precision", "channels_last")},
+        **{key: cfg[key] for key in RUNTIME_SETTINGS},
     }
 
 

@@ -146,10 +146,6 @@ def test_engine_scores_in_eval_mode_and_restores_training_mode():
     torch.testing.assert_close(in_eval, Engine("vmap").scores(algo, batch))
 
 
-def batch_tensors(batch):
-    return batch.support_x, batch.support_y, batch.query_x, batch.query_y
-
-
 def test_two_models_in_one_process_keep_their_own_running_statistics():
     first, second = maml(), maml()
     batchnorm.use_mode(first, "running")
@@ -157,7 +153,7 @@ def test_two_models_in_one_process_keep_their_own_running_statistics():
     batch = classification_batch(tasks=2)
     with batchnorm.recording(first):
         for algo in (first, second):
-            algo.task_loss(algo.params(), *(t[0] for t in batch_tensors(batch)), ways=3)
+            algo.task_loss(algo.params(), *(t[0] for t in batch.tensors), ways=3)
     untouched = second.model[0].features[1]
     assert torch.equal(untouched.running_mean, torch.zeros(1, 4))
     with batchnorm.recording(second):
@@ -179,12 +175,24 @@ def test_flags_set_for_one_model_are_gone_after_its_block():
     assert not torch.allclose(inside, norm(x))
 
 
+class TorchBatchNormNet(torch.nn.Module):
+    """A backbone built with torch's own BatchNorm, as an outside ResNet would be."""
+
+    out_features = 4 * 10 * 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten()
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
 @pytest.mark.parametrize("bn", list(batchnorm.MODES))
 def test_torch_batchnorm_in_a_backbone_is_refused_naming_the_mode(bn):
-    backbone = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten()
-    )
-    backbone.out_features = 4 * 10 * 10
-    algo = MAML(backbone, 3, inner_lr=0.4, inner_steps=1)
-    with pytest.raises(ConfigError, match=f"bn={bn}.*BatchNorm2d.*TaskBatchNorm2d"):
+    algo = MAML(TorchBatchNormNet(), 3, inner_lr=0.4, inner_steps=1)
+    with pytest.raises(ConfigError, match=f"bn={bn}.*BatchNorm2d.*TaskBatchNorm2d") as error:
         batchnorm.use_mode(algo, bn)
+    assert "backbone TorchBatchNormNet" in str(error.value)

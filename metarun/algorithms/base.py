@@ -58,6 +58,10 @@ class Algorithm(nn.Module):
         """network(query_x), with BatchNorm statistics as the `bn` setting says."""
         return batchnorm.normalise_queries(self.bn, network, support_x, query_x)
 
+    def predictor(self, weights: Params, support_x: torch.Tensor) -> Predictor:
+        """Queries -> predictions of the network with adapted `weights`, under the `bn` setting."""
+        return lambda query_x: self.on_queries(lambda x: self.run(weights, x), support_x, query_x)
+
     def check_classification(self, support_y: torch.Tensor) -> None:
         """For algorithms that only classify (metric-based ones)."""
         if support_y.dtype.is_floating_point:

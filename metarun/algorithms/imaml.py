@@ -83,7 +83,7 @@ class IMAML(Algorithm):
         steps: int | None = None,
     ) -> Predictor:
         fast = self.fit(params, support_x, support_y, ways, steps)
-        return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
+        return self.predictor(fast, support_x)
 
     def implicit_gradient(
         self, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, query_gradient: Params
@@ -122,9 +122,7 @@ class IMAML(Algorithm):
         fast = self.fit(params, support_x, support_y, ways, steps)
 
         def query_loss(weights: Params):
-            loss, score = task_loss_and_score(
-                self.on_queries(lambda x: self.run(weights, x), support_x, query_x), query_y
-            )
+            loss, score = task_loss_and_score(self.predictor(weights, support_x)(query_x), query_y)
             return loss, (loss.detach(), score)
 
         query_gradient, (loss, score) = grad(query_loss, has_aux=True)(fast)

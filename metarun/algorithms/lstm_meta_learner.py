@@ -99,4 +99,4 @@ class LSTMMetaLearner(Algorithm):
             decay = self._gate("forget_gate", params, state[0], cell, decay)
             cell = decay.squeeze(1) * cell - rate.squeeze(1) * gradient
         fast = self._unflatten(cell)
-        return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
+        return self.predictor(fast, support_x)

@@ -97,10 +97,7 @@ class Reptile(Algorithm):
         ways: int,
         steps: int | None = None,
     ) -> Predictor:
-        return self._predictor(self.fit(params, support_x, support_y, ways, steps), support_x)
-
-    def _predictor(self, fast: Params, support_x: torch.Tensor) -> Predictor:
-        return lambda query_x: self.on_queries(lambda x: self.run(fast, x), support_x, query_x)
+        return self.predictor(self.fit(params, support_x, support_y, ways, steps), support_x)
 
     def task_loss(
         self,
@@ -114,7 +111,7 @@ class Reptile(Algorithm):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query loss and score of phi, carrying theta - phi as the meta-gradient."""
         fast = self.fit(params, support_x, support_y, ways, steps)
-        loss, score = task_loss_and_score(self._predictor(fast, support_x)(query_x), query_y)
+        loss, score = task_loss_and_score(self.predictor(fast, support_x)(query_x), query_y)
         return loss_with_gradient(
             loss, params, {name: params[name] - fast[name] for name in fast}
         ), score
