@@ -84,9 +84,7 @@ class Progress:
     best_iteration: int = 0
     skipped_nonfinite: int = 0
     elapsed_s: float = 0.0  # training wall time so far, over every process that ran this run
-    window: list[tuple[float, float]] = field(
-        default_factory=list
-    )  # (loss, score) since the last log row
+    window: list[tuple] = field(default_factory=list)  # (loss, score, stats) since the last row
 
     def __post_init__(self) -> None:
         if math.isnan(self.best_score):
@@ -139,7 +137,7 @@ class TrainingState:
             state["elapsed_s"],
         )
         p.best_score, p.best_iteration = state["best_score"], state["best_iteration"]
-        p.window = [tuple(pair) for pair in state["window"]]
+        p.window = [tuple(entry) for entry in state["window"]]
         restore_rng(state["rng"], self.generator)
 
 

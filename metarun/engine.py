@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from torch.func import vmap
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.data.environments import EnvironmentTasks
 from metarun.distributed import World
 from metarun.episode import Episode
 from metarun.errors import ConfigError
@@ -99,6 +101,16 @@ def _meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None)
     return torch.func.grad(objective, has_aux=True)
 
 
+class MetaStep(NamedTuple):
+    """What one meta-batch gave: mean loss and score, the closure an optimiser that re-evaluates
+    the objective needs (TRPO; None for episodes) and further statistics to log."""
+
+    loss: float
+    score: float
+    closure: object = None
+    stats: dict = {}
+
+
 class Engine:
     def __init__(self, mode: str, *, precision: str = "fp32", compile: bool = False,
                  channels_last: bool = False, keep_freed_memory: bool = False,
@@ -143,11 +155,15 @@ class Engine:
         return tuple(nhwc(t) if t.dim() == 5 else t for t in batch.tensors)
 
     def meta_backward(
-        self, algo: Algorithm, batch: Episode, steps: int | None = None
-    ) -> tuple[float, float]:
-        """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns (loss, score).
+        self, algo: Algorithm, batch: Episode | EnvironmentTasks, steps: int | None = None
+    ) -> MetaStep:
+        """Accumulates d(mean task loss)/d(meta-parameters) into .grad; returns the mean loss
+        and score. Environment tasks: the algorithm collects trajectories and returns its
+        objective, which is the closure of the step.
 
         With several processes, this one's share of the tasks, averaged over all processes."""
+        if isinstance(batch, EnvironmentTasks):
+            return self._interactive_backward(algo, batch)
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
         mine = Episode(*map(self.world.my_share, batch.tensors), batch.ways)
         with self._computing(batch.support_x.device):
@@ -165,7 +181,18 @@ class Engine:
             else:
                 loss, score = self._backward(algo, mine, steps)
         self.world.average_gradients(algo.parameters())
-        return self.world.mean(loss, score)
+        return MetaStep(*self.world.mean(loss, score))
+
+    def _interactive_backward(self, algo: Algorithm, tasks: EnvironmentTasks) -> MetaStep:
+        if self.world.size > 1:
+            raise ConfigError(
+                "Environment tasks train in one process: the trust-region step is not split "
+                "between processes. Run `metarun train` without torchrun for this dataset."
+            )
+        objective = algo.objective(tasks)
+        loss, _ = objective.evaluate()
+        loss.backward()
+        return MetaStep(loss.item(), objective.score, objective, objective.stats)
 
     def _backward(self, algo: Algorithm, batch: Episode, steps: int | None) -> tuple[float, float]:
         tensors, tasks = self._tasks(batch), batch.num_tasks
@@ -205,7 +232,10 @@ class Engine:
 
     @torch.no_grad()
     def scores(self, algo: Algorithm, batch: Episode, steps: int | None = None) -> torch.Tensor:
-        """Per-task query scores (accuracy or MSE) after adaptation, in eval mode: [tasks]."""
+        """Per-task query scores (accuracy or MSE) after adaptation, in eval mode: [tasks]. For
+        environment tasks, the return after 0, 1, ..., steps adaptation steps: [tasks, steps+1]."""
+        if isinstance(batch, EnvironmentTasks):
+            return algo.returns_after(batch, steps)
         tensors = self._tasks(batch)
         fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
         was_training = algo.training

@@ -41,12 +41,24 @@ def episode_scores(
 
 
 def summarise(scores: torch.Tensor, metric: str) -> dict:
-    """The results.json core: {"metric": name, name: {"mean", "ci95"}, "episodes": n}."""
-    return {"metric": metric, metric: mean_ci95(scores), "episodes": scores.numel()}
+    """The results.json core: {"metric": name, name: {"mean", "ci95"}, "episodes": n}. Scores
+    per adaptation step ([episodes, steps + 1], environment tasks) also give
+    `<name>_after_steps`, one {"mean", "ci95"} per step count; the headline is the last."""
+    summary = {"metric": metric, metric: mean_ci95(scores if scores.dim() == 1 else scores[:, -1]),
+               "episodes": scores.shape[0]}  # fmt: skip
+    if scores.dim() == 2:
+        summary[f"{metric}_after_steps"] = [mean_ci95(column) for column in scores.T]
+    return summary
 
 
 def describe(results: dict) -> str:
     """One line for people: 'accuracy 0.9725 +- 0.0029 (600 episodes)'."""
     summary = results[results["metric"]]
     mean, ci95 = summary["mean"], summary["ci95"]
-    return f"{results['metric']} {mean:.4f} +- {ci95:.4f} ({results['episodes']} episodes)"
+    line = f"{results['metric']} {mean:.4f} +- {ci95:.4f} ({results['episodes']} episodes)"
+    steps = results.get(f"{results['metric']}_after_steps")
+    if steps:
+        line += "; after " + ", ".join(
+            f"{k} steps {s['mean']:.2f} +- {s['ci95']:.2f}" for k, s in enumerate(steps)
+        )
+    return line

@@ -87,7 +87,7 @@ def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
         optimizer=optimizer,
         scheduler=scheduler,
         generator=torch.Generator().manual_seed(cfg.seed),
-        progress=Progress(higher_is_better=metric == "accuracy"),
+        progress=Progress(higher_is_better=metric != "mse"),  # accuracy, return
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 

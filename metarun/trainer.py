@@ -35,16 +35,19 @@ class Schedule:
     clip_grad_norm: float | None = None  # largest meta-gradient norm applied; None: no clipping
 
 
-def _training_row(
-    window: list[tuple[float, float]], seconds: float, tasks: int, metric: str
-) -> dict:
-    """Mean loss and score of the steps since the last row, and their throughput."""
+def _training_row(window: list[tuple], seconds: float, tasks: int, metric: str) -> dict:
+    """Mean loss, score and statistics of the steps since the last row, and their throughput."""
     if not window:
         return {}
-    losses, scores = zip(*window)
+    losses, scores = [entry[0] for entry in window], [entry[1] for entry in window]
+    stats: dict[str, list[float]] = {}
+    for entry in window:  # (loss, score) in checkpoints of older runs
+        for name, value in (entry[2] if len(entry) > 2 else {}).items():
+            stats.setdefault(name, []).append(value)
     return {
         "train_loss": sum(losses) / len(losses),
         f"train_{metric}": sum(scores) / len(scores),
+        **{f"train_{name}": sum(values) / len(values) for name, values in stats.items()},
         "tasks_per_s": len(window) * tasks / seconds,
     }
 
@@ -110,8 +113,8 @@ class Trainer:
         batch = self.sampler.sample(self.schedule.meta_batch_size, self.state.generator)
         optimizer.zero_grad(set_to_none=True)
         self.algo.set_progress(iteration)
-        loss, score = self.engine.meta_backward(self.algo, batch)
-        if not self._finite(loss):
+        step = self.engine.meta_backward(self.algo, batch)
+        if not self._finite(step.loss):
             if self.schedule.nonfinite != "skip":
                 raise TrainingError(
                     f"The meta-loss or its gradient is not finite at iteration {iteration}. "
@@ -123,10 +126,10 @@ class Trainer:
             return
         if self.schedule.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.schedule.clip_grad_norm)
-        optimizer.step()
+        optimizer.step(step.closure)
         if scheduler is not None:
             scheduler.step()
-        self.progress.window.append((loss, score))
+        self.progress.window.append((step.loss, step.score, step.stats))
 
     def _last_good(self) -> str:
         if self.last_saved is None:

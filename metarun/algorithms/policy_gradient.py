@@ -1,0 +1,92 @@
+"""Policy-gradient pieces meta-RL algorithms share: Gaussian policies, discounted returns, the
+linear feature baseline and advantages, and the losses. Every function takes tensors with a
+leading task dimension (or none) and masks steps after a trajectory ended with `alive`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metarun.data.environments import Trajectories
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor):
+    """log N(actions; mean, diag(exp(log_std))^2), summed over action dimensions."""
+    z = (actions - mean) / log_std.exp()
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over action dimensions."""
+    variance_p, variance_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
+    ratio = (variance_p + (mean_p - mean_q).pow(2)) / variance_q
+    return (log_std_q - log_std_p + 0.5 * ratio - 0.5).sum(-1)
+
+
+def returns_to_go(rewards: torch.Tensor, alive: torch.Tensor, discount: float) -> torch.Tensor:
+    """sum_{k>=t} discount^(k-t) r_k over the trajectory's live steps: [..., horizon]."""
+    rewards = rewards * alive
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[..., t] + discount * running
+        out[..., t] = running
+    return out
+
+
+def baseline_features(observations: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Duan et al. (2016)'s linear-baseline features: observation, its square, time t/100 to
+    the third power and a constant: [..., horizon, 2 * obs + 4]."""
+    observations = observations.clamp(-10, 10)
+    time = torch.arange(alive.shape[-1], device=alive.device, dtype=alive.dtype) / 100.0
+    time = time.expand_as(alive).unsqueeze(-1)
+    return torch.cat(
+        [observations, observations.pow(2), time, time.pow(2), time.pow(3), torch.ones_like(time)],
+        dim=-1,
+    ) * alive.unsqueeze(-1)
+
+
+def fit_linear_baseline(trajectories: Trajectories, targets: torch.Tensor,
+                        regularisation: float = 1e-5) -> torch.Tensor:  # fmt: skip
+    """Per task, the ridge least-squares fit of `targets` [tasks, n, horizon] on the features of
+    its live steps; returns the fitted values [tasks, n, horizon] (0 on dead steps)."""
+    features = baseline_features(trajectories.observations, trajectories.alive)
+    tasks, size = features.shape[0], features.shape[-1]
+    x = features.reshape(tasks, -1, size).double()
+    y = (targets * trajectories.alive).reshape(tasks, -1, 1).double()
+    gram, moment = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
+    eye = torch.eye(size, dtype=x.dtype, device=x.device)
+    for _ in range(5):  # raise the ridge until the system is well conditioned, as Duan et al.
+        coefficients, info = torch.linalg.solve_ex(gram + regularisation * eye, moment)
+        if not info.any() and coefficients.isfinite().all():
+            break
+        regularisation *= 10
+    return (x @ coefficients).reshape(targets.shape).to(targets.dtype)
+
+
+def advantages(trajectories: Trajectories, discount: float, gae_lambda: float,
+               normalise: bool = True) -> torch.Tensor:  # fmt: skip
+    """Generalised advantage estimates with the linear baseline as value function (lambda = 1:
+    returns-to-go minus the baseline), normalised per task over live steps: [..., horizon]."""
+    alive = trajectories.alive
+    values = fit_linear_baseline(trajectories, returns_to_go(trajectories.rewards, alive, discount))
+    next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
+    deltas = (trajectories.rewards + discount * next_values * _alive_next(alive) - values) * alive
+    result = returns_to_go(deltas, alive, discount * gae_lambda)
+    if not normalise:
+        return result
+    count = alive.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
+    mean = result.sum(dim=(-2, -1), keepdim=True) / count
+    variance = ((result - mean).pow(2) * alive).sum(dim=(-2, -1), keepdim=True) / count
+    return (result - mean) / (variance.sqrt() + 1e-8) * alive
+
+
+def _alive_next(alive: torch.Tensor) -> torch.Tensor:
+    return torch.cat([alive[..., 1:], torch.zeros_like(alive[..., :1])], dim=-1)
+
+
+def masked_mean(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Mean over one task's live steps (the last two dimensions)."""
+    return (values * alive).sum(dim=(-2, -1)) / alive.sum(dim=(-2, -1)).clamp_min(1)
