@@ -69,6 +69,18 @@ def inner_steps(cfg: DictConfig) -> tuple[int | None, int | None]:
 def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     """What a published number must share with ours to be comparable."""
     train_steps, test_steps = inner_steps(cfg)
+    if dataset.metric == "return":  # environment tasks: shots and queries count trajectories
+        return {
+            **dataset.protocol(),
+            "tasks": cfg.eval.episodes,
+            "trajectories_per_step": cfg.eval.shots,
+            "trajectories_per_update_train": cfg.task.queries,
+            "inner_lr": cfg.algo.get("inner_lr"),
+            "later_inner_lr": cfg.algo.get("later_inner_lr"),
+            "inner_steps_train": train_steps,
+            "inner_steps_test": test_steps,
+            "eval_seed": cfg.eval.seed,
+        }
     return {
         **dataset.protocol(),
         "eval_split": "test",

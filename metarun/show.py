@@ -21,7 +21,8 @@ def settings(cfg: DictConfig) -> dict:
     cfg = OmegaConf.to_container(cfg, resolve=True)
     task, ev = cfg["task"], cfg["eval"]
     ways, shots, queries = task["train_ways"], task["shots"], task["queries"]
-    scheduler = cfg.get("scheduler") or {}
+    scheduler, optimizer = cfg.get("scheduler") or {}, cfg["optimizer"]
+    rate = f"lr {optimizer['lr']}" if "lr" in optimizer else f"max_kl {optimizer.get('max_kl')}"
     return {
         "algorithm": _name(cfg["algo"]["_target_"]),
         "dataset": _name(cfg["dataset"]["_target_"]),
@@ -32,7 +33,7 @@ def settings(cfg: DictConfig) -> dict:
         "inner_lr": cfg["algo"].get("inner_lr"),
         "inner_steps_train": train_steps,
         "inner_steps_test": test_steps,
-        "optimizer": f"{_name(cfg['optimizer']['_target_'])} lr {cfg['optimizer']['lr']}",
+        "optimizer": f"{_name(optimizer['_target_'])} {rate}",
         "scheduler": _name(scheduler.get("_target_")),
         "iterations": cfg["trainer"]["iterations"],
         "bn": cfg["bn"],
@@ -49,18 +50,24 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     """What a run is about to do and where its output goes, printed before the first iteration."""
     t, task, shape, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
     split = f" ({shape['split']} split)" if "split" in shape else ""
-    if algo.episodic:
+    if dataset.metric == "return":  # environment tasks: shots and queries count trajectories
+        episode = (f"{task.shots} trajectories per adaptation step, {task.queries} per "
+                   f"meta-update, horizon {shape['horizon']}, meta-batch {task.meta_batch_size}")
+        test = f"{cfg.eval.episodes} tasks, {cfg.eval.shots} trajectories per step"
+    elif algo.episodic:
         episode = f"{task.train_ways}-way {task.shots}-shot, {task.queries} queries per class"
         episode += f", meta-batch {task.meta_batch_size}"
     else:
         episode = f"labelled batches of {task.batch_size}"
+    if dataset.metric != "return":
+        test = f"{cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes"
     device = next(algo.parameters()).device
     resumed = f", resuming at {start}" if start else ""
     compiled = "on" if e["compile"] else "off"
     return (
         f"metarun train: {type(algo).__name__} on {shape['dataset']}{split}: {episode}\n"
         f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on {t.val_episodes} "
-        f"episodes; test: {cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes\n"
+        f"episodes; test: {test}\n"
         f"  device {device}; engine {e['engine']}, compile {compiled}, {e['precision']}, "
         f"bn={cfg.bn}\n"
         f"  run folder {run_dir}: checkpoints/ (best.pt, last.pt every {t.ckpt_every}), "
