@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import batchnorm
@@ -186,6 +187,28 @@ def _evaluation_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return run_cfg
 
 
+def _scored_by(config: dict) -> str:
+    """The metric of the dataset a config names (a class attribute: nothing is loaded)."""
+    try:
+        return get_class(config["dataset"]["_target_"]).metric
+    except Exception:  # an unreadable config: restore_model reports the real mismatch
+        return "unknown"
+
+
+def _check_same_kind(run_cfg: DictConfig, state: dict, path: Path) -> None:
+    """A checkpoint of environment tasks (scored by return) cannot be tested on labelled episodes,
+    nor the reverse: say so instead of a shape mismatch."""
+    trained, asked = _scored_by(state.get("config") or {}), _scored_by(run_cfg)
+    if "return" in (trained, asked) and trained != asked and "unknown" not in (trained, asked):
+        kinds = {"return": "environment tasks (reinforcement learning)"}
+        raise ConfigError(
+            f"The checkpoint {path} was trained on {kinds.get(trained, 'labelled episodes')} "
+            f"but this run folder's config tests on {kinds.get(asked, 'labelled episodes')}. "
+            "Pass a checkpoint of the same kind of run (checkpoint=best|last, or a .pt file from "
+            "a run with the same dataset), or evaluate the checkpoint's own run folder."
+        )
+
+
 def _switch_batchnorm(algo, run_cfg: DictConfig, mode: str) -> None:
     """Tests a trained model under another `bn` mode; running statistics must come from training."""
     if mode == "running" and run_cfg.bn != "running":
@@ -215,7 +238,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     code = code_stamp(device)
     dataset = build("dataset", run_cfg.dataset)
     algo = build_algorithm(run_cfg, dataset)  # as trained, so the checkpoint's BatchNorm state fits
-    restore_model(algo, load_checkpoint(path), path)
+    state = load_checkpoint(path)
+    _check_same_kind(run_cfg, state, path)
+    restore_model(algo, state, path)
     if cfg.bn is not None:
         _switch_batchnorm(algo, run_cfg, cfg.bn)
     algo.to(device)

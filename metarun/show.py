@@ -51,8 +51,10 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     t, task, shape, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
     split = f" ({shape['split']} split)" if "split" in shape else ""
     if dataset.metric == "return":  # environment tasks: shots and queries count trajectories
-        episode = (f"{task.shots} trajectories per adaptation step, {task.queries} per "
-                   f"meta-update, horizon {shape['horizon']}, meta-batch {task.meta_batch_size}")
+        episode = (
+            f"{task.shots} trajectories per adaptation step, {task.queries} per "
+            f"meta-update, horizon {shape['horizon']}, meta-batch {task.meta_batch_size}"
+        )
         test = f"{cfg.eval.episodes} tasks, {cfg.eval.shots} trajectories per step"
     elif algo.episodic:
         episode = f"{task.train_ways}-way {task.shots}-shot, {task.queries} queries per class"

@@ -55,6 +55,13 @@ PAPERS = {
     "baseline_omniglot": (5, 1, 15, 1, None, None, None, 20000, "running"),
     "baseline_plus_plus_omniglot": (5, 1, 15, 1, None, None, None, 20000, "running"),
     "nearest_neighbour_omniglot": (5, 1, 15, 32, None, None, None, 0, "transductive"),
+    # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
+    # pretrained baseline trains without inner steps; half-cheetah iterations are our choice.
+    "maml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),
+    "fomaml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),
+    "pretrained_rl_navigation_2d": (1, 20, 20, 20, 0.1, 0, 3, 500, "transductive"),
+    "maml_rl_half_cheetah_dir": (1, 20, 20, 40, 0.1, 1, 1, 500, "transductive"),
+    "maml_rl_half_cheetah_vel": (1, 20, 20, 40, 0.1, 1, 1, 500, "transductive"),
 }
 PRESETS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))
 

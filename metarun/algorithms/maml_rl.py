@@ -37,10 +37,19 @@ class Collected:
 
 
 class MAMLRL(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, *, inner_lr: float,
-                 inner_steps: int, later_inner_lr: float | None = None, first_order: bool = False,
-                 discount: float = 0.99, gae_lambda: float = 1.0,
-                 init_log_std: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        *,
+        inner_lr: float,
+        inner_steps: int,
+        later_inner_lr: float | None = None,
+        first_order: bool = False,
+        discount: float = 0.99,
+        gae_lambda: float = 1.0,
+        init_log_std: float = 0.0,
+    ) -> None:
         super().__init__()
         if inner_lr <= 0 or inner_steps < 0 or (later_inner_lr is not None and later_inner_lr <= 0):
             raise ConfigError(
@@ -68,8 +77,9 @@ class MAMLRL(Algorithm):
         batched = vmap(self.distribution)
         return lambda observations: batched(weights, observations)
 
-    def collect(self, tasks: EnvironmentTasks, weights: Params, trajectories: int,
-                round: int) -> Collected:  # fmt: skip
+    def collect(
+        self, tasks: EnvironmentTasks, weights: Params, trajectories: int, round: int
+    ) -> Collected:
         rollouts = tasks.rollout(self.policy(_detached(weights)), trajectories, round)
         return Collected(rollouts, advantages(rollouts, self.discount, self.gae_lambda))
 
@@ -89,8 +99,13 @@ class MAMLRL(Algorithm):
         t = collected.trajectories
         return vmap(one_task)(weights, t.observations, t.actions, collected.advantages, t.alive)
 
-    def adapt(self, params: Params, tasks: EnvironmentTasks, steps: int | None = None,
-              supports: list[Collected] | None = None) -> tuple[Params, list[Collected]]:  # fmt: skip
+    def adapt(
+        self,
+        params: Params,
+        tasks: EnvironmentTasks,
+        steps: int | None = None,
+        supports: list[Collected] | None = None,
+    ) -> tuple[Params, list[Collected]]:
         """Adapted weights of every task [tasks, ...] after `steps` inner steps, collecting each
         step's support trajectories with the current policy (or reusing `supports`); returns
         the weights and the supports. The adapted policy is `self.policy(weights)`."""
@@ -108,8 +123,9 @@ class MAMLRL(Algorithm):
         queries = self.collect(tasks, weights, tasks.queries, round=len(supports))
         old = self.policy(_detached(weights))(queries.trajectories.observations)
         before = supports[0].trajectories.returns if supports else queries.trajectories.returns
-        return MetaObjective(self, tasks, supports, queries, old,
-                             {"return_before": before.mean().item()})  # fmt: skip
+        return MetaObjective(
+            self, tasks, supports, queries, old, {"return_before": before.mean().item()}
+        )
 
     @torch.no_grad()
     def returns_after(self, tasks: EnvironmentTasks, steps: int | None = None) -> torch.Tensor:
@@ -128,8 +144,15 @@ class MetaObjective:
     """The TRPO surrogate and mean KL of a meta-batch as functions of the meta-parameters:
     re-adapts from the given weights on the same support trajectories. Also a torch closure."""
 
-    def __init__(self, algo: MAMLRL, tasks: EnvironmentTasks, supports: list[Collected],
-                 queries: Collected, old: tuple[torch.Tensor, torch.Tensor], stats: dict) -> None:  # fmt: skip
+    def __init__(
+        self,
+        algo: MAMLRL,
+        tasks: EnvironmentTasks,
+        supports: list[Collected],
+        queries: Collected,
+        old: tuple[torch.Tensor, torch.Tensor],
+        stats: dict,
+    ) -> None:
         self.algo, self.tasks, self.supports, self.queries = algo, tasks, supports, queries
         self.old_mean, self.old_log_std = old
         self.score = queries.trajectories.returns.mean().item()
@@ -176,8 +199,9 @@ class MetaObjective:
             pieces = list(vector.split([p.numel() for p in params]))
             tangent = [piece.view_as(p) for piece, p in zip(pieces, params)]
             forward = torch.autograd.grad(transposed, probes, tangent, retain_graph=True)  # J v
-            curved = torch.autograd.grad(kl_gradient, list(leaves.values()), forward,
-                                         retain_graph=True)  # fmt: skip
+            curved = torch.autograd.grad(
+                kl_gradient, list(leaves.values()), forward, retain_graph=True
+            )
             back = torch.autograd.grad(outputs, params, curved, retain_graph=True)
             return torch.cat([b.reshape(-1) for b in back])
 

@@ -48,8 +48,9 @@ def baseline_features(observations: torch.Tensor, alive: torch.Tensor) -> torch.
     ) * alive.unsqueeze(-1)
 
 
-def fit_linear_baseline(trajectories: Trajectories, targets: torch.Tensor,
-                        regularisation: float = 1e-5) -> torch.Tensor:  # fmt: skip
+def fit_linear_baseline(
+    trajectories: Trajectories, targets: torch.Tensor, regularisation: float = 1e-5
+) -> torch.Tensor:
     """Per task, the ridge least-squares fit of `targets` [tasks, n, horizon] on the features of
     its live steps; returns the fitted values [tasks, n, horizon] (0 on dead steps)."""
     features = baseline_features(trajectories.observations, trajectories.alive)
@@ -66,8 +67,9 @@ def fit_linear_baseline(trajectories: Trajectories, targets: torch.Tensor,
     return (x @ coefficients).reshape(targets.shape).to(targets.dtype)
 
 
-def advantages(trajectories: Trajectories, discount: float, gae_lambda: float,
-               normalise: bool = True) -> torch.Tensor:  # fmt: skip
+def advantages(
+    trajectories: Trajectories, discount: float, gae_lambda: float, normalise: bool = True
+) -> torch.Tensor:
     """Generalised advantage estimates with the linear baseline as value function (lambda = 1:
     returns-to-go minus the baseline), normalised per task over live steps: [..., horizon]."""
     alive = trajectories.alive

@@ -89,9 +89,16 @@ class EnvironmentTasks:
         env = self.family.environments(self.tasks, trajectories, seeds)
         observation = env.reset()
         noise = torch.stack(  # drawn up front so the actions do not depend on the batch size
-            [torch.randn(horizon, trajectories, env.action_size,
-                         generator=torch.Generator().manual_seed(seed)) for seed in seeds]
-        ).to(observation.device)  # fmt: skip
+            [
+                torch.randn(
+                    horizon,
+                    trajectories,
+                    env.action_size,
+                    generator=torch.Generator().manual_seed(seed),
+                )
+                for seed in seeds
+            ]
+        ).to(observation.device)
         shape = (tasks, trajectories, horizon)
         observations = observation.new_zeros(*shape, observation.shape[-1])
         actions = observation.new_zeros(*shape, env.action_size)
@@ -114,8 +121,14 @@ class EnvironmentTasks:
 class EnvironmentSampler:
     """Draws task parameters and seeds on the CPU; builds EnvironmentTasks."""
 
-    def __init__(self, family, draw_tasks: Callable[[int, torch.Generator], torch.Tensor],
-                 shots: int, queries: int, device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self,
+        family,
+        draw_tasks: Callable[[int, torch.Generator], torch.Tensor],
+        shots: int,
+        queries: int,
+        device: torch.device,
+    ) -> None:
         self.family, self.draw_tasks = family, draw_tasks
         self.shots, self.queries, self.device = shots, queries, device
 
@@ -134,9 +147,11 @@ class EnvironmentSampler:
 
 def check_counts(horizon: int, shots: int, queries: int) -> None:
     """Horizon and trajectory counts must be positive; the error names the setting."""
-    for name, value in (("dataset.horizon", horizon), ("task.shots (trajectories per "
-                        "adaptation step)", shots), ("task.queries (trajectories per "
-                        "meta-update)", queries)):  # fmt: skip
+    for name, value in (
+        ("dataset.horizon", horizon),
+        ("task.shots (trajectories per adaptation step)", shots),
+        ("task.queries (trajectories per meta-update)", queries),
+    ):
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(
                 f"{name} = {value!r} is not allowed: environments need a whole number greater "

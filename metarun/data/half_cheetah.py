@@ -73,7 +73,9 @@ class Cheetahs:
             velocity.append(info["x_velocity"])
             control.append(info["reward_ctrl"])  # -CONTROL_COST |a|^2
         velocity_t = torch.as_tensor(numpy.array(velocity))
-        reward = task_reward(self.kind, self.goals, velocity_t) + torch.as_tensor(numpy.array(control))
+        reward = task_reward(self.kind, self.goals, velocity_t) + torch.as_tensor(
+            numpy.array(control)
+        )
         observations_t = torch.as_tensor(numpy.stack(observations), dtype=torch.float32)
         done = torch.zeros(len(self.envs), dtype=torch.bool)  # the cheetah never falls
         return tuple(t.to(self.device) for t in (observations_t, reward.float(), done))
@@ -92,8 +94,9 @@ class HalfCheetah:
     action_size = 6
     KINDS = ("direction", "velocity")
 
-    def __init__(self, kind: str, horizon: int = 200,
-                 velocity_range: tuple[float, float] = (0.0, 2.0)) -> None:  # fmt: skip
+    def __init__(
+        self, kind: str, horizon: int = 200, velocity_range: tuple[float, float] = (0.0, 2.0)
+    ) -> None:
         if kind not in self.KINDS:
             raise ConfigError(
                 f"dataset.kind={kind!r} is not a half-cheetah task. Use direction or velocity."
@@ -112,8 +115,12 @@ class HalfCheetah:
 
     def protocol(self) -> dict:
         task = {"direction": "direction +-1", "velocity": f"velocity U{list(self.velocity_range)}"}
-        return {"dataset": f"half_cheetah ({task[self.kind]})", "environment": "HalfCheetah-v5",
-                "horizon": self.horizon, "control_cost": CONTROL_COST}  # fmt: skip
+        return {
+            "dataset": f"half_cheetah ({task[self.kind]})",
+            "environment": "HalfCheetah-v5",
+            "horizon": self.horizon,
+            "control_cost": CONTROL_COST,
+        }
 
     def environments(self, goals: torch.Tensor, trajectories: int, seeds: list[int]) -> Cheetahs:
         needed = len(goals) * trajectories
@@ -128,9 +135,12 @@ class HalfCheetah:
         if self.kind == "direction":
             return torch.randint(0, 2, (num_tasks, 1), generator=generator).double() * 2 - 1
         low, high = self.velocity_range
-        return torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) * (high - low) + low
+        return (
+            torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) * (high - low) + low
+        )
 
-    def sampler(self, split: str, ways: int, shots: int, queries: int,
-                device: torch.device) -> EnvironmentSampler:  # fmt: skip
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> EnvironmentSampler:
         check_counts(self.horizon, shots, queries)
         return EnvironmentSampler(self, self.draw_goals, shots, queries, device)

@@ -19,8 +19,9 @@ class PointMasses:
 
     action_size = 2
 
-    def __init__(self, goals: torch.Tensor, trajectories: int, action_bound: float,
-                 tolerance: float) -> None:  # fmt: skip
+    def __init__(
+        self, goals: torch.Tensor, trajectories: int, action_bound: float, tolerance: float
+    ) -> None:
         self.goals = goals.repeat_interleave(trajectories, dim=0)  # [B, 2]
         self.action_bound, self.tolerance = action_bound, tolerance
         self.position = torch.zeros_like(self.goals)
@@ -41,8 +42,13 @@ class Navigation2D:
     metric = "return"
     input_shape = (2,)
 
-    def __init__(self, horizon: int = 100, goal_range: tuple[float, float] = (-0.5, 0.5),
-                 action_bound: float = 0.1, tolerance: float = 0.01) -> None:  # fmt: skip
+    def __init__(
+        self,
+        horizon: int = 100,
+        goal_range: tuple[float, float] = (-0.5, 0.5),
+        action_bound: float = 0.1,
+        tolerance: float = 0.01,
+    ) -> None:
         check_counts(horizon, 1, 1)
         low, high = goal_range
         if not low < high or action_bound <= 0 or tolerance < 0:
@@ -64,9 +70,13 @@ class Navigation2D:
         return torch.as_tensor(position, dtype=torch.float32).reshape(2)
 
     def protocol(self) -> dict:
-        return {"dataset": "navigation_2d", "horizon": self.horizon,
-                "goal_range": list(self.goal_range), "action_bound": self.action_bound,
-                "tolerance": self.tolerance}  # fmt: skip
+        return {
+            "dataset": "navigation_2d",
+            "horizon": self.horizon,
+            "goal_range": list(self.goal_range),
+            "action_bound": self.action_bound,
+            "tolerance": self.tolerance,
+        }
 
     def environments(self, goals: torch.Tensor, trajectories: int, seeds: list[int]) -> PointMasses:
         """The point masses start at the origin, so the seeds are not needed."""
@@ -74,9 +84,12 @@ class Navigation2D:
 
     def draw_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         low, high = self.goal_range
-        return torch.rand(num_tasks, 2, generator=generator, dtype=torch.float64) * (high - low) + low
+        return (
+            torch.rand(num_tasks, 2, generator=generator, dtype=torch.float64) * (high - low) + low
+        )
 
-    def sampler(self, split: str, ways: int, shots: int, queries: int,
-                device: torch.device) -> EnvironmentSampler:  # fmt: skip
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> EnvironmentSampler:
         check_counts(self.horizon, shots, queries)
         return EnvironmentSampler(self, self.draw_goals, shots, queries, device)

@@ -21,8 +21,12 @@ from torch.autograd.profiler import record_function
 from metarun.errors import ConfigError
 
 
-def conjugate_gradient(product: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
-                       iterations: int, tolerance: float = 1e-10) -> torch.Tensor:  # fmt: skip
+def conjugate_gradient(
+    product: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    iterations: int,
+    tolerance: float = 1e-10,
+) -> torch.Tensor:
     """Approximately solves A x = b for symmetric positive definite A given as x -> A x."""
     x, residual = torch.zeros_like(b), b.clone()
     direction, norm = residual.clone(), residual @ residual
@@ -44,9 +48,15 @@ def _flat(tensors) -> torch.Tensor:
 
 
 class TRPO(torch.optim.Optimizer):
-    def __init__(self, params, max_kl: float = 0.01, cg_iterations: int = 10,
-                 cg_damping: float = 1e-5, line_search_steps: int = 15,
-                 backtrack_ratio: float = 0.8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        params,
+        max_kl: float = 0.01,
+        cg_iterations: int = 10,
+        cg_damping: float = 1e-5,
+        line_search_steps: int = 15,
+        backtrack_ratio: float = 0.8,
+    ) -> None:
         if max_kl <= 0 or cg_iterations < 1 or cg_damping < 0 or line_search_steps < 1:
             raise ConfigError(
                 f"optimizer.max_kl={max_kl}, optimizer.cg_iterations={cg_iterations}, "
@@ -58,8 +68,13 @@ class TRPO(torch.optim.Optimizer):
             raise ConfigError(
                 f"optimizer.backtrack_ratio={backtrack_ratio} must lie strictly between 0 and 1."
             )
-        defaults = dict(max_kl=max_kl, cg_iterations=cg_iterations, cg_damping=cg_damping,
-                        line_search_steps=line_search_steps, backtrack_ratio=backtrack_ratio)  # fmt: skip
+        defaults = dict(
+            max_kl=max_kl,
+            cg_iterations=cg_iterations,
+            cg_damping=cg_damping,
+            line_search_steps=line_search_steps,
+            backtrack_ratio=backtrack_ratio,
+        )
         super().__init__(params, defaults)
 
     def step(self, closure=None) -> torch.Tensor:
