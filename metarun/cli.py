@@ -93,7 +93,12 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         return
     from metarun import plot  # matplotlib loads only for this command
 
-    pictures = plot.learning_curves(runs, output) + plot.sweep_plot(runs, output)
+    pictures = [
+        *plot.learning_curves(runs, output),
+        *plot.sweep_plot(runs, output),
+        *plot.adaptation_plot(runs, output),
+        *plot.path_pictures(runs, output),
+    ]
     print("written: " + ", ".join(map(str, pictures)))
 
 

@@ -63,13 +63,22 @@ def learning_curves(runs: list[RunResult], output: Path) -> list[Path]:
     ]
 
 
+# Training columns drawn in the left panel: the loss, or for environment tasks (whose surrogate
+# loss is zero at every step by construction) the return before and after adaptation.
+TRAINING_COLUMNS = {"return": {"train_return_before": "pre-update", "train_return": "post-update"}}
+
+
 def _curves(runs: list[RunResult], metric: str, path: Path) -> Path:
     figure, (loss_axes, val_axes) = plt.subplots(1, 2, figsize=(12, 4))
     keys = swept_keys(runs) or sorted({key for run in runs for key in run.overrides if key != SEED})
+    columns = TRAINING_COLUMNS.get(metric, {"train_loss": None})
     for run in runs:
         rows = _rows(run)
-        trained = [row for row in rows if "train_loss" in row]
-        loss_axes.plot([r["iteration"] for r in trained], [r["train_loss"] for r in trained])
+        for column, kind in columns.items():
+            trained = [row for row in rows if column in row]
+            label = " ".join(filter(None, [kind, _label(run, keys) if len(runs) > 1 else None]))
+            loss_axes.plot([r["iteration"] for r in trained], [r[column] for r in trained],
+                           label=label or None)  # fmt: skip
         validated = [row for row in rows if f"val_{metric}" in row]
         steps = [r["iteration"] for r in validated]
         mean = [r[f"val_{metric}"] for r in validated]
@@ -77,7 +86,12 @@ def _curves(runs: list[RunResult], metric: str, path: Path) -> Path:
         (line,) = val_axes.plot(steps, mean, marker=".", label=_label(run, keys))
         low, high = [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)]
         val_axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-    loss_axes.set(xlabel="iteration", ylabel="training loss", title="meta-training loss")
+    if metric in TRAINING_COLUMNS:
+        loss_axes.set(xlabel="meta-iteration", ylabel=f"training {metric}",
+                      title=f"meta-training {metric}, before and after adaptation")  # fmt: skip
+        loss_axes.legend(fontsize="small", loc="best")
+    else:
+        loss_axes.set(xlabel="iteration", ylabel="training loss", title="meta-training loss")
     val_axes.set(
         xlabel="iteration",
         ylabel=f"validation {metric}",
@@ -127,6 +141,75 @@ def _sweep(runs: list[RunResult], swept: list[str], metric: str, path: Path) -> 
     if others:
         axes.legend(fontsize="small", loc="best")
     return _save(figure, path)
+
+
+def _after_steps(run: RunResult) -> list[dict] | None:
+    """Test scores after 0, 1, ... adaptation steps (environment tasks), from eval.json or
+    results.json."""
+    for name in ("eval.json", "results.json"):
+        path = run.folder / name
+        if path.is_file():
+            results = json.loads(path.read_text())
+            steps = results.get(f"{results.get('metric')}_after_steps")
+            if steps:
+                return steps
+    return None
+
+
+def adaptation_plot(runs: list[RunResult], output: Path) -> list[Path]:
+    """Test score with its 95% interval against the number of adaptation steps, one line per run
+    that reports it (environment tasks)."""
+    measured = [(run, steps) for run in runs if (steps := _after_steps(run))]
+    if not measured:
+        return []
+    figure, axes = plt.subplots(figsize=(6, 4))
+    keys = swept_keys([run for run, _ in measured])
+    for run, steps in measured:
+        means, intervals = [s["mean"] for s in steps], [s["ci95"] for s in steps]
+        axes.errorbar(range(len(steps)), means, yerr=intervals, marker="o", capsize=3,
+                      label=_label(run, keys))  # fmt: skip
+    metric = measured[0][0].metric or "return"
+    axes.set(xlabel="adaptation steps", ylabel=f"test {metric} (95% interval)")
+    axes.set_xticks(range(max(len(steps) for _, steps in measured)))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="best")
+    return [_save(figure, output / "adaptation.png")]
+
+
+def path_pictures(runs: list[RunResult], output: Path, tasks: int = 4) -> list[Path]:
+    """For environments that can draw their paths (2D navigation): a few held-out tasks' first
+    trajectory before and after adaptation, by each finished run's best checkpoint."""
+    import torch
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from metarun.api import load
+
+    drawn = []
+    for run in runs:
+        checkpoint = run.folder / "checkpoints" / "best.pt"
+        config_path = run.folder / "config.yaml"
+        if not (checkpoint.is_file() and config_path.is_file()):
+            continue
+        config = OmegaConf.load(config_path)
+        if not hasattr(get_class(config.dataset._target_), "draw_paths"):
+            continue
+        model = load(run.folder)
+        algo, family, steps = model.algo, model.dataset, config.eval.inner_steps
+        sampler = family.sampler("test", 1, config.eval.shots, config.eval.shots, "cpu")
+        batch = sampler.sample(tasks, torch.Generator().manual_seed(config.eval.seed))
+        with torch.no_grad():
+            weights, supports = algo.adapt(algo.params(), batch, steps)
+            if not supports:
+                supports = [algo.collect(batch, weights, batch.shots, round=0)]
+            after = algo.collect(batch, weights, batch.shots, round=steps).trajectories
+        figure, axes = plt.subplots(1, tasks, figsize=(3.2 * tasks, 3.4))
+        for task, ax in enumerate(axes):
+            family.draw_paths(ax, batch.tasks[task], supports[0].trajectories, after, task)
+        axes[0].legend(fontsize="small", loc="best")
+        figure.suptitle(f"{run.folder.name}: before and after {steps} adaptation steps")
+        drawn.append(_save(figure, output / f"paths_{run.folder.name}.png"))
+    return drawn
 
 
 def _number_first(value: str) -> tuple:

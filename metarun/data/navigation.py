@@ -82,6 +82,16 @@ class Navigation2D:
         """The point masses start at the origin, so the seeds are not needed."""
         return PointMasses(goals, trajectories, self.action_bound, self.tolerance)
 
+    def draw_paths(self, axes, goal: torch.Tensor, before, after, task: int) -> None:
+        """One task's first trajectory before (dashed) and after adaptation, on matplotlib axes."""
+        for trajectories, style, label in ((before, "--", "before"), (after, "-", "after")):
+            alive = trajectories.alive[task, 0].bool()
+            path = trajectories.observations[task, 0][alive].cpu()
+            axes.plot(path[:, 0], path[:, 1], style, label=f"{label} adaptation")
+        axes.plot(*goal.cpu().tolist(), "r*", markersize=12, label="goal")
+        low, high = self.goal_range
+        axes.set(xlim=(low - 0.1, high + 0.1), ylim=(low - 0.1, high + 0.1), aspect="equal")
+
     def draw_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         low, high = self.goal_range
         return (
