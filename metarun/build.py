@@ -128,8 +128,30 @@ def _labelled_classes(cfg: DictConfig, dataset) -> int:
     return dataset.num_classes("train")
 
 
+def _check_task_kind(cfg: DictConfig, dataset) -> None:
+    """Environment tasks need an algorithm that collects its own trajectories, and only those."""
+    environments = dataset.metric == "return"
+    collects = hasattr(_algorithm_class(cfg), "objective")
+    if environments == collects:
+        return
+    name = cfg.algo._target_.rsplit(".", 1)[-1]
+    if environments:
+        raise ConfigError(
+            f"algo={name} learns from labelled episodes, but dataset {type(dataset).__name__} "
+            "gives environment tasks (reinforcement learning). Use an algorithm for "
+            "environments, e.g. algo=maml_rl or algo=fomaml_rl (configs/algo/*_rl.yaml)."
+        )
+    raise ConfigError(
+        f"algo={name} learns from environment tasks (it collects trajectories), but dataset "
+        f"{type(dataset).__name__} gives labelled episodes. Use an environment dataset "
+        "(dataset=navigation_2d, half_cheetah_dir or half_cheetah_vel), or an algorithm for "
+        "episodes such as algo=maml."
+    )
+
+
 def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
+    _check_task_kind(cfg, dataset)
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
     if _algorithm_class(cfg).episodic:
         classes = dataset.out_features(cfg.task.ways)

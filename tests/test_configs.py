@@ -12,7 +12,18 @@ from omegaconf import open_dict
 from metarun.build import build, build_algorithm, build_optimizer, check_settings
 
 GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONFIGS.glob("*/*.yaml"))
-COMPANIONS = {"dataset/sinusoid": ["backbone=mlp"], "backbone/mlp": ["dataset=sinusoid"]}
+RL = ["algo=maml_rl", "dataset=navigation_2d", "backbone=mlp"]
+COMPANIONS = {
+    "dataset/sinusoid": ["backbone=mlp"],
+    "backbone/mlp": ["dataset=sinusoid"],
+    **{
+        f"dataset/{name}": RL[::2]
+        for name in ("navigation_2d", "half_cheetah_dir", "half_cheetah_vel")
+    },
+    **{f"algo/{name}": RL[1:] for name in ("maml_rl", "fomaml_rl")},
+    "optimizer/trpo": RL,
+    "preset/meta_rl": RL[1:2],
+}
 ADDED_GROUPS = ("preset",)
 EXPERIMENTS = [name for group, name in GROUP_FILES if group == "experiment"]
 

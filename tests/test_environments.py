@@ -262,3 +262,18 @@ def test_plot_draws_returns_per_step_and_navigation_paths(navigation_run, tmp_pa
     assert all(path.stat().st_size > 1000 for path in pictures)
     rows = (navigation_run / "metrics.jsonl").read_text()
     assert "train_return_before" in rows
+
+
+@pytest.mark.parametrize(
+    ("algo", "dataset", "message"),
+    [("maml", "navigation_2d", "algo=maml_rl"), ("maml_rl", "sinusoid", "environment dataset")],
+)
+def test_an_algorithm_of_the_other_task_kind_is_refused(algo, dataset, message):
+    from hydra import compose, initialize_config_dir
+
+    from metarun.build import CONFIG_DIR, build, build_algorithm
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", [f"algo={algo}", f"dataset={dataset}", "backbone=mlp"])
+    with pytest.raises(ConfigError, match=message):
+        build_algorithm(cfg, build("dataset", cfg.dataset))

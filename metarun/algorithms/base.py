@@ -5,6 +5,12 @@ An algorithm is an nn.Module whose parameters are everything meta-learned. Its
 home of adaptation code: training, validation, testing and `metarun.load` all call
 it. `task_loss` (adapt, then score the queries) is written for a single task so the
 engine can either loop over tasks or vmap it over the task dimension.
+
+Algorithms of environment tasks (metarun.data.environments; MAML-RL) collect their own data:
+their `adapt(params, tasks, steps)` collects support trajectories and returns each task's
+adapted policy weights, `objective(tasks)` returns the meta-batch's surrogate-and-KL objective
+(the engine backpropagates it and hands it to the optimiser's step), and
+`returns_after(tasks, steps)` the return per task after 0..steps adaptation steps.
 """
 
 from __future__ import annotations
