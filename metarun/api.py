@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from metarun.algorithms.base import Algorithm
 from metarun.build import build, build_algorithm, upgrade_old_config
 from metarun.checkpoint import checkpoint_file, load_checkpoint, restore_model
+from metarun.errors import ConfigError
 
 
 class Learner:
@@ -38,6 +39,12 @@ class MetaModel:
         self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
     ) -> Learner:
         """Fits one task from its support set (labels 0..ways-1, or float targets)."""
+        if hasattr(self.algo, "objective"):
+            raise ConfigError(
+                f"{type(self.algo).__name__} adapts by collecting trajectories in an "
+                "environment, not from a support set. Use model.algo.adapt(model.algo.params(), "
+                "tasks, steps) with tasks from model.dataset.sampler(...), or `metarun eval`."
+            )
         ways = 1 if support_y.dtype.is_floating_point else int(support_y.max()) + 1
         with torch.no_grad():
             predictor = self.algo.adapt(self.algo.params(), support_x, support_y, ways, steps)

@@ -179,9 +179,10 @@ def _markdown_table(header: list[str], rows: list[list], percent_columns: set[in
 def markdown(runs: list[RunResult]) -> str:
     """The report for people: accuracies in percent, settings all runs share listed once."""
     header, rows = run_rows(runs)
-    root = Path(os.path.commonpath([run.folder for run in runs]))
+    root = Path(os.path.commonpath([run.folder.absolute() for run in runs]))
     for row in rows:  # folders relative to what the runs share; report.csv keeps the full paths
-        row[-1] = str(Path(row[-1]).relative_to(root)) if len(runs) > 1 else Path(row[-1]).name
+        folder = Path(row[-1]).absolute()
+        row[-1] = str(folder.relative_to(root)) if len(runs) > 1 else folder.name
     percent = _metric(runs) == "accuracy"
     first = len(header) - 6  # the test result's mean and ci95 columns
     shared = _shared(runs, varying_keys(runs))

@@ -277,3 +277,14 @@ def test_an_algorithm_of_the_other_task_kind_is_refused(algo, dataset, message):
         cfg = compose("train", [f"algo={algo}", f"dataset={dataset}", "backbone=mlp"])
     with pytest.raises(ConfigError, match=message):
         build_algorithm(cfg, build("dataset", cfg.dataset))
+
+
+def test_loaded_rl_model_explains_how_it_adapts(navigation_run):
+    import metarun
+
+    model = metarun.load(navigation_run)
+    with pytest.raises(ConfigError, match="collecting trajectories"):
+        model.adapt(torch.zeros(1, 2), torch.zeros(1, 2))
+    tasks = model.dataset.sampler("test", 1, 2, 2, "cpu").sample(2, torch.Generator())
+    weights, _ = model.algo.adapt(model.algo.params(), tasks, 1)
+    assert weights["log_std"].shape == (2, 2)

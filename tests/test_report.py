@@ -204,3 +204,11 @@ def test_runs_scored_differently_get_a_picture_each_and_no_sweep_plot(tmp_path, 
     assert done.returncode == 0, done.stderr
     written = sorted(path.name for path in (tmp_path / "plots").iterdir())
     assert written == ["learning_curves_accuracy.png", "learning_curves_mse.png"]
+
+
+def test_runs_named_by_relative_and_absolute_paths_share_one_table(tmp_path, monkeypatch):
+    fake_run(tmp_path / "a", ["seed=0"], 0.9)
+    fake_run(tmp_path / "b", ["seed=1"], 0.8)
+    monkeypatch.chdir(tmp_path)
+    table = markdown(find_runs([Path("a"), tmp_path / "b"]))
+    assert "| a |" in table and "| b |" in table
