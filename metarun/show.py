@@ -66,12 +66,14 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     device = next(algo.parameters()).device
     resumed = f", resuming at {start}" if start else ""
     compiled = "on" if e["compile"] else "off"
+    computing = f"engine {e['engine']}, compile {compiled}, {e['precision']}, bn={cfg.bn}"
+    if dataset.metric == "return":
+        computing = "the algorithm collects and differentiates (engine settings do not apply)"
     return (
         f"metarun train: {type(algo).__name__} on {shape['dataset']}{split}: {episode}\n"
         f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on {t.val_episodes} "
         f"episodes; test: {test}\n"
-        f"  device {device}; engine {e['engine']}, compile {compiled}, {e['precision']}, "
-        f"bn={cfg.bn}\n"
+        f"  device {device}; {computing}\n"
         f"  run folder {run_dir}: checkpoints/ (best.pt, last.pt every {t.ckpt_every}), "
         "metrics.jsonl, config.yaml; results.json at the end"
     )

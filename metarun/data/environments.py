@@ -59,7 +59,9 @@ class EnvironmentFamily(Protocol):
 
     horizon: int
 
-    def environments(self, tasks: torch.Tensor, trajectories: int, seeds: list[int]) -> object:
+    def environments(
+        self, tasks: torch.Tensor, trajectories: int, seeds: list[int]
+    ) -> VectorEnvironment:
         """A VectorEnvironment running `trajectories` copies of each task [tasks, params]."""
 
 
