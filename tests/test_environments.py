@@ -15,7 +15,6 @@ from conftest import METARUN, REPO
 from test_fault_tolerance import final_state, saved_iteration, wait_for
 from test_maml_rl import TINY_NAVIGATION, tiny_policy
 
-from metarun.data.environments import EnvironmentSampler
 from metarun.data.navigation import Navigation2D, PointMasses
 from metarun.errors import ConfigError
 
@@ -39,7 +38,7 @@ def test_point_mass_episode_ends_within_the_tolerance_of_its_goal():
 
 def test_rollout_masks_every_step_after_the_goal_is_reached():
     family = Navigation2D(horizon=5)
-    tasks = EnvironmentSampler(family, family.draw_goals, 1, 1, "cpu").build(
+    tasks = family.sampler("test", 1, 1, 1, "cpu").build(
         torch.tensor([[0.1, 0.0, 7.0]], dtype=torch.float64)
     )
     straight = lambda obs: (
@@ -52,7 +51,7 @@ def test_rollout_masks_every_step_after_the_goal_is_reached():
 
 
 def test_navigation_goals_come_from_the_square():
-    goals = Navigation2D().draw_goals(1000, torch.Generator().manual_seed(0))
+    goals = Navigation2D().draw_tasks(1000, torch.Generator().manual_seed(0))
     assert goals.min() >= -0.5 and goals.max() <= 0.5 and goals.std() > 0.25
 
 

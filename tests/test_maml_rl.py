@@ -19,7 +19,7 @@ from metarun.algorithms.policy_gradient import (
 )
 from metarun.backbones.mlp import MLP
 from metarun.build import CONFIG_DIR
-from metarun.data.environments import EnvironmentSampler, Trajectories
+from metarun.data.environments import Trajectories
 from metarun.data.navigation import Navigation2D
 from metarun.engine import Engine
 from metarun.optimizers.trpo import TRPO, conjugate_gradient
@@ -50,7 +50,7 @@ def tiny_policy(first_order: bool = False, inner_steps: int = 1) -> MAMLRL:
 
 def tiny_tasks(tasks: int = 3, horizon: int = 6, trajectories: int = 4):
     family = Navigation2D(horizon=horizon)
-    sampler = EnvironmentSampler(family, family.draw_goals, trajectories, trajectories, "cpu")
+    sampler = family.sampler("train", 1, trajectories, trajectories, "cpu")
     return sampler.sample(tasks, torch.Generator().manual_seed(1))
 
 

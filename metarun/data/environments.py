@@ -120,6 +120,29 @@ class EnvironmentTasks:
         return Trajectories(observations, actions, rewards, alive)
 
 
+class EnvironmentDataset:
+    """What environment datasets share: scored by return, actions as outputs, and a sampler of
+    tasks from `draw_tasks`. Every split draws from the same task distribution, as in the MAML
+    paper; the evaluation seed holds the test tasks out."""
+
+    metric = "return"
+    horizon: int
+    action_size: int
+
+    def out_features(self, ways: int) -> int:
+        return self.action_size
+
+    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Task parameters [tasks, parameters] (float64), e.g. goal positions."""
+        raise NotImplementedError
+
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> EnvironmentSampler:
+        check_counts(self.horizon, shots, queries)
+        return EnvironmentSampler(self, self.draw_tasks, shots, queries, device)
+
+
 class EnvironmentSampler:
     """Draws task parameters and seeds on the CPU; builds EnvironmentTasks."""
 

@@ -14,7 +14,7 @@ import warnings
 import numpy
 import torch
 
-from metarun.data.environments import EnvironmentSampler, check_counts
+from metarun.data.environments import EnvironmentDataset, check_counts
 from metarun.errors import ConfigError
 
 CONTROL_COST = 0.05  # the paper's 0.1 * 0.5 |a|^2 (gymnasium's default weight is 0.1)
@@ -86,10 +86,9 @@ def task_reward(kind: str, goals: torch.Tensor, velocity: torch.Tensor) -> torch
     return goals * velocity if kind == "direction" else -(velocity - goals).abs()
 
 
-class HalfCheetah:
-    """Every split draws from the same task distribution; the evaluation seed holds tasks out."""
+class HalfCheetah(EnvironmentDataset):
+    """Directions +-1 with equal probability, or goal velocities uniform in a range."""
 
-    metric = "return"
     input_shape = (17,)
     action_size = 6
     KINDS = ("direction", "velocity")
@@ -105,9 +104,6 @@ class HalfCheetah:
         self.gymnasium, self.mujoco = _gymnasium()
         self.kind, self.horizon, self.velocity_range = kind, horizon, tuple(velocity_range)
         self._pool: list = []  # environments are reused: building one compiles the model
-
-    def out_features(self, ways: int) -> int:
-        return self.action_size
 
     def preprocess(self, observation) -> torch.Tensor:
         """An observation of HalfCheetah-v5 (17 numbers) -> the policy's input."""
@@ -131,16 +127,10 @@ class HalfCheetah:
                 self._pool.append(env.unwrapped)  # the horizon is ours, not a TimeLimit's
         return Cheetahs(self._pool[:needed], goals, seeds, self.kind)
 
-    def draw_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         if self.kind == "direction":
             return torch.randint(0, 2, (num_tasks, 1), generator=generator).double() * 2 - 1
         low, high = self.velocity_range
         return (
             torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64) * (high - low) + low
         )
-
-    def sampler(
-        self, split: str, ways: int, shots: int, queries: int, device: torch.device
-    ) -> EnvironmentSampler:
-        check_counts(self.horizon, shots, queries)
-        return EnvironmentSampler(self, self.draw_goals, shots, queries, device)

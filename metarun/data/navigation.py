@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from metarun.data.environments import EnvironmentSampler, check_counts
+from metarun.data.environments import EnvironmentDataset, check_counts
 from metarun.errors import ConfigError
 
 
@@ -36,11 +36,11 @@ class PointMasses:
         return self.position.clone(), -distance, distance < self.tolerance
 
 
-class Navigation2D:
-    """Every split draws goals from the same square; the evaluation seed holds them out."""
+class Navigation2D(EnvironmentDataset):
+    """Goals uniform in a square."""
 
-    metric = "return"
     input_shape = (2,)
+    action_size = 2
 
     def __init__(
         self,
@@ -59,11 +59,6 @@ class Navigation2D:
             )
         self.horizon, self.goal_range = horizon, (float(low), float(high))
         self.action_bound, self.tolerance = action_bound, tolerance
-
-    def out_features(self, ways: int) -> int:
-        return self.action_size
-
-    action_size = 2
 
     def preprocess(self, position) -> torch.Tensor:
         """A position (x, y) -> the policy's input [2]."""
@@ -92,14 +87,8 @@ class Navigation2D:
         low, high = self.goal_range
         axes.set(xlim=(low - 0.1, high + 0.1), ylim=(low - 0.1, high + 0.1), aspect="equal")
 
-    def draw_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         low, high = self.goal_range
         return (
             torch.rand(num_tasks, 2, generator=generator, dtype=torch.float64) * (high - low) + low
         )
-
-    def sampler(
-        self, split: str, ways: int, shots: int, queries: int, device: torch.device
-    ) -> EnvironmentSampler:
-        check_counts(self.horizon, shots, queries)
-        return EnvironmentSampler(self, self.draw_goals, shots, queries, device)
