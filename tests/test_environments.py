@@ -30,6 +30,13 @@ def test_point_mass_clips_actions_and_is_rewarded_minus_its_distance():
     assert torch.allclose(reward, expected) and not done.any()
 
 
+def test_point_mass_scales_actions_before_clipping_as_the_papers_code():
+    env = PointMasses(torch.zeros(1, 2), 1, action_bound=0.1, tolerance=0.01, action_scale=0.1)
+    env.reset()
+    position, _, _ = env.step(torch.tensor([[0.5, -5.0]]))
+    assert torch.allclose(position, torch.tensor([[0.05, -0.1]]))
+
+
 def test_point_mass_episode_ends_within_the_tolerance_of_its_goal():
     env = PointMasses(torch.tensor([[0.1, 0.0]]), trajectories=1, action_bound=0.1, tolerance=0.01)
     env.reset()
@@ -42,7 +49,7 @@ def test_rollout_masks_every_step_after_the_goal_is_reached():
         torch.tensor([[0.1, 0.0, 7.0]], dtype=torch.float64)
     )
     straight = lambda obs: (
-        torch.full_like(obs, 0.1) * torch.tensor([1.0, 0.0]),
+        torch.full_like(obs, 1.0) * torch.tensor([1.0, 0.0]),
         torch.full_like(obs, -30.0),
     )
     rollout = tasks.rollout(straight, trajectories=1, round=0)

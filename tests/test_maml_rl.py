@@ -270,5 +270,7 @@ def test_maml_rl_preset_learns_navigation_in_a_few_iterations(tmp_path):
 
     untrained, trained = test_return(0), test_return(30)
     before, after = untrained["return_after_steps"], trained["return_after_steps"]
-    assert after[0]["mean"] > before[0]["mean"] + 2 * before[0]["ci95"], (before, after)
+    # After one adaptation step the trained policy beats the untrained one, and the step helps.
+    assert after[1]["mean"] > before[1]["mean"] + 2 * before[1]["ci95"], (before, after)
+    assert after[1]["mean"] > after[0]["mean"] + 2 * after[0]["ci95"], (before, after)
     assert trained["protocol"]["trajectories_per_step"] == 4

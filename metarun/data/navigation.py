@@ -2,8 +2,10 @@
 A.2): a point starts at the origin and must reach a goal drawn uniformly from [-0.5, 0.5]^2
 that it cannot see. It observes its position, moves by its action (a velocity, clipped to
 [-0.1, 0.1] per coordinate) and is rewarded minus its distance to the goal; an episode ends
-within 0.01 of the goal or at the horizon. Plain torch, stepped for every task and
-trajectory of a meta-batch at once.
+within 0.01 of the goal or at the horizon. As in the paper's code (rllab's normalised
+environment), the policy's action is scaled by `action_scale` = 0.1 before the clipping, so
+outputs in [-1, 1] span the velocities; `action_scale=1` clips the raw action instead.
+Plain torch, stepped for every task and trajectory of a meta-batch at once.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ class PointMasses:
     action_size = 2
 
     def __init__(
-        self, goals: torch.Tensor, trajectories: int, action_bound: float, tolerance: float
+        self,
+        goals: torch.Tensor,
+        trajectories: int,
+        action_bound: float,
+        tolerance: float,
+        action_scale: float = 1.0,
     ) -> None:
         self.goals = goals.repeat_interleave(trajectories, dim=0)  # [B, 2]
-        self.action_bound, self.tolerance = action_bound, tolerance
+        self.action_bound, self.tolerance, self.action_scale = action_bound, tolerance, action_scale
         self.position = torch.zeros_like(self.goals)
 
     def reset(self) -> torch.Tensor:
@@ -31,7 +38,8 @@ class PointMasses:
         return self.position.clone()
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.position = self.position + actions.clamp(-self.action_bound, self.action_bound)
+        velocity = (actions * self.action_scale).clamp(-self.action_bound, self.action_bound)
+        self.position = self.position + velocity
         distance = (self.position - self.goals).norm(dim=-1)
         return self.position.clone(), -distance, distance < self.tolerance
 
@@ -48,17 +56,19 @@ class Navigation2D(EnvironmentDataset):
         goal_range: tuple[float, float] = (-0.5, 0.5),
         action_bound: float = 0.1,
         tolerance: float = 0.01,
+        action_scale: float = 0.1,
     ) -> None:
         check_counts(horizon, 1, 1)
         low, high = goal_range
-        if not low < high or action_bound <= 0 or tolerance < 0:
+        if not low < high or action_bound <= 0 or tolerance < 0 or action_scale <= 0:
             raise ConfigError(
-                f"dataset.goal_range={list(goal_range)}, dataset.action_bound={action_bound} and "
-                f"dataset.tolerance={tolerance} cannot work: the range needs low < high, the "
-                "bound must be > 0 and the tolerance >= 0 (paper: [-0.5, 0.5], 0.1, 0.01)."
+                f"dataset.goal_range={list(goal_range)}, dataset.action_bound={action_bound}, "
+                f"dataset.tolerance={tolerance} and dataset.action_scale={action_scale} cannot "
+                "work: the range needs low < high, the bound and scale must be > 0 and the "
+                "tolerance >= 0 (paper: [-0.5, 0.5], 0.1, 0.01, 0.1)."
             )
         self.horizon, self.goal_range = horizon, (float(low), float(high))
-        self.action_bound, self.tolerance = action_bound, tolerance
+        self.action_bound, self.tolerance, self.action_scale = action_bound, tolerance, action_scale
 
     def preprocess(self, position) -> torch.Tensor:
         """A position (x, y) -> the policy's input [2]."""
@@ -71,11 +81,14 @@ class Navigation2D(EnvironmentDataset):
             "goal_range": list(self.goal_range),
             "action_bound": self.action_bound,
             "tolerance": self.tolerance,
+            "action_scale": self.action_scale,
         }
 
     def environments(self, goals: torch.Tensor, trajectories: int, seeds: list[int]) -> PointMasses:
         """The point masses start at the origin, so the seeds are not needed."""
-        return PointMasses(goals, trajectories, self.action_bound, self.tolerance)
+        return PointMasses(
+            goals, trajectories, self.action_bound, self.tolerance, self.action_scale
+        )
 
     def draw_paths(self, axes, goal: torch.Tensor, before, after, task: int) -> None:
         """One task's first trajectory before (dashed) and after adaptation, on matplotlib axes."""
