@@ -54,17 +54,6 @@ class VectorEnvironment(Protocol):
         """(observations [B, obs], rewards [B], done [B] bool) after one step of each."""
 
 
-class EnvironmentFamily(Protocol):
-    """What a meta-RL dataset implements (besides `metric`, `input_shape`, `protocol`)."""
-
-    horizon: int
-
-    def environments(
-        self, tasks: torch.Tensor, trajectories: int, seeds: list[int]
-    ) -> VectorEnvironment:
-        """A VectorEnvironment running `trajectories` copies of each task [tasks, params]."""
-
-
 def seed_of(task_seed: int, round: int) -> int:
     """The seed of one collection round of one task (round = adaptation step, or queries)."""
     return task_seed * 1_000 + round
@@ -76,7 +65,7 @@ class EnvironmentTasks:
 
     tasks: torch.Tensor  # [tasks, task parameters]
     seeds: torch.Tensor  # [tasks] int64
-    family: EnvironmentFamily
+    family: EnvironmentDataset
     shots: int  # trajectories per adaptation step (the support)
     queries: int  # trajectories collected with the adapted policy (the queries)
 
@@ -134,6 +123,13 @@ class EnvironmentDataset:
 
     def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Task parameters [tasks, parameters] (float64), e.g. goal positions."""
+        raise NotImplementedError
+
+    def environments(
+        self, tasks: torch.Tensor, trajectories: int, seeds: list[int]
+    ) -> VectorEnvironment:
+        """`trajectories` environments per task [tasks, parameters], reset from `seeds` (one
+        per task)."""
         raise NotImplementedError
 
     def sampler(
