@@ -51,10 +51,20 @@ def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
     )
 
 
-def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int) -> dict:
-    """Mean and 95% interval over `episodes` fixed episodes (seeded by eval.seed alone)."""
+def validation_seed(cfg: DictConfig) -> int:
+    """Validation episodes come from eval.seed + 1: where a dataset's splits share one task
+    distribution (sinusoid, environments), the checkpoint is then never chosen on the very
+    episodes it is tested on."""
+    return cfg.eval.seed + 1
+
+
+def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int,
+          seed: int | None = None) -> dict:  # fmt: skip
+    """Mean and 95% interval over `episodes` fixed episodes, seeded by `seed` alone (default
+    eval.seed: the test episodes)."""
+    seed = cfg.eval.seed if seed is None else seed
     scores = episode_scores(
-        algo, engine, sampler, episodes, cfg.eval.seed, cfg.eval.batch_tasks, cfg.eval.inner_steps
+        algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps
     )
     return summarise(scores, metric)
 

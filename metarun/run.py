@@ -31,7 +31,7 @@ from metarun.checkpoint import (
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
-from metarun.protocol import eval_sampler, protocol, score, train_sampler
+from metarun.protocol import eval_sampler, protocol, score, train_sampler, validation_seed
 from metarun.provenance import code_stamp, record_code
 from metarun.runtime import resolve_device, seed_everything
 from metarun.show import banner
@@ -108,7 +108,8 @@ def _fit(cfg: DictConfig, run_dir: Path, state: TrainingState, engine: Engine, s
         logger = build("logger", cfg.logger)(
             run_dir=run_dir, config=state.config, resumed_at=resumed_at
         )
-    validate = lambda: score(cfg, state.model, engine, samplers["val"], metric, t.val_episodes)
+    validate = lambda: score(cfg, state.model, engine, samplers["val"], metric, t.val_episodes,
+                             seed=validation_seed(cfg))  # fmt: skip
     trainer = Trainer(state=state, engine=engine, sampler=samplers["train"], validate=validate,
                       schedule=schedule, run_dir=run_dir, metric=metric, world=world,
                       logger=logger)  # fmt: skip

@@ -294,3 +294,18 @@ def test_loaded_rl_model_explains_how_it_adapts(navigation_run):
     tasks = model.dataset.sampler("test", 1, 2, 2, "cpu").sample(2, torch.Generator())
     weights, _ = model.algo.adapt(model.algo.params(), tasks, 1)
     assert weights["log_std"].shape == (2, 2)
+
+
+def test_validation_tasks_are_not_the_test_tasks(tmp_path):
+    # Navigation's splits share one goal distribution: only the seed keeps them apart. The same
+    # model validated and tested on identical tasks would score identically.
+    from hydra import compose, initialize_config_dir
+
+    from metarun import run
+    from metarun.build import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", [*TINY_NAVIGATION, "trainer.iterations=0", "eval.episodes=6",
+                                "trainer.val_episodes=6", "eval.inner_steps=0"])  # fmt: skip
+    results = run.train(cfg, tmp_path)
+    assert results["training"]["best_val_return"] != results["return"]["mean"]
