@@ -35,7 +35,8 @@ def row(folder: Path) -> list[str]:
     algo = config.algo._target_.rsplit(".", 1)[-1]
     kind = "first-order " if config.algo.first_order else ""
     kind += "pretrained " if config.algo.inner_steps == 0 else ""
-    return [f"{kind}{algo}", *steps, str(results["episodes"]), budget, folder.name]
+    tasks = f"{results['episodes']} (seed {results['protocol']['eval_seed']})"
+    return [f"{kind}{algo}", *steps, tasks, budget, folder.name]
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row(folder) for folder in args.folders]
     width = max(len(r) for r in rows) - 4
-    header = ["method", *[f"{k} steps" for k in range(width)], "tasks", "budget", "run"]
+    header = ["method", *[f"{k} steps" for k in range(width)], "test tasks", "budget", "run"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
