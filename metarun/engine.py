@@ -190,8 +190,7 @@ class Engine:
                 "between processes. Run `metarun train` without torchrun for this dataset."
             )
         objective = algo.objective(tasks)
-        loss, _ = objective.evaluate()
-        loss.backward()
+        loss = objective.backward()
         return MetaStep(loss.item(), objective.score, objective, objective.stats)
 
     def _backward(self, algo: Algorithm, batch: Episode, steps: int | None) -> tuple[float, float]:

@@ -274,3 +274,14 @@ def test_maml_rl_preset_learns_navigation_in_a_few_iterations(tmp_path):
     assert after[1]["mean"] > before[1]["mean"] + 2 * before[1]["ci95"], (before, after)
     assert after[1]["mean"] > after[0]["mean"] + 2 * after[0]["ci95"], (before, after)
     assert trained["protocol"]["trajectories_per_step"] == 4
+
+
+def test_trpo_differentiates_an_objective_it_is_handed_directly():
+    algo = tiny_policy()
+    objective = algo.objective(tiny_tasks())
+    before = [p.detach().clone() for p in algo.parameters()]
+    TRPO(algo.parameters(), max_kl=0.001).step(objective)
+    assert objective.value is not None
+    assert any(not torch.equal(p, q) for p, q in zip(algo.parameters(), before))
+    with torch.no_grad():
+        assert objective.evaluate()[1].item() <= 0.001

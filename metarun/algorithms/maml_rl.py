@@ -157,6 +157,7 @@ class MetaObjective:
         self.old_mean, self.old_log_std = old
         self.score = queries.trajectories.returns.mean().item()
         self.stats = stats
+        self.value: torch.Tensor | None = None  # the surrogate once backward() has run
         self.names = [name for name, _ in algo.named_parameters()]
 
     def _adapted(self, weights: Sequence[torch.Tensor] | None) -> Params:
@@ -207,10 +208,16 @@ class MetaObjective:
 
         return product
 
+    def backward(self) -> torch.Tensor:
+        """The surrogate at the current meta-parameters with its gradient accumulated into .grad;
+        kept as `value`, the loss a trust-region step must improve on."""
+        loss, _ = self.evaluate()
+        loss.backward()
+        self.value = loss.detach()
+        return self.value
+
     def __call__(self) -> torch.Tensor:
         """The closure convention of torch optimisers: fresh gradients of the surrogate."""
         for p in self.algo.parameters():
             p.grad = None
-        loss, _ = self.evaluate()
-        loss.backward()
-        return loss.detach()
+        return self.backward()

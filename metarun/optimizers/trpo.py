@@ -7,7 +7,9 @@ surrogate improves within the bound, or rejects it.
 
 The trainer calls it like any optimiser, `optimizer.step(closure)`: the closure is the
 algorithm's objective, which besides the torch closure convention has
-`evaluate(weights) -> (surrogate, kl)` at any candidate weights (metarun.algorithms.maml_rl).
+`evaluate(weights) -> (surrogate, kl)` at any candidate weights, `value` (the surrogate whose
+gradient is in .grad, set by its `backward()`) and `fisher_product()`
+(metarun.algorithms.maml_rl).
 A PPO or ProMP outer step is another optimiser reading the same objective.
 """
 
@@ -87,9 +89,12 @@ class TRPO(torch.optim.Optimizer):
             )
         settings = self.param_groups[0]
         params = [p for group in self.param_groups for p in group["params"]]
+        if closure.value is None:  # not yet differentiated (called outside the trainer)
+            with torch.enable_grad():
+                closure()
+        loss_before = closure.value
         gradient = _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
         with torch.enable_grad(), record_function("trpo.conjugate_gradient"):
-            loss_before, _ = closure.evaluate()
             kl_hessian = closure.fisher_product()
 
             def fisher_product(vector: torch.Tensor) -> torch.Tensor:
