@@ -6,10 +6,13 @@ leading task dimension (or none) and masks steps after a trajectory ended with `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from metarun.data.environments import Trajectories
+from metarun.algorithms.functional import Params
+from metarun.data.environments import EnvironmentTasks, Trajectories
 
 
 def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor):
@@ -92,3 +95,96 @@ def _alive_next(alive: torch.Tensor) -> torch.Tensor:
 def masked_mean(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     """Mean over one task's live steps (the last two dimensions)."""
     return (values * alive).sum(dim=(-2, -1)) / alive.sum(dim=(-2, -1)).clamp_min(1)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """One round of trajectories per task with their (fixed) advantages."""
+
+    trajectories: Trajectories
+    advantages: torch.Tensor  # [tasks, n, horizon]
+
+
+class MetaObjective:
+    """The TRPO surrogate and mean KL of a meta-batch as functions of the meta-parameters:
+    re-adapts from the given weights on the same support trajectories (`algo.adapt(params,
+    tasks, steps, supports)`, `algo.policy(weights)`, as MAML-RL has them). Also a torch
+    closure."""
+
+    def __init__(
+        self,
+        algo,
+        tasks: EnvironmentTasks,
+        supports: list[Collected],
+        queries: Collected,
+        old: tuple[torch.Tensor, torch.Tensor],
+        stats: dict,
+    ) -> None:
+        self.algo, self.tasks, self.supports, self.queries = algo, tasks, supports, queries
+        self.old_mean, self.old_log_std = old
+        self.score = queries.trajectories.returns.mean().item()
+        self.stats = stats
+        self.value: torch.Tensor | None = None  # the surrogate once backward() has run
+        self.names = [name for name, _ in algo.named_parameters()]
+
+    def _adapted(self, weights: Sequence[torch.Tensor] | None) -> Params:
+        params = self.algo.params() if weights is None else dict(zip(self.names, weights))
+        return self.algo.adapt(params, self.tasks, len(self.supports), self.supports)[0]
+
+    def _surrogate_and_kl(self, adapted: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        t, old = self.queries.trajectories, (self.old_mean, self.old_log_std)
+        mean, log_std = self.algo.policy(adapted)(t.observations)
+        log_ratio = gaussian_log_prob(mean, log_std, t.actions) - gaussian_log_prob(*old, t.actions)
+        surrogate = -masked_mean(log_ratio.exp() * self.queries.advantages, t.alive).mean()
+        kl = masked_mean(gaussian_kl(*old, mean, log_std), t.alive).mean()
+        return surrogate, kl
+
+    def evaluate(self, weights: Sequence[torch.Tensor] | None = None):
+        """(surrogate loss, mean KL) with the meta-parameters `weights` (in the order of
+        algo.parameters(); None: the current ones)."""
+        return self._surrogate_and_kl(self._adapted(weights))
+
+    def fisher_product(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v -> H v, H the Hessian of the mean KL at the current meta-parameters (flat vectors).
+
+        With A the adaptation (meta-parameters -> adapted weights) and J its Jacobian, H = J^T F J
+        exactly at this point, F the KL's Hessian in the adapted weights: the KL's gradient
+        there is zero, so the term with A's second derivatives vanishes. Each product is then
+        J v (forward), F (J v) (the policy only) and J^T (...) (backward) through one graph
+        built here, never third derivatives of the inner loop."""
+        params = list(self.algo.parameters())
+        adapted = self._adapted(None)
+        names = list(adapted)
+        outputs = [adapted[name] for name in names]
+        leaves = {name: value.detach().requires_grad_() for name, value in adapted.items()}
+        kl_gradient = torch.autograd.grad(
+            self._surrogate_and_kl(leaves)[1], list(leaves.values()), create_graph=True
+        )
+        probes = [torch.zeros_like(value, requires_grad=True) for value in outputs]
+        transposed = torch.autograd.grad(outputs, params, probes, create_graph=True)  # J^T u
+
+        def product(vector: torch.Tensor) -> torch.Tensor:
+            pieces = list(vector.split([p.numel() for p in params]))
+            tangent = [piece.view_as(p) for piece, p in zip(pieces, params)]
+            forward = torch.autograd.grad(transposed, probes, tangent, retain_graph=True)  # J v
+            curved = torch.autograd.grad(
+                kl_gradient, list(leaves.values()), forward, retain_graph=True
+            )
+            back = torch.autograd.grad(outputs, params, curved, retain_graph=True)
+            return torch.cat([b.reshape(-1) for b in back])
+
+        return product
+
+    def backward(self) -> torch.Tensor:
+        """The surrogate at the current meta-parameters with its gradient accumulated into .grad;
+        kept as `value`, the loss a trust-region step must improve on."""
+        loss, _ = self.evaluate()
+        loss.backward()
+        self.value = loss.detach()
+        return self.value
+
+    def __call__(self) -> torch.Tensor:
+        """The closure convention of torch optimisers: fresh gradients of the surrogate."""
+        for p in self.algo.parameters():
+            p.grad = None
+        return self.backward()

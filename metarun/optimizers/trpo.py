@@ -9,7 +9,7 @@ The trainer calls it like any optimiser, `optimizer.step(closure)`: the closure 
 algorithm's objective, which besides the torch closure convention has
 `evaluate(weights) -> (surrogate, kl)` at any candidate weights, `value` (the surrogate whose
 gradient is in .grad, set by its `backward()`) and `fisher_product()`
-(metarun.algorithms.maml_rl).
+(metarun.algorithms.policy_gradient.MetaObjective).
 A PPO or ProMP outer step is another optimiser reading the same objective.
 """
 
