@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
 from metarun.data.base import LabelledDataset
+from metarun.data.environments import EnvironmentDataset
 from metarun.errors import ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -130,7 +131,7 @@ def _labelled_classes(cfg: DictConfig, dataset) -> int:
 
 def _check_task_kind(cfg: DictConfig, dataset) -> None:
     """Environment tasks need an algorithm that collects its own trajectories, and only those."""
-    environments = dataset.metric == "return"
+    environments = isinstance(dataset, EnvironmentDataset)
     collects = hasattr(_algorithm_class(cfg), "objective")
     if environments == collects:
         return

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarun import batchnorm
 from metarun.data.base import EpisodeShapeError
+from metarun.data.environments import EnvironmentDataset
 from metarun.engine import Engine
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
@@ -79,7 +80,9 @@ def inner_steps(cfg: DictConfig) -> tuple[int | None, int | None]:
 def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
     """What a published number must share with ours to be comparable."""
     train_steps, test_steps = inner_steps(cfg)
-    if dataset.metric == "return":  # environment tasks: shots and queries count trajectories
+    shared = {"inner_steps_train": train_steps, "inner_steps_test": test_steps,
+              "eval_seed": cfg.eval.seed}  # fmt: skip
+    if isinstance(dataset, EnvironmentDataset):  # shots and queries count trajectories
         return {
             **dataset.protocol(),
             "tasks": cfg.eval.episodes,
@@ -87,9 +90,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
             "trajectories_per_update_train": cfg.task.queries,
             "inner_lr": cfg.algo.get("inner_lr"),
             "later_inner_lr": cfg.algo.get("later_inner_lr"),
-            "inner_steps_train": train_steps,
-            "inner_steps_test": test_steps,
-            "eval_seed": cfg.eval.seed,
+            **shared,
         }
     return {
         **dataset.protocol(),
@@ -98,9 +99,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
         "ways": cfg.eval.ways,
         "shots": cfg.eval.shots,
         "queries_test": cfg.eval.queries,
-        "inner_steps_train": train_steps,
-        "inner_steps_test": test_steps,
         "episodes": cfg.eval.episodes,
-        "eval_seed": cfg.eval.seed,
+        **shared,
         **engine.describe(),
     }

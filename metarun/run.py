@@ -28,6 +28,7 @@ from metarun.checkpoint import (
     newest_valid_checkpoint,
     restore_model,
 )
+from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
@@ -188,23 +189,24 @@ def _evaluation_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return run_cfg
 
 
-def _scored_by(config: dict) -> str:
-    """The metric of the dataset a config names (a class attribute: nothing is loaded)."""
+def _task_kind(config) -> str | None:
+    """What the dataset a config names gives (its class only: nothing is loaded); None for an
+    unreadable config, whose real mismatch restore_model reports."""
     try:
-        return get_class(config["dataset"]["_target_"]).metric
-    except Exception:  # an unreadable config: restore_model reports the real mismatch
-        return "unknown"
+        environments = issubclass(get_class(config["dataset"]["_target_"]), EnvironmentDataset)
+    except Exception:
+        return None
+    return "environment tasks (reinforcement learning)" if environments else "labelled episodes"
 
 
 def _check_same_kind(run_cfg: DictConfig, state: dict, path: Path) -> None:
-    """A checkpoint of environment tasks (scored by return) cannot be tested on labelled episodes,
-    nor the reverse: say so instead of a shape mismatch."""
-    trained, asked = _scored_by(state.get("config") or {}), _scored_by(run_cfg)
-    if "return" in (trained, asked) and trained != asked and "unknown" not in (trained, asked):
-        kinds = {"return": "environment tasks (reinforcement learning)"}
+    """A checkpoint of environment tasks cannot be tested on labelled episodes, nor the reverse:
+    say so instead of a shape mismatch."""
+    trained, asked = _task_kind(state.get("config") or {}), _task_kind(run_cfg)
+    if None not in (trained, asked) and trained != asked:
         raise ConfigError(
-            f"The checkpoint {path} was trained on {kinds.get(trained, 'labelled episodes')} "
-            f"but this run folder's config tests on {kinds.get(asked, 'labelled episodes')}. "
+            f"The checkpoint {path} was trained on {trained} "
+            f"but this run folder's config tests on {asked}. "
             "Pass a checkpoint of the same kind of run (checkpoint=best|last, or a .pt file from "
             "a run with the same dataset), or evaluate the checkpoint's own run folder."
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.build import RUNTIME_SETTINGS
+from metarun.data.environments import EnvironmentDataset
 from metarun.protocol import inner_steps
 
 
@@ -50,25 +51,23 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     """What a run is about to do and where its output goes, printed before the first iteration."""
     t, task, shape, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
     split = f" ({shape['split']} split)" if "split" in shape else ""
-    if dataset.metric == "return":  # environment tasks: shots and queries count trajectories
+    compiled = "on" if e["compile"] else "off"
+    computing = f"engine {e['engine']}, compile {compiled}, {e['precision']}, bn={cfg.bn}"
+    test = f"{cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes"
+    if isinstance(dataset, EnvironmentDataset):  # shots and queries count trajectories
         episode = (
             f"{task.shots} trajectories per adaptation step, {task.queries} per "
             f"meta-update, horizon {shape['horizon']}, meta-batch {task.meta_batch_size}"
         )
         test = f"{cfg.eval.episodes} tasks, {cfg.eval.shots} trajectories per step"
+        computing = "the algorithm collects and differentiates (engine settings do not apply)"
     elif algo.episodic:
         episode = f"{task.train_ways}-way {task.shots}-shot, {task.queries} queries per class"
         episode += f", meta-batch {task.meta_batch_size}"
     else:
         episode = f"labelled batches of {task.batch_size}"
-    if dataset.metric != "return":
-        test = f"{cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes"
     device = next(algo.parameters()).device
     resumed = f", resuming at {start}" if start else ""
-    compiled = "on" if e["compile"] else "off"
-    computing = f"engine {e['engine']}, compile {compiled}, {e['precision']}, bn={cfg.bn}"
-    if dataset.metric == "return":
-        computing = "the algorithm collects and differentiates (engine settings do not apply)"
     return (
         f"metarun train: {type(algo).__name__} on {shape['dataset']}{split}: {episode}\n"
         f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on {t.val_episodes} "

@@ -154,8 +154,7 @@ class MetaObjective:
         built here, never third derivatives of the inner loop."""
         params = list(self.algo.parameters())
         adapted = self._adapted(None)
-        names = list(adapted)
-        outputs = [adapted[name] for name in names]
+        outputs = list(adapted.values())
         leaves = {name: value.detach().requires_grad_() for name, value in adapted.items()}
         kl_gradient = torch.autograd.grad(
             self._surrogate_and_kl(leaves)[1], list(leaves.values()), create_graph=True
