@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
-from metarun.data.base import LabelledDataset
+from metarun.data.base import LabelledDataset, SequenceDataset
 from metarun.data.environments import EnvironmentDataset
 from metarun.errors import ConfigError
 
@@ -26,6 +26,7 @@ COUNTS = (  # whole numbers greater than zero
     "task.meta_batch_size",
     "task.train_ways",
     "task.batch_size",
+    "task.min_shots",
     "trainer.log_every",
     "trainer.val_every",
     "trainer.val_episodes",
@@ -42,7 +43,9 @@ STEP_COUNTS = (
     "trainer.iterations",
 )  # whole numbers, zero allowed
 RATES = ("optimizer.lr", "algo.inner_lr", "trainer.clip_grad_norm")  # numbers greater than zero
-CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES)}
+PROTOCOLS = ("episodic", "online")
+CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES),
+           "task.protocol": PROTOCOLS, "eval.protocol": PROTOCOLS}  # fmt: skip
 
 
 def _select(cfg: DictConfig, key: str):
@@ -73,6 +76,24 @@ def check_settings(cfg: DictConfig) -> None:
         if value < 0 or (value == 0 and key not in STEP_COUNTS):
             bound = "zero or more" if key in STEP_COUNTS else "greater than zero"
             raise ConfigError(f"{key}={value} is not allowed: it must be {bound}. Change {key}.")
+    _check_shot_range(cfg)
+
+
+def _check_shot_range(cfg: DictConfig) -> None:
+    low = _select(cfg, "task.min_shots")
+    if low is None:
+        return
+    if _select(cfg, "task.protocol") == "online":
+        raise ConfigError(
+            "task.min_shots draws the shots of episodic training, but task.protocol=online "
+            "shows task.shots instances of every class. Drop task.min_shots (null) or use "
+            "task.protocol=episodic."
+        )
+    if low > cfg.task.shots:
+        raise ConfigError(
+            f"task.min_shots={low} is above task.shots={cfg.task.shots}: the shots of each "
+            "meta-batch are drawn from min_shots..shots. Lower task.min_shots or raise task.shots."
+        )
 
 
 # Values of settings added after the first runs were saved: what those runs did without them.
@@ -83,6 +104,9 @@ SETTINGS_OF_OLD_RUNS = {
     "channels_last": False,
     "keep_freed_memory": False,
     "eval.ways": "${task.ways}",
+    "task.min_shots": None,
+    "task.protocol": "episodic",
+    "eval.protocol": "${task.protocol}",
 }
 
 
@@ -150,9 +174,29 @@ def _check_task_kind(cfg: DictConfig, dataset) -> None:
     )
 
 
+def _check_protocol(cfg: DictConfig, dataset) -> None:
+    """The online protocol needs a learner that reads sequences and a dataset that has them."""
+    key = next((k for k in ("task.protocol", "eval.protocol") if _select(cfg, k) == "online"), "")
+    if not key:
+        return
+    name = cfg.algo._target_.rsplit(".", 1)[-1]
+    if not _algorithm_class(cfg).reads_sequences:
+        raise ConfigError(
+            f"{key}=online shows an episode as one sequence, predicting each example before its "
+            f"label, but algo={name} does not read sequences. Use a sequence learner (algo=mann, "
+            f"lstm_baseline or snail), or {key}=episodic."
+        )
+    if not isinstance(dataset, SequenceDataset):
+        raise ConfigError(
+            f"{key}=online needs a classification dataset of images, which dataset "
+            f"{type(dataset).__name__} is not. Use dataset=omniglot, or {key}=episodic."
+        )
+
+
 def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
     _check_task_kind(cfg, dataset)
+    _check_protocol(cfg, dataset)
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
     if _algorithm_class(cfg).episodic:
         classes = dataset.out_features(cfg.task.ways)

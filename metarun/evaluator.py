@@ -40,25 +40,38 @@ def episode_scores(
     return engine.world.gather(mine)
 
 
-def summarise(scores: torch.Tensor, metric: str) -> dict:
+# How a sampler's scores per column ([episodes, columns]) give the headline per episode.
+HEADLINES = {
+    "after_steps": lambda scores: scores[:, -1],  # environments: the return after the last step
+    "by_instance": lambda scores: scores.mean(1),  # online sequences: every step alike
+}
+
+
+def summarise(scores: torch.Tensor, metric: str, columns: str | None = None) -> dict:
     """The results.json core: {"metric": name, name: {"mean", "ci95"}, "episodes": n}. Scores
-    per adaptation step ([episodes, steps + 1], environment tasks) also give
-    `<name>_after_steps`, one {"mean", "ci95"} per step count; the headline is the last."""
-    summary = {"metric": metric, metric: mean_ci95(scores if scores.dim() == 1 else scores[:, -1]),
-               "episodes": scores.shape[0]}  # fmt: skip
-    if scores.dim() == 2:
-        summary[f"{metric}_after_steps"] = [mean_ci95(column) for column in scores.T]
+    with columns ([episodes, k]; `columns` names them: `after_steps` for the return after 0..k-1
+    adaptation steps, `by_instance` for the accuracy at a class's 1st..k-th showing) also give
+    `<name>_<columns>`, one {"mean", "ci95"} per column."""
+    headline = scores if columns is None else HEADLINES[columns](scores)
+    summary = {"metric": metric, metric: mean_ci95(headline), "episodes": scores.shape[0]}
+    if columns is not None:
+        summary[f"{metric}_{columns}"] = [mean_ci95(column) for column in scores.T]
     return summary
 
 
 def describe(results: dict) -> str:
     """One line for people: 'accuracy 0.9725 +- 0.0029 (600 episodes)'."""
-    summary = results[results["metric"]]
-    mean, ci95 = summary["mean"], summary["ci95"]
-    line = f"{results['metric']} {mean:.4f} +- {ci95:.4f} ({results['episodes']} episodes)"
-    steps = results.get(f"{results['metric']}_after_steps")
-    if steps:
+    metric = results["metric"]
+    summary = results[metric]
+    line = (
+        f"{metric} {summary['mean']:.4f} +- {summary['ci95']:.4f} ({results['episodes']} episodes)"
+    )
+    if steps := results.get(f"{metric}_after_steps"):
         line += "; after " + ", ".join(
             f"{k} steps {s['mean']:.2f} +- {s['ci95']:.2f}" for k, s in enumerate(steps)
+        )
+    if instances := results.get(f"{metric}_by_instance"):
+        line += "; by instance " + ", ".join(
+            f"{k + 1}: {s['mean']:.3f}" for k, s in enumerate(instances)
         )
     return line

@@ -22,6 +22,20 @@ def task_loss_and_score(
     return loss, accuracy.detach()
 
 
+def accuracy_by_instance(
+    logits: torch.Tensor, labels: torch.Tensor, instances: int
+) -> torch.Tensor:
+    """Accuracy at the 1st, 2nd, ... `instances`-th presentation of a class in a sequence
+    (Santoro et al. 2016's table): [instances]. logits [T, ways], labels [T]."""
+    seen = F.one_hot(labels, logits.shape[-1])  # [T, ways]
+    instance = ((seen.cumsum(0) - seen) * seen).sum(
+        -1
+    )  # earlier presentations of each step's class
+    at = F.one_hot(instance.clamp_max(instances - 1), instances).to(logits.dtype)  # [T, instances]
+    correct = (logits.argmax(-1) == labels).to(logits.dtype)
+    return (correct @ at / at.sum(0).clamp_min(1)).detach()
+
+
 def mean_ci95(scores: torch.Tensor) -> dict[str, float]:
     """Mean and half-width of the 95% interval: 1.96 * std / sqrt(n) over episodes."""
     scores = scores.double().flatten()

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from metarun import batchnorm
 from metarun.data.base import EpisodeShapeError
 from metarun.data.environments import EnvironmentDataset
+from metarun.data.sampler import VariableShots
 from metarun.engine import Engine
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_scores, summarise
@@ -20,36 +21,42 @@ def _key_set(cfg: DictConfig, key: str, source: str) -> str:
     return source if OmegaConf.select(cfg, key) == OmegaConf.select(cfg, source) else key
 
 
-def sampler(cfg: DictConfig, dataset, split: str, device: torch.device, keys: tuple[str, str, str]):
-    """The dataset's sampler of `split` with (ways, shots, queries) read from `keys`, which an
-    impossible shape names."""
+def sampler(cfg: DictConfig, dataset, split: str, device: torch.device, keys: tuple[str, ...],
+            shots: int | None = None):  # fmt: skip
+    """The dataset's sampler of `split` with (ways, shots, queries, protocol) read from `keys`,
+    which an impossible shape names; `shots` replaces the value of the shots key."""
+    ways, shots_set, queries, kind = (OmegaConf.select(cfg, key) for key in keys)
+    shots = shots_set if shots is None else shots
     try:
-        return dataset.sampler(split, *(OmegaConf.select(cfg, key) for key in keys), device)
+        if kind == "online":
+            return dataset.online_sequences(split, ways, shots, device)
+        return dataset.sampler(split, ways, shots, queries, device)
     except EpisodeShapeError as error:
-        raise ConfigError(error.explain(*keys)) from None
+        raise ConfigError(error.explain(*keys[:3])) from None
 
 
 def eval_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
-    """Validation and test episodes: eval.ways/shots/queries (which default to task.*)."""
+    """Validation and test episodes: eval.ways/shots/queries/protocol (which default to task.*)."""
     keys = (
         _key_set(cfg, "eval.ways", "task.ways"),
         _key_set(cfg, "eval.shots", "task.shots"),
         "eval.queries",
+        "eval.protocol",
     )
     return sampler(cfg, dataset, split, device, keys)
 
 
 def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
-    """Meta-training episodes, or labelled batches for algorithms trained as classifiers."""
+    """Meta-training episodes (each meta-batch's shots drawn from task.min_shots..task.shots
+    when min_shots is set), or labelled batches for algorithms trained as classifiers."""
     if not algo.episodic:
         return dataset.labelled_batches("train", cfg.task.batch_size, device)
-    return sampler(
-        cfg,
-        dataset,
-        "train",
-        device,
-        (_key_set(cfg, "task.train_ways", "task.ways"), "task.shots", "task.queries"),
-    )
+    keys = (_key_set(cfg, "task.train_ways", "task.ways"), "task.shots", "task.queries",
+            "task.protocol")  # fmt: skip
+    if cfg.task.min_shots is None:
+        return sampler(cfg, dataset, "train", device, keys)
+    shots = range(cfg.task.min_shots, cfg.task.shots + 1)
+    return VariableShots({k: sampler(cfg, dataset, "train", device, keys, k) for k in shots})
 
 
 def validation_seed(cfg: DictConfig) -> int:
@@ -67,7 +74,7 @@ def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes:
     scores = episode_scores(
         algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps
     )
-    return summarise(scores, metric)
+    return summarise(scores, metric, getattr(sampler, "score_columns", None))
 
 
 def inner_steps(cfg: DictConfig) -> tuple[int | None, int | None]:
@@ -96,9 +103,11 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
         **dataset.protocol(),
         "eval_split": "test",
         "batchnorm": f"{cfg.bn}: {batchnorm.MODES[cfg.bn]}",
+        "protocol": cfg.eval.protocol,
         "ways": cfg.eval.ways,
         "shots": cfg.eval.shots,
         "queries_test": cfg.eval.queries,
+        "train_shots": [cfg.task.min_shots or cfg.task.shots, cfg.task.shots],
         "episodes": cfg.eval.episodes,
         **shared,
         **engine.describe(),

@@ -15,6 +15,15 @@ def _name(target: str | None) -> str | None:
     return target.rsplit(".", 1)[-1] if target else None
 
 
+def episode(ways: int, shots: int, queries: int, protocol: str = "episodic",
+            min_shots: int | None = None) -> str:  # fmt: skip
+    """'5-way 1-shot, 15 queries per class', '5-way 1..5-shot, ...' or an online sequence."""
+    if protocol == "online":
+        return f"online sequences of {ways} classes x {shots} instances"
+    drawn = f"{min_shots}..{shots}" if min_shots is not None else f"{shots}"
+    return f"{ways}-way {drawn}-shot, {queries} queries per class"
+
+
 def settings(cfg: DictConfig) -> dict:
     """The values that decide what a run reproduces: episode shapes, rates, inner steps, budget,
     BatchNorm mode and runtime settings, resolved."""
@@ -28,8 +37,8 @@ def settings(cfg: DictConfig) -> dict:
         "algorithm": _name(cfg["algo"]["_target_"]),
         "dataset": _name(cfg["dataset"]["_target_"]),
         "backbone": _name(cfg["backbone"]["_target_"]),
-        "train_episode": f"{ways}-way {shots}-shot, {queries} queries",
-        "test_episode": f"{ev['ways']}-way {ev['shots']}-shot, {ev['queries']} queries",
+        "train_episode": episode(ways, shots, queries, task["protocol"], task["min_shots"]),
+        "test_episode": episode(ev["ways"], ev["shots"], ev["queries"], ev["protocol"]),
         "meta_batch_size": task["meta_batch_size"],
         "inner_lr": cfg["algo"].get("inner_lr"),
         "inner_steps_train": train_steps,
@@ -49,27 +58,28 @@ def render(values: dict) -> str:
 
 def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) -> str:
     """What a run is about to do and where its output goes, printed before the first iteration."""
-    t, task, shape, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
-    split = f" ({shape['split']} split)" if "split" in shape else ""
+    t, task, data, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
+    split = f" ({data['split']} split)" if "split" in data else ""
     compiled = "on" if e["compile"] else "off"
     computing = f"engine {e['engine']}, compile {compiled}, {e['precision']}, bn={cfg.bn}"
-    test = f"{cfg.eval.ways}-way {cfg.eval.shots}-shot, {cfg.eval.episodes} episodes"
+    test = f"{episode(cfg.eval.ways, cfg.eval.shots, cfg.eval.queries, cfg.eval.protocol)}, "
+    test += f"{cfg.eval.episodes} episodes"
     if isinstance(dataset, EnvironmentDataset):  # shots and queries count trajectories
-        episode = (
+        training = (
             f"{task.shots} trajectories per adaptation step, {task.queries} per "
-            f"meta-update, horizon {shape['horizon']}, meta-batch {task.meta_batch_size}"
+            f"meta-update, horizon {data['horizon']}, meta-batch {task.meta_batch_size}"
         )
         test = f"{cfg.eval.episodes} tasks, {cfg.eval.shots} trajectories per step"
         computing = "the algorithm collects and differentiates (engine settings do not apply)"
     elif algo.episodic:
-        episode = f"{task.train_ways}-way {task.shots}-shot, {task.queries} queries per class"
-        episode += f", meta-batch {task.meta_batch_size}"
+        shape = episode(task.train_ways, task.shots, task.queries, task.protocol, task.min_shots)
+        training = f"{shape}, meta-batch {task.meta_batch_size}"
     else:
-        episode = f"labelled batches of {task.batch_size}"
+        training = f"labelled batches of {task.batch_size}"
     device = next(algo.parameters()).device
     resumed = f", resuming at {start}" if start else ""
     return (
-        f"metarun train: {type(algo).__name__} on {shape['dataset']}{split}: {episode}\n"
+        f"metarun train: {type(algo).__name__} on {data['dataset']}{split}: {training}\n"
         f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on {t.val_episodes} "
         f"episodes; test: {test}\n"
         f"  device {device}; {computing}\n"

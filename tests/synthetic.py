@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from metarun.data.sampler import ClassImageSampler, LabelledImageSampler
+from metarun.data.sampler import ClassImageSampler, LabelledImageSampler, OnlineSequenceSampler
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -43,6 +43,9 @@ class TinyImages:
 
     def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device):
         return ClassImageSampler(self.split_images(split).to(device), split, ways, shots, queries)
+
+    def online_sequences(self, split: str, ways: int, instances: int, device: torch.device):
+        return OnlineSequenceSampler(self.split_images(split).to(device), split, ways, instances)
 
     def num_classes(self, split: str) -> int:
         return self.classes

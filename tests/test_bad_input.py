@@ -19,8 +19,8 @@ TRAIN_MISTAKES = [
     (["experiment=nope"], "Available options in 'experiment'"),
     (
         ["task.wayz=3"],
-        "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, queries, "
-        "shots",
+        "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, "
+        "min_shots, protocol, queries, shots",
     ),
     (["wayz=3"], "wayz is not a setting. Settings at the top level: algo, backbone"),
     (["+algo.foo=1"], "'algo' config could not be built"),

@@ -125,7 +125,7 @@ def test_summary_has_the_return_after_each_step():
     from metarun.evaluator import describe, summarise
 
     scores = torch.tensor([[-10.0, -5.0], [-12.0, -7.0], [-11.0, -6.0]])
-    summary = summarise(scores, "return")
+    summary = summarise(scores, "return", "after_steps")
     assert summary["return"]["mean"] == pytest.approx(-6.0)
     assert [s["mean"] for s in summary["return_after_steps"]] == pytest.approx([-11.0, -6.0])
     assert "after 0 steps -11.00" in describe(summary)

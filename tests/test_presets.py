@@ -55,6 +55,9 @@ PAPERS = {
     "baseline_omniglot": (5, 1, 15, 1, None, None, None, 20000, "running"),
     "baseline_plus_plus_omniglot": (5, 1, 15, 1, None, None, None, 20000, "running"),
     "nearest_neighbour_omniglot": (5, 1, 15, 32, None, None, None, 0, "transductive"),
+    # SNAIL (Mishra et al. 2018, Sec. 5.1): shots drawn from 1..5 (the 5 here is the largest),
+    # tested 1-shot; queries, meta-batch and iterations are the preset's stated choices.
+    "snail_omniglot_5w1s": (5, 5, 1, 32, None, None, None, 40000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
     # pretrained baseline trains without inner steps; half-cheetah iterations are our choice.
     "maml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),

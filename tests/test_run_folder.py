@@ -81,7 +81,10 @@ def test_show_prints_a_presets_resolved_settings(metarun_in_process):
     done = metarun_in_process("show", "experiment=anil_omniglot_20w5s")
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(maxsplit=1) for line in done.stdout.splitlines())
-    assert lines["algorithm"] == "ANIL" and lines["train_episode"] == "20-way 5-shot, 5 queries"
+    assert (
+        lines["algorithm"] == "ANIL"
+        and lines["train_episode"] == "20-way 5-shot, 5 queries per class"
+    )
     assert (
         lines["inner_lr"] == "0.1"
         and lines["inner_steps_test"] == "5"

@@ -39,6 +39,9 @@ class Algorithm(nn.Module):
     # False: meta-trained as an ordinary classifier of every training class, on labelled batches
     # (episodes with an empty support set; `out_features` is then the training class count).
     episodic: bool = True
+    # True: reads an episode as a sequence, so it can also learn the online protocol
+    # (task.protocol=online; metarun.algorithms.sequence).
+    reads_sequences: bool = False
 
     def set_progress(self, iteration: int) -> None:
         """Told the meta-training iteration before each meta-batch; for schedules inside an

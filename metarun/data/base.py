@@ -29,13 +29,15 @@ class EpisodeShapeError(ConfigError):
     queries: int
     classes: int | None = None  # classes in the split
     per_class: int | None = None  # examples per class
+    online: bool = False  # one sequence of `shots` instances per class, no queries
 
     def __str__(self) -> str:
         return self.explain("task.ways", "task.shots", "task.queries")
 
     def explain(self, ways: str, shots: str, queries: str) -> str:
         """One paragraph naming the settings `ways`, `shots` and `queries` (their full keys)."""
-        for name, value in ((ways, self.ways), (shots, self.shots), (queries, self.queries)):
+        counts = ((ways, self.ways), (shots, self.shots), (queries, self.queries))
+        for name, value in counts[: 2 if self.online else 3]:
             if value <= 0:
                 return (
                     f"{name}={value} is not allowed: it must be greater than zero. "
@@ -45,6 +47,12 @@ class EpisodeShapeError(ConfigError):
             return (
                 f"{ways}={self.ways} but the '{self.split}' split has only {self.classes} classes. "
                 f"Lower {ways} to at most {self.classes}."
+            )
+        if self.online:
+            return (
+                f"Each class of the '{self.split}' split has {self.per_class} images but the "
+                f"online protocol shows {shots}={self.shots} instances of each. Lower {shots} "
+                f"to at most {self.per_class}."
             )
         total = self.shots + self.queries
         return (
@@ -72,6 +80,10 @@ def check_shape(
 
 @runtime_checkable
 class Sampler(Protocol):
+    """A sampler whose scores per episode have columns (environments: the return after each
+    adaptation step; online sequences: the accuracy at each showing of a class) also names them
+    in a class attribute `score_columns` (metarun.evaluator.HEADLINES)."""
+
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """The plan of `num_tasks` tasks, on the CPU: [tasks, ...]."""
 
@@ -110,3 +122,13 @@ class LabelledDataset(Dataset, Protocol):
     def num_classes(self, split: str) -> int: ...
 
     def labelled_batches(self, split: str, batch_size: int, device: torch.device) -> Sampler: ...
+
+
+@runtime_checkable
+class SequenceDataset(Dataset, Protocol):
+    """A classification dataset that can also serve the online protocol's sequences
+    (task.protocol=online): `ways` classes x `instances` examples each, in random order."""
+
+    def online_sequences(
+        self, split: str, ways: int, instances: int, device: torch.device
+    ) -> Sampler: ...

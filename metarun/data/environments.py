@@ -142,6 +142,8 @@ class EnvironmentDataset:
 class EnvironmentSampler:
     """Draws task parameters and seeds on the CPU; builds EnvironmentTasks."""
 
+    score_columns = "after_steps"  # scores are returns after 0..steps adaptation steps
+
     def __init__(
         self,
         family,

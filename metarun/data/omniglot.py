@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from metarun.checkpoint import atomic_save
-from metarun.data.sampler import ClassImageSampler, LabelledImageSampler
+from metarun.data.sampler import ClassImageSampler, LabelledImageSampler, OnlineSequenceSampler
 from metarun.errors import ConfigError
 
 ARCHIVES = ("images_background", "images_evaluation")
@@ -96,6 +96,11 @@ class Omniglot:
         self, split: str, batch_size: int, device: torch.device
     ) -> LabelledImageSampler:
         return LabelledImageSampler(self.split_images(split).to(device), batch_size)
+
+    def online_sequences(
+        self, split: str, ways: int, instances: int, device: torch.device
+    ) -> OnlineSequenceSampler:
+        return OnlineSequenceSampler(self.split_images(split).to(device), split, ways, instances)
 
     def num_classes(self, split: str) -> int:
         return len(self._entries(split))

@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import torch
 
-from metarun.data.base import check_shape
+from metarun.data.base import EpisodeShapeError, check_shape
 from metarun.episode import Episode
+
+
+def draw_images(
+    images: torch.Tensor, tasks: int, ways: int, per_class: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Flat indices into images [classes, examples, ...] of `ways` distinct classes and
+    `per_class` distinct examples of each, per task: [tasks, ways, per_class]."""
+    num_classes, examples = images.shape[:2]
+    classes = torch.rand(tasks, num_classes, generator=generator).argsort(dim=1)[:, :ways]
+    picks = torch.rand(tasks, ways, examples, generator=generator).argsort(dim=2)[:, :, :per_class]
+    return classes.unsqueeze(-1) * examples + picks
 
 
 class ClassImageSampler:
@@ -25,13 +36,7 @@ class ClassImageSampler:
 
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Flat image indices for each task: [tasks, ways, shots+queries], drawn on the CPU."""
-        num_classes, per_class = self.images.shape[:2]
-        classes = torch.rand(num_tasks, num_classes, generator=generator).argsort(dim=1)[
-            :, : self.ways
-        ]
-        picks = torch.rand(num_tasks, self.ways, per_class, generator=generator).argsort(dim=2)
-        picks = picks[:, :, : self.shots + self.queries]
-        return classes.unsqueeze(-1) * per_class + picks
+        return draw_images(self.images, num_tasks, self.ways, self.shots + self.queries, generator)
 
     def build(self, plan: torch.Tensor) -> Episode:
         """Gathers the planned images on the device and splits them into support and query."""
@@ -75,3 +80,49 @@ class LabelledImageSampler:
         pixels = flat[plan].float().div_(255.0)  # [tasks, batch, C, H, W]
         labels = plan // self.images.shape[1]
         return Episode(pixels[:, :0], labels[:, :0], pixels, labels, ways=self.images.shape[0])
+
+
+class VariableShots:
+    """Episodes whose shots are drawn per meta-batch, uniformly from the keys of `samplers` (one
+    sampler per shot count; SNAIL trains one model for K = 1..5). All episodes of one batch share
+    their shots, so the batch stays one rectangular tensor per field."""
+
+    def __init__(self, samplers: dict[int, object]) -> None:
+        self.samplers = samplers
+        self.shots = sorted(samplers)
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
+        shots = self.shots[torch.randint(len(self.shots), (1,), generator=generator).item()]
+        return self.samplers[shots].sample(num_tasks, generator)
+
+
+class OnlineSequenceSampler:
+    """Santoro et al. (2016)'s episodes: `ways` classes x `instances` images each, shown as one
+    sequence in random order with labels 0..ways-1 assigned at random. The Episode has an empty
+    support set and the sequence as its queries (metarun.algorithms.sequence reads it)."""
+
+    score_columns = "by_instance"
+
+    def __init__(self, images: torch.Tensor, split: str, ways: int, instances: int) -> None:
+        classes, per_class = images.shape[:2]
+        if ways > classes or instances > per_class:
+            raise EpisodeShapeError(split, ways, instances, 0, classes, per_class, online=True)
+        self.images, self.ways, self.instances = images, ways, instances
+
+    def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """[tasks, ways*instances, 2]: (flat image index, label) of each step, in showing order."""
+        episodes = draw_images(self.images, num_tasks, self.ways, self.instances, generator)
+        labels = torch.arange(self.ways).view(1, -1, 1).expand_as(episodes)
+        steps = torch.stack([episodes, labels], dim=-1).flatten(1, 2)  # grouped by class
+        order = torch.rand(num_tasks, steps.shape[1], generator=generator).argsort(dim=1)
+        return steps[torch.arange(num_tasks).unsqueeze(1), order]
+
+    def build(self, plan: torch.Tensor) -> Episode:
+        flat = self.images.flatten(0, 1)
+        plan = plan.to(flat.device)
+        pixels = flat[plan[..., 0]].float().div_(255.0)  # [tasks, T, C, H, W]
+        labels = plan[..., 1]
+        return Episode(pixels[:, :0], labels[:, :0], pixels, labels, ways=self.ways)
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
+        return self.build(self.draw(num_tasks, generator))
