@@ -37,6 +37,9 @@ class RunResult:
     commit: str | None = (
         None  # the code that made the result: short commit, "+" for uncommitted changes
     )
+    by_instance: tuple[
+        float, ...
+    ] = ()  # online protocol: accuracy at a class's 1st, 2nd... showing
 
 
 def _overrides(folder: Path) -> dict[str, str]:
@@ -71,6 +74,7 @@ def read_run(folder: Path) -> RunResult:
         results.get("iteration"),
         training.get("wall_time_s"),
         commit,
+        tuple(s["mean"] for s in results.get(f"{results['metric']}_by_instance", ())),
     )
 
 
@@ -115,11 +119,13 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     """The per-run table: the commit when runs differ in it, the varying settings, the result."""
     varying = varying_keys(runs)
     commits = ["commit"] if len({run.commit for run in runs}) > 1 else []
+    instances = max(len(run.by_instance) for run in runs)
     header = [
         *commits,
         *varying,
         f"test {_metric(runs)}",
         "ci95",
+        *(f"instance {k + 1}" for k in range(instances)),
         "episodes",
         "best iteration",
         "wall time (s)",
@@ -131,6 +137,7 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
             *(run.overrides.get(key, "") for key in varying),
             run.mean,
             run.ci95,
+            *(run.by_instance + ("",) * (instances - len(run.by_instance))),
             run.episodes,
             run.best_iteration,
             run.wall_time_s,
@@ -184,7 +191,8 @@ def markdown(runs: list[RunResult]) -> str:
         folder = Path(row[-1]).absolute()
         row[-1] = str(folder.relative_to(root)) if len(runs) > 1 else folder.name
     percent = _metric(runs) == "accuracy"
-    first = len(header) - 6  # the test result's mean and ci95 columns
+    first = header.index(f"test {_metric(runs)}")  # then ci95 and the accuracies by instance
+    last = header.index("episodes")
     shared = _shared(runs, varying_keys(runs))
     parts = [
         f"{len(runs)} runs"
@@ -193,7 +201,7 @@ def markdown(runs: list[RunResult]) -> str:
             if shared
             else ""
         ),
-        _markdown_table(header, rows, {first, first + 1} if percent else set()),
+        _markdown_table(header, rows, set(range(first, last)) if percent else set()),
     ]
     seed_header, grouped = seed_rows(runs)
     if grouped:

@@ -58,6 +58,10 @@ PAPERS = {
     # SNAIL (Mishra et al. 2018, Sec. 5.1): shots drawn from 1..5 (the 5 here is the largest),
     # tested 1-shot; queries, meta-batch and iterations are the preset's stated choices.
     "snail_omniglot_5w1s": (5, 5, 1, 32, None, None, None, 40000, "transductive"),
+    # MANN and its LSTM baseline (Santoro et al. 2016, Sec. 4.1): online sequences of 5 classes x
+    # 10 instances (shots count instances; queries are unused), 16 episodes per update.
+    "mann_omniglot_online": (5, 10, 15, 16, None, None, None, 100000, "transductive"),
+    "lstm_baseline_omniglot_online": (5, 10, 15, 16, None, None, None, 100000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
     # pretrained baseline trains without inner steps; half-cheetah iterations are our choice.
     "maml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),

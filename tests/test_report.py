@@ -212,3 +212,15 @@ def test_runs_named_by_relative_and_absolute_paths_share_one_table(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     table = markdown(find_runs([Path("a"), tmp_path / "b"]))
     assert "| a |" in table and "| b |" in table
+
+
+def test_report_shows_the_accuracy_by_instance_of_online_runs(tmp_path):
+    fake_run(tmp_path / "a", ["algo=mann"], 0.9)
+    online = fake_run(tmp_path / "b", ["algo=lstm_baseline"], 0.5)
+    results = json.loads((online / "results.json").read_text())
+    results["accuracy_by_instance"] = [{"mean": m, "ci95": 0.01} for m in (0.25, 0.5, 0.625)]
+    (online / "results.json").write_text(json.dumps(results))
+    table = markdown(find_runs([tmp_path]))
+    assert "| instance 1 | instance 2 | instance 3 |" in table
+    assert "| lstm_baseline | 50.00 | 1.00 | 25.00 | 50.00 | 62.50 | 600 |" in table
+    assert "| mann | 90.00 | 1.00 |  |  |  | 600 |" in table

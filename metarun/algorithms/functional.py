@@ -65,6 +65,13 @@ def lstm_cell(
         + hidden @ params["weight_hh"].T
         + params["bias_hh"]
     )
+    return lstm_update(gates, cell)
+
+
+def lstm_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden, cell) from an LSTM's gate pre-activations [B, 4H] (input, forget, candidate,
+    output, nn.LSTMCell's order) and the previous cell [B, H]; for callers that compute part of
+    the pre-activations ahead of the recurrence."""
     input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
     return torch.sigmoid(output_gate) * torch.tanh(cell), cell

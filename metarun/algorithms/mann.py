@@ -1,0 +1,122 @@
+"""Memory-augmented neural network (Santoro, Bartunov, Botvinick, Wierstra, Lillicrap 2016,
+arXiv:1605.06065): an LSTM controller reads an external memory by content (softmax over cosine
+similarities, several read heads) and writes each step's key by least-recently-used access, an
+interpolation, gated by the controller, between the slots read last step and the least used.
+
+Each step's input is the example, a label and the previous step's reads; the prediction reads
+the controller's output and this step's reads. `read_heads=0` is the paper's LSTM baseline: the
+controller alone. All tasks of a meta-batch run as one batched recurrence under the vmap engine.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.algorithms.functional import Params, lstm_update
+from metarun.algorithms.sequence import SequenceLearner
+from metarun.errors import ConfigError
+
+INITIAL_MEMORY = 1e-6  # a small constant: every slot has a direction for the cosine
+
+
+class Memory(NamedTuple):
+    contents: torch.Tensor  # [B, slots, width]
+    read_weights: torch.Tensor  # [B, heads, slots], of the last step
+    usage: torch.Tensor  # [B, slots]
+
+
+def least_used(usage: torch.Tensor, count: int) -> torch.Tensor:
+    """1 at the `count` least used slots, 0 elsewhere: [B, slots]."""
+    smallest = usage.topk(count, dim=-1, largest=False).indices
+    return torch.zeros_like(usage).scatter(-1, smallest, 1.0)
+
+
+def memory_step(
+    memory: Memory, keys: torch.Tensor, gates: torch.Tensor, decay: float
+) -> tuple[Memory, torch.Tensor]:
+    """Writes `keys` [B, heads, width] by LRU access with write gates [B, heads] in (0, 1), then
+    reads by content with the same keys; returns the new memory and the reads [B, heads, width].
+
+    Write weights sigma*w_read(t-1) + (1 - sigma)*w_least_used(t-1); the least used slot is
+    cleared before the write; usage decays by `decay` and adds this step's read and write weights.
+    """
+    heads = keys.shape[1]
+    unused = least_used(memory.usage, heads)  # from the previous step's usage
+    gate = gates.unsqueeze(-1)
+    write = gate * memory.read_weights + (1 - gate) * unused.unsqueeze(1)  # [B, heads, slots]
+    cleared = 1 - F.one_hot(memory.usage.argmin(-1), memory.usage.shape[-1]).to(keys.dtype)
+    contents = memory.contents * cleared.unsqueeze(-1) + write.transpose(1, 2) @ keys
+    similarity = F.normalize(keys, dim=-1) @ F.normalize(contents, dim=-1).transpose(1, 2)
+    read_weights = torch.softmax(similarity, dim=-1)  # [B, heads, slots]
+    usage = decay * memory.usage + read_weights.sum(1) + write.sum(1)
+    return Memory(contents, read_weights, usage), read_weights @ contents
+
+
+class MANN(SequenceLearner):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        *,
+        hidden: int = 200,
+        memory_slots: int = 128,
+        memory_width: int = 40,
+        read_heads: int = 4,
+        usage_decay: float = 0.95,
+    ) -> None:
+        super().__init__()
+        if read_heads < 0 or read_heads > memory_slots or min(hidden, memory_width) < 1:
+            raise ConfigError(
+                f"algo.read_heads={read_heads} must be between 0 (no memory: the LSTM baseline) "
+                f"and algo.memory_slots={memory_slots}; algo.hidden and algo.memory_width must "
+                "be at least 1."
+            )
+        self.model, self.out_features = backbone, out_features
+        self.slots, self.width, self.heads, self.decay = (
+            memory_slots, memory_width, read_heads, usage_decay
+        )  # fmt: skip
+        reads = read_heads * memory_width
+        self.controller = nn.LSTMCell(backbone.out_features + out_features + reads, hidden)
+        self.keys = nn.Linear(hidden, reads) if read_heads else None
+        self.gates = nn.Linear(hidden, read_heads) if read_heads else None
+        self.output = nn.Linear(hidden + reads, out_features)
+
+    def initial_memory(self, batch: int, like: torch.Tensor) -> Memory:
+        return Memory(
+            like.new_full((batch, self.slots, self.width), INITIAL_MEMORY),
+            like.new_zeros(batch, self.heads, self.slots),
+            like.new_zeros(batch, self.slots),
+        )
+
+    def read(self, params: Params, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The recurrence is kept to what depends on the previous step: the controller's input
+        weights are applied to every step's example and label in one product beforehand, the
+        output layer to every step's state afterwards."""
+        batch, steps = features.shape[:2]
+        weight_ih, weight_hh = params["controller.weight_ih"], params["controller.weight_hh"]
+        given = features.shape[-1] + labels.shape[-1]
+        inputs = F.linear(torch.cat([features, labels], dim=-1), weight_ih[:, :given],
+                          params["controller.bias_ih"] + params["controller.bias_hh"])  # fmt: skip
+        hidden = cell = features.new_zeros(batch, weight_hh.shape[-1])
+        reads = features.new_zeros(batch, self.heads * self.width)
+        memory, states = self.initial_memory(batch, features), []
+        for step in range(steps):
+            gates = inputs[:, step] + hidden @ weight_hh.T
+            if self.heads:
+                gates = gates + reads @ weight_ih[:, given:].T
+            hidden, cell = lstm_update(gates, cell)
+            if self.heads:
+                keys = torch.tanh(F.linear(hidden, params["keys.weight"], params["keys.bias"]))
+                gates = torch.sigmoid(
+                    F.linear(hidden, params["gates.weight"], params["gates.bias"])
+                )
+                memory, read = memory_step(
+                    memory, keys.view(batch, self.heads, self.width), gates, self.decay
+                )
+                reads = read.flatten(1)
+            states.append(torch.cat([hidden, reads], dim=-1))
+        return F.linear(torch.stack(states, dim=1), params["output.weight"], params["output.bias"])

@@ -1,0 +1,92 @@
+"""SNAIL: causal blocks, queries read from the support set's cached block inputs exactly as whole
+sequences would be, and a tiny problem it must solve."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import assert_engines_agree
+from synthetic import TinyImages
+
+from metarun.algorithms.sequence import SequenceLearner
+from metarun.algorithms.snail import SNAIL, AttentionBlock, DenseBlock
+from metarun.backbones.conv4 import Conv4
+from metarun.backbones.mlp import MLP
+from metarun.engine import Engine
+
+
+def snail(ways=3, length=8) -> SNAIL:
+    torch.manual_seed(0)
+    return SNAIL(MLP((4,), hidden=[8]), ways, length=length, filters=6,
+                 attention=[[5, 4], [6, 5], [7, 6]]).double()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "block", [DenseBlock(5, 3, dilation=1), DenseBlock(5, 3, dilation=4), AttentionBlock(5, 4, 3)]
+)
+def test_blocks_are_causal(block):
+    x = torch.randn(2, 5, 9)
+    changed = x.clone()
+    changed[..., 6:] = torch.randn(2, 5, 3)
+    torch.testing.assert_close(block(x)[..., :6], block(changed)[..., :6])
+    assert not torch.allclose(block(x)[..., 6:], block(changed)[..., 6:])
+
+
+def test_dense_block_dilation_reaches_exactly_that_far_back():
+    block, x = DenseBlock(2, 3, dilation=3), torch.randn(1, 2, 8)
+    for earlier, reaches in ((4, True), (3, False)):  # step 7 reads steps 7 and 4 only
+        changed = x.clone()
+        changed[..., earlier] += 1.0
+        assert reaches != torch.allclose(block(x)[..., 7], block(changed)[..., 7])
+
+
+@pytest.mark.parametrize("support", [1, 6, 20])  # shorter and longer than the dilations
+def test_cached_query_reads_equal_whole_sequences(support):
+    algo, params = snail(), snail().params()
+    features = torch.randn(support, 8, dtype=torch.float64)
+    labels = torch.nn.functional.one_hot(torch.arange(support) % 3, 3).double()
+    queries = torch.randn(5, 8, dtype=torch.float64)
+    torch.testing.assert_close(
+        algo.read_queries(params, features, labels, queries),
+        SequenceLearner.read_queries(algo, params, features, labels, queries),
+    )
+
+
+def test_a_query_sees_the_support_set_and_itself_only():
+    algo = snail()
+    support_x, support_y = torch.randn(6, 4, dtype=torch.float64), torch.arange(6) % 3
+    predict = algo.adapt(algo.params(), support_x, support_y, ways=3)
+    queries = torch.randn(4, 4, dtype=torch.float64)
+    other = queries.clone()
+    other[1:] = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(predict(queries)[0], predict(other)[0])
+    changed_support = support_x.clone()
+    changed_support[-1] += 1.0
+    changed = algo.adapt(algo.params(), changed_support, support_y, ways=3)(queries)
+    assert not torch.allclose(changed[0], predict(queries)[0])
+
+
+def test_loop_and_vmap_engines_agree():
+    algo = snail()
+    images = TinyImages(classes=6, per_class=6, image_size=2)
+    batch = images.sampler("train", 3, 2, 2, torch.device("cpu")).sample(
+        3, torch.Generator().manual_seed(0)
+    )
+    algo.model = torch.nn.Sequential(torch.nn.Flatten(), algo.model).double()
+    batch = type(batch)(*(t.double() if t.is_floating_point() else t for t in batch.tensors), 3)
+    assert_engines_agree(algo, batch)
+
+
+@pytest.mark.slow
+def test_learns_a_tiny_image_problem():
+    torch.manual_seed(0)
+    sampler = TinyImages(classes=20, per_class=10).sampler("train", 5, 1, 2, torch.device("cpu"))
+    algo = SNAIL(Conv4((1, 16, 16), hidden=16), 5, length=6)
+    optimizer, engine = torch.optim.Adam(algo.parameters(), 1e-3), Engine("loop")
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        optimizer.zero_grad()
+        engine.meta_backward(algo, sampler.sample(8, generator))
+        optimizer.step()
+    test = sampler.sample(32, torch.Generator().manual_seed(1))
+    assert engine.scores(algo, test).mean() > 0.6  # chance: 0.2
