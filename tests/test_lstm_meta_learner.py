@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from test_maml import classification_batch
 
-from metarun.algorithms.lstm_meta_learner import LSTMMetaLearner, preprocess
+from metarun.algorithms.functional import preprocess
+from metarun.algorithms.lstm_meta_learner import LSTMMetaLearner
 from metarun.backbones.conv4 import Conv4
 from metarun.engine import Engine
 

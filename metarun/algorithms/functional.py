@@ -6,6 +6,7 @@ them can be looped or vmapped over tasks and differentiated through by torch.fun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -75,3 +76,13 @@ def lstm_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, 
     input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
     return torch.sigmoid(output_gate) * torch.tanh(cell), cell
+
+
+def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
+    """Andrychowicz et al.'s scaling of values spanning many magnitudes: [..., 2]."""
+    large = x.abs() >= math.exp(-p)
+    magnitude = torch.where(
+        large, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0)
+    )
+    direction = torch.where(large, x.sign(), math.exp(p) * x)
+    return torch.stack([magnitude, direction], dim=-1)

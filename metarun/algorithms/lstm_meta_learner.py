@@ -11,26 +11,14 @@ As in the paper, gradients and losses enter as inputs only (no second derivative
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
 from metarun.algorithms.base import Algorithm, Predictor
-from metarun.algorithms.functional import Params, lstm_cell, params_under
+from metarun.algorithms.functional import Params, lstm_cell, params_under, preprocess
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
-
-
-def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
-    """Andrychowicz et al.'s scaling of values spanning many magnitudes: [..., 2]."""
-    large = x.abs() >= math.exp(-p)
-    magnitude = torch.where(
-        large, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0)
-    )
-    direction = torch.where(large, x.sign(), math.exp(p) * x)
-    return torch.stack([magnitude, direction], dim=-1)
 
 
 class LSTMMetaLearner(Algorithm):

@@ -1,0 +1,89 @@
+"""Meta Networks: layer augmentation and fast weights against hand computations on a tiny model,
+queries' fast weights by attention, engines that agree, and a tiny problem it must solve."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import assert_engines_agree
+from synthetic import TinyImages
+
+from metarun.algorithms.functional import preprocess
+from metarun.algorithms.meta_net import MetaNet, augmented
+from metarun.backbones.conv4 import Conv4
+from metarun.backbones.mlp import MLP
+from metarun.engine import Engine
+
+
+def meta_net() -> MetaNet:
+    torch.manual_seed(0)
+    return MetaNet(MLP((4,), hidden=[3]), 2, width=5, meta_hidden=6).double()
+
+
+def test_layer_augmentation_adds_the_activations_of_slow_and_fast_paths():
+    algo, x = meta_net(), torch.randn(4, dtype=torch.float64)
+    slow = dict(algo.model.named_parameters())
+    fast = {name: torch.randn_like(w) for name, w in slow.items() if w.dim() > 1}
+    w0, b0 = slow["backbone.features.0.weight"], slow["backbone.features.0.bias"]
+    h = F.relu(w0 @ x + b0) + F.relu(fast["backbone.features.0.weight"] @ x)
+    r = F.relu(slow["fc1.weight"] @ h) + F.relu(fast["fc1.weight"] @ h)
+    expected = slow["fc2.weight"] @ r + fast["fc2.weight"] @ r
+    torch.testing.assert_close(augmented(algo.model, slow, fast, x), expected)
+
+
+def test_each_support_examples_fast_weights_are_the_meta_mlp_of_its_own_gradient():
+    algo = meta_net()
+    support_x, support_y = torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 1, 1])
+    _, memory = algo.memory(algo.params(), support_x, support_y)
+    slow = {name: w.detach().clone().requires_grad_() for name, w in algo.model.named_parameters()}
+    adapted = [name for name, w in slow.items() if w.dim() > 1]
+    for i in range(3):
+        h = F.relu(
+            slow["backbone.features.0.weight"] @ support_x[i] + slow["backbone.features.0.bias"]
+        )
+        logits = slow["fc2.weight"] @ F.relu(slow["fc1.weight"] @ h)
+        loss = F.cross_entropy(logits.unsqueeze(0), support_y[i : i + 1])
+        grads = torch.autograd.grad(loss, [slow[n] for n in adapted])
+        for name, g in zip(adapted, grads):
+            expected = algo.base_weights(preprocess(g, 7.0)).squeeze(-1)
+            torch.testing.assert_close(memory[name][i], expected)
+
+
+def test_with_one_support_example_a_query_gets_its_fast_weights():
+    algo = meta_net()
+    support_x, support_y = torch.randn(1, 4, dtype=torch.float64), torch.tensor([1])
+    query_x = torch.randn(2, 4, dtype=torch.float64)
+    _, memory = algo.memory(algo.params(), support_x, support_y)
+    slow = dict(algo.model.named_parameters())
+    expected = torch.stack(
+        [augmented(algo.model, slow, {n: m[0] for n, m in memory.items()}, x) for x in query_x]
+    )
+    predict = algo.adapt(algo.params(), support_x, support_y, ways=2)
+    torch.testing.assert_close(predict(query_x), expected)
+
+
+def test_loop_and_vmap_engines_agree():
+    images = TinyImages(classes=6, per_class=6, image_size=2)
+    batch = images.sampler("train", 2, 1, 2, torch.device("cpu")).sample(
+        3, torch.Generator().manual_seed(0)
+    )
+    flat = lambda t: t.flatten(2).double() if t.is_floating_point() else t
+    batch = type(batch)(*map(flat, batch.tensors), 2)
+    assert_engines_agree(meta_net(), batch)
+
+
+@pytest.mark.slow
+def test_learns_a_tiny_image_problem():
+    torch.manual_seed(0)
+    sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
+    algo = MetaNet(Conv4((1, 16, 16), hidden=16), 3, width=16)
+    optimizer, engine = torch.optim.Adam(algo.parameters(), 1e-3), Engine("loop")
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        optimizer.zero_grad()
+        engine.meta_backward(algo, sampler.sample(4, generator))
+        torch.nn.utils.clip_grad_norm_(algo.parameters(), 10.0)
+        optimizer.step()
+    test = sampler.sample(32, torch.Generator().manual_seed(1))
+    assert engine.scores(algo, test).mean() > 0.7  # chance: 1/3
