@@ -33,6 +33,10 @@ PRESETS = [
     "matching_net_omniglot_5w1s",
     "relation_net_omniglot_5w1s",
     "baseline_omniglot",
+    "snail_omniglot_5w1s",
+    "meta_net_omniglot_5w1s",
+    "mann_omniglot_online",
+    "lstm_baseline_omniglot_online",
 ]
 
 

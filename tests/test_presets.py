@@ -61,7 +61,7 @@ PAPERS = {
     # MANN and its LSTM baseline (Santoro et al. 2016, Sec. 4.1): online sequences of 5 classes x
     # 10 instances (shots count instances; queries are unused), 16 episodes per update.
     # Meta Networks (Munkhdalai & Yu 2017): queries, meta-batch and iterations are the preset's.
-    "meta_net_omniglot_5w1s": (5, 1, 1, 8, None, None, None, 100000, "transductive"),
+    "meta_net_omniglot_5w1s": (5, 1, 1, 4, None, None, None, 100000, "transductive"),
     "mann_omniglot_online": (5, 10, 15, 16, None, None, None, 100000, "transductive"),
     "lstm_baseline_omniglot_online": (5, 10, 15, 16, None, None, None, 100000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
