@@ -32,7 +32,7 @@ def official_drawings(data_root, characters=3, per_character=3):
     return images
 
 
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet"])
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet", "snail", "mann", "meta_net"])
 def test_load_adapt_predict_on_raw_omniglot_images(make_cfg, tmp_path, data_root, algo):
     cfg = make_cfg(f"algo={algo}", "task.ways=3", "eval.batch_tasks=2", *TINY_OMNIGLOT)
     run.train(cfg, tmp_path)
