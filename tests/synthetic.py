@@ -52,3 +52,20 @@ class TinyImages:
 
     def labelled_batches(self, split: str, batch_size: int, device: torch.device):
         return LabelledImageSampler(self.split_images(split).to(device), batch_size)
+
+
+def meta_train(algo, sampler, updates: int, tasks: int, mode: str = "loop", lr: float = 1e-3,
+               clip: float | None = None):  # fmt: skip
+    """A bare meta-training loop (Adam, `tasks` episodes per update) for the tiny problems that
+    tests ask an algorithm to solve; returns the engine, to score the trained model with."""
+    from metarun.engine import Engine
+
+    optimizer, engine = torch.optim.Adam(algo.parameters(), lr), Engine(mode)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(updates):
+        optimizer.zero_grad()
+        engine.meta_backward(algo, sampler.sample(tasks, generator))
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(algo.parameters(), clip)
+        optimizer.step()
+    return engine

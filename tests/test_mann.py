@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference import assert_engines_agree
-from synthetic import TinyImages
+from synthetic import TinyImages, meta_train
 
 from metarun.algorithms.mann import MANN, Memory, least_used, memory_step
 from metarun.backbones.pixels import Pixels
-from metarun.engine import Engine
 
 
 def memory(usage, read_weights) -> Memory:
@@ -84,16 +83,12 @@ def test_loop_and_vmap_engines_agree(protocol):
     assert_engines_agree(mann(), batch)
 
 
+@pytest.mark.slow
 def test_learns_a_tiny_episodic_problem():
     torch.manual_seed(0)
     images = TinyImages(classes=20, per_class=10, image_size=8)
     sampler = images.sampler("train", 3, 1, 2, torch.device("cpu"))
     algo = MANN(Pixels((1, 8, 8)), 3, hidden=32, memory_slots=16, memory_width=8, read_heads=2)
-    optimizer, engine = torch.optim.Adam(algo.parameters(), 3e-3), Engine("vmap")
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        optimizer.zero_grad()
-        engine.meta_backward(algo, sampler.sample(16, generator))
-        optimizer.step()
+    engine = meta_train(algo, sampler, updates=300, tasks=16, mode="vmap", lr=3e-3)
     test = sampler.sample(64, torch.Generator().manual_seed(1))
     assert engine.scores(algo, test).mean() > 0.8  # chance: 1/3

@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference import assert_engines_agree
-from synthetic import TinyImages
+from synthetic import TinyImages, meta_train
 
 from metarun.algorithms.functional import preprocess
 from metarun.algorithms.meta_net import MetaNet, augmented
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
-from metarun.engine import Engine
 
 
 def meta_net() -> MetaNet:
@@ -78,12 +77,6 @@ def test_learns_a_tiny_image_problem():
     torch.manual_seed(0)
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
     algo = MetaNet(Conv4((1, 16, 16), hidden=16), 3, width=16)
-    optimizer, engine = torch.optim.Adam(algo.parameters(), 1e-3), Engine("loop")
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        optimizer.zero_grad()
-        engine.meta_backward(algo, sampler.sample(4, generator))
-        torch.nn.utils.clip_grad_norm_(algo.parameters(), 10.0)
-        optimizer.step()
+    engine = meta_train(algo, sampler, updates=150, tasks=4, clip=10.0)
     test = sampler.sample(32, torch.Generator().manual_seed(1))
     assert engine.scores(algo, test).mean() > 0.7  # chance: 1/3

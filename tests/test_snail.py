@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import assert_engines_agree
-from synthetic import TinyImages
+from synthetic import TinyImages, meta_train
 
 from metarun.algorithms.sequence import SequenceLearner
 from metarun.algorithms.snail import SNAIL, AttentionBlock, DenseBlock
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
-from metarun.engine import Engine
 
 
 def snail(ways=3, length=8) -> SNAIL:
@@ -82,11 +81,6 @@ def test_learns_a_tiny_image_problem():
     torch.manual_seed(0)
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 5, 1, 2, torch.device("cpu"))
     algo = SNAIL(Conv4((1, 16, 16), hidden=16), 5, length=6)
-    optimizer, engine = torch.optim.Adam(algo.parameters(), 1e-3), Engine("loop")
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        optimizer.zero_grad()
-        engine.meta_backward(algo, sampler.sample(8, generator))
-        optimizer.step()
+    engine = meta_train(algo, sampler, updates=200, tasks=8)
     test = sampler.sample(32, torch.Generator().manual_seed(1))
     assert engine.scores(algo, test).mean() > 0.6  # chance: 0.2
