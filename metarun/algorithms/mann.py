@@ -104,18 +104,19 @@ class MANN(SequenceLearner):
         hidden = cell = features.new_zeros(batch, weight_hh.shape[-1])
         reads = features.new_zeros(batch, self.heads * self.width)
         memory, states = self.initial_memory(batch, features), []
+        from_reads = weight_ih[:, given:].T  # the previous step's reads -> gate pre-activations
         for step in range(steps):
             gates = inputs[:, step] + hidden @ weight_hh.T
             if self.heads:
-                gates = gates + reads @ weight_ih[:, given:].T
+                gates = gates + reads @ from_reads
             hidden, cell = lstm_update(gates, cell)
             if self.heads:
                 keys = torch.tanh(F.linear(hidden, params["keys.weight"], params["keys.bias"]))
-                gates = torch.sigmoid(
+                writing = torch.sigmoid(  # [B, heads]: how much each head writes where it read
                     F.linear(hidden, params["gates.weight"], params["gates.bias"])
                 )
                 memory, read = memory_step(
-                    memory, keys.view(batch, self.heads, self.width), gates, self.decay
+                    memory, keys.view(batch, self.heads, self.width), writing, self.decay
                 )
                 reads = read.flatten(1)
             states.append(torch.cat([hidden, reads], dim=-1))

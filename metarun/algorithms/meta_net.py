@@ -87,10 +87,6 @@ class MetaNet(Algorithm):
         )  # fmt: skip
         self.representation_weights = copy.deepcopy(self.base_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda one: augmented(self.model, dict(self.model.named_parameters()), None,
-                                          one))(x)  # fmt: skip
-
     def _fast_weights(self, params: Params, network: str, gradients: Params) -> Params:
         """The meta learner `network` applied to every coordinate of the (preprocessed) gradients
         of the weights of convolutions and dense layers."""
