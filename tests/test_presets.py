@@ -58,10 +58,12 @@ PAPERS = {
     # SNAIL (Mishra et al. 2018, Sec. 5.1): shots drawn from 1..5 (the 5 here is the largest),
     # tested 1-shot; queries, meta-batch and iterations are the preset's stated choices.
     "snail_omniglot_5w1s": (5, 5, 1, 32, None, None, None, 40000, "transductive"),
+    "snail_omniglot_20w1s": (20, 5, 1, 8, None, None, None, 40000, "transductive"),
     # MANN and its LSTM baseline (Santoro et al. 2016, Sec. 4.1): online sequences of 5 classes x
     # 10 instances (shots count instances; queries are unused), 16 episodes per update.
     # Meta Networks (Munkhdalai & Yu 2017): queries, meta-batch and iterations are the preset's.
     "meta_net_omniglot_5w1s": (5, 1, 1, 4, None, None, None, 100000, "transductive"),
+    "meta_net_omniglot_20w1s": (20, 1, 1, 4, None, None, None, 100000, "transductive"),
     "mann_omniglot_online": (5, 10, 15, 16, None, None, None, 100000, "transductive"),
     "lstm_baseline_omniglot_online": (5, 10, 15, 16, None, None, None, 100000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
