@@ -107,6 +107,7 @@ SETTINGS_OF_OLD_RUNS = {
     "task.min_shots": None,
     "task.protocol": "episodic",
     "eval.protocol": "${task.protocol}",
+    "eval.calibration_bins": 15,
 }
 
 

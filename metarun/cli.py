@@ -27,7 +27,7 @@ USAGE = """usage: metarun train [overrides...]    meta-train (algo=<name> datase
        metarun show [overrides...]     the resolved settings (e.g. show experiment=<preset>)
        metarun eval run_dir=<folder> [checkpoint=best|last|<path>] [eval.episodes=600 ...]
        metarun report <run or sweep folders...> [--output DIR]   results (report.md, .csv)
-       metarun plot <run or sweep folders...> [--output DIR]     learning curves, sweep (PNG)
+       metarun plot <run or sweep folders...> [--output DIR]     curves, sweep, reliability (PNG)
        torchrun --nproc_per_node=K -m metarun train [...]   K processes share each meta-batch"""
 
 
@@ -97,6 +97,7 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         *plot.learning_curves(runs, output),
         *plot.sweep_plot(runs, output),
         *plot.adaptation_plot(runs, output),
+        *plot.reliability_diagrams(runs, output),
         *plot.path_pictures(runs, output),
     ]
     print("written: " + ", ".join(map(str, pictures)))

@@ -235,16 +235,31 @@ class Engine:
         environment tasks, the return after 0, 1, ..., steps adaptation steps: [tasks, steps+1]."""
         if isinstance(batch, EnvironmentTasks):
             return algo.returns_after(batch, steps)
+        score = lambda *task: algo.task_loss(algo.params(), *task, ways=batch.ways, steps=steps)[1]
+        return self._per_task(algo, batch, score)
+
+    @torch.no_grad()
+    def query_probabilities(
+        self, algo: Algorithm, batch: Episode, steps: int | None = None
+    ) -> torch.Tensor:
+        """Each task's predictive distribution over its queries after adaptation, in eval mode:
+        [tasks, queries, ways]."""
+
+        def probabilities(support_x, support_y, query_x, query_y):
+            predict = algo.adapt(algo.params(), support_x, support_y, batch.ways, steps)
+            return algo.probabilities(predict(query_x))
+
+        return self._per_task(algo, batch, probabilities)
+
+    def _per_task(self, algo: Algorithm, batch: Episode, fn) -> torch.Tensor:
+        """fn(support_x, support_y, query_x, query_y) of every task, stacked, in eval mode."""
         tensors = self._tasks(batch)
-        fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
         was_training = algo.training
         algo.eval()
         try:
             with self._computing(batch.support_x.device):
                 if self.mode == "vmap":
-                    return vmap(fn)(*tensors)[1]
-                return torch.stack(
-                    [fn(*(t[i] for t in tensors))[1] for i in range(batch.num_tasks)]
-                )
+                    return vmap(fn)(*tensors)
+                return torch.stack([fn(*(t[i] for t in tensors)) for i in range(batch.num_tasks)])
         finally:
             algo.train(was_training)

@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm import tqdm
 
 from metarun.algorithms.base import Algorithm
 from metarun.engine import Engine
-from metarun.metrics import mean_ci95
+from metarun.episode import Episode
+from metarun.metrics import mean_ci95, predictive_scores
+
+
+def episode_measures(
+    engine: Engine,
+    sampler,
+    episodes: int,
+    seed: int,
+    batch_tasks: int,
+    measure: Callable[[Episode], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """`measure` of `episodes` episodes drawn from a generator seeded by `seed` alone, each of
+    its entries concatenated over episodes ([episodes, ...]).
+
+    All episodes are planned in one draw before any is built, so the episodes do not
+    depend on how many are evaluated at once, nor on how many processes share them (each
+    measures a contiguous part of the plan; the parts are gathered in order).
+    """
+    plan = engine.world.my_share(sampler.draw(episodes, torch.Generator().manual_seed(seed)))
+    parts = tqdm(
+        plan.split(batch_tasks),
+        desc="evaluating",
+        unit="batch",
+        leave=False,
+        disable=not engine.world.is_main,
+    )
+    chunks = [measure(sampler.build(part)) for part in parts]
+    if not chunks:  # more processes than episodes: shapes from one episode, none of it kept
+        chunks = [
+            {
+                k: v[:0]
+                for k, v in measure(sampler.build(sampler.draw(1, torch.Generator()))).items()
+            }
+        ]
+    return {
+        name: engine.world.gather(torch.cat([c[name] for c in chunks]).cpu()) for name in chunks[0]
+    }
 
 
 def episode_scores(
@@ -19,25 +58,27 @@ def episode_scores(
     batch_tasks: int,
     steps: int | None = None,
 ) -> torch.Tensor:
-    """Per-episode scores on `episodes` episodes drawn from a generator seeded by `seed` alone.
+    """Per-episode scores (the dataset's metric) on fixed episodes; see `episode_measures`."""
+    measure = lambda batch: {"score": engine.scores(algo, batch, steps)}
+    return episode_measures(engine, sampler, episodes, seed, batch_tasks, measure)["score"]
 
-    All episodes are planned in one draw before any is built, so the episodes do not
-    depend on how many are evaluated at once, nor on how many processes share them (each
-    scores a contiguous part of the plan; the parts are gathered in order).
-    """
-    plan = engine.world.my_share(sampler.draw(episodes, torch.Generator().manual_seed(seed)))
-    parts = tqdm(
-        plan.split(batch_tasks),
-        desc="evaluating",
-        unit="batch",
-        leave=False,
-        disable=not engine.world.is_main,
+
+def episode_predictions(
+    algo: Algorithm,
+    engine: Engine,
+    sampler,
+    episodes: int,
+    seed: int,
+    batch_tasks: int,
+    steps: int | None = None,
+    bins: int = 15,
+) -> dict[str, torch.Tensor]:
+    """Per-episode accuracy, NLL, Brier score and reliability counts of a classifier's
+    predictive distributions on fixed episodes (`metrics.predictive_scores`)."""
+    measure = lambda batch: predictive_scores(
+        engine.query_probabilities(algo, batch, steps), batch.query_y, bins
     )
-    chunks = [engine.scores(algo, sampler.build(part), steps) for part in parts]
-    mine = (
-        torch.cat(chunks).cpu() if chunks else torch.empty(0)
-    )  # none: more processes than episodes
-    return engine.world.gather(mine)
+    return episode_measures(engine, sampler, episodes, seed, batch_tasks, measure)
 
 
 # How a sampler's scores per column ([episodes, columns]) give the headline per episode.
@@ -73,5 +114,11 @@ def describe(results: dict) -> str:
     if instances := results.get(f"{metric}_by_instance"):
         line += "; by instance " + ", ".join(
             f"{k + 1}: {s['mean']:.3f}" for k, s in enumerate(instances)
+        )
+    if calibration := results.get("calibration"):
+        ece, nll, brier = calibration["ece"], calibration["nll"], calibration["brier"]
+        line += (
+            f"; ECE {ece['value']:.4f} +- {ece['ci95']:.4f}, NLL {nll['mean']:.4f}, "
+            f"Brier {brier['mean']:.4f}"
         )
     return line

@@ -36,6 +36,72 @@ def accuracy_by_instance(
     return (correct @ at / at.sum(0).clamp_min(1)).detach()
 
 
+def predictive_scores(
+    probabilities: torch.Tensor, labels: torch.Tensor, bins: int
+) -> dict[str, torch.Tensor]:
+    """Per-episode accuracy, negative log-likelihood and Brier score of the queries' predictive
+    distributions ([episodes, Q, ways], labels [episodes, Q]), and their reliability counts
+    [episodes, bins, 3]: queries, summed confidence and correct predictions per equal-width
+    confidence bin ((m-1)/bins, m/bins], from which pooled calibration errors follow."""
+    confidence, predicted = probabilities.max(-1)
+    correct = (predicted == labels).to(probabilities.dtype)
+    truth = F.one_hot(labels, probabilities.shape[-1]).to(probabilities.dtype)
+    chosen = (probabilities * truth).sum(-1)
+    tiny = torch.finfo(probabilities.dtype).tiny
+    in_bin = F.one_hot((confidence * bins).ceil().long().clamp(1, bins) - 1, bins)
+    in_bin = in_bin.to(probabilities.dtype)  # [episodes, Q, bins]
+    reliability = torch.stack(
+        [in_bin.sum(1), (confidence.unsqueeze(-1) * in_bin).sum(1),
+         (correct.unsqueeze(-1) * in_bin).sum(1)],
+        dim=-1,
+    )  # fmt: skip
+    return {
+        "accuracy": correct.mean(-1),
+        "nll": -chosen.clamp_min(tiny).log().mean(-1),
+        "brier": (probabilities - truth).pow(2).sum(-1).mean(-1),
+        "reliability": reliability,
+    }
+
+
+def calibration_errors(reliability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected and maximum calibration error of pooled reliability counts [..., bins, 3]: the
+    query-weighted and the largest gap between mean confidence and accuracy over non-empty bins."""
+    count, confidence, correct = reliability.unbind(-1)
+    gap = (confidence - correct).abs() / count.clamp_min(1)
+    return gap.mul(count).sum(-1) / count.sum(-1), gap.amax(-1)
+
+
+def calibration_summary(measures: dict[str, torch.Tensor], resamples: int = 1000) -> dict:
+    """results.json's `calibration`: NLL and Brier score as means over episodes with 95%
+    intervals; ECE and MCE of all queries pooled, their 95% intervals from resampling the
+    episodes (a fixed generator, so the interval is reproducible); and the reliability diagram
+    (per bin: queries, mean confidence, accuracy)."""
+    reliability = measures["reliability"].double()  # [episodes, bins, 3]
+    episodes = reliability.shape[0]
+    pooled = reliability.sum(0)
+    ece, mce = calibration_errors(pooled)
+    picks = torch.randint(
+        episodes, (resamples, episodes), generator=torch.Generator().manual_seed(0)
+    )
+    times_picked = torch.zeros(resamples, episodes, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(resamples, episodes, dtype=torch.float64)
+    )
+    eces, mces = calibration_errors((times_picked @ reliability.flatten(1)).view(-1, *pooled.shape))
+    count = pooled[:, 0].clamp_min(1)
+    return {
+        "bins": reliability.shape[1],
+        "ece": {"value": ece.item(), "ci95": 1.96 * eces.std().item()},
+        "mce": {"value": mce.item(), "ci95": 1.96 * mces.std().item()},
+        "nll": mean_ci95(measures["nll"]),
+        "brier": mean_ci95(measures["brier"]),
+        "reliability": {
+            "queries": pooled[:, 0].long().tolist(),
+            "confidence": (pooled[:, 1] / count).tolist(),
+            "accuracy": (pooled[:, 2] / count).tolist(),
+        },
+    }
+
+
 def mean_ci95(scores: torch.Tensor) -> dict[str, float]:
     """Mean and half-width of the 95% interval: 1.96 * std / sqrt(n) over episodes."""
     scores = scores.double().flatten()

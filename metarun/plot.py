@@ -176,6 +176,45 @@ def adaptation_plot(runs: list[RunResult], output: Path) -> list[Path]:
     return [_save(figure, output / "adaptation.png")]
 
 
+def _calibration(run: RunResult) -> dict | None:
+    """The test's calibration (classifiers), from eval.json or results.json."""
+    for name in ("eval.json", "results.json"):
+        path = run.folder / name
+        if path.is_file() and (calibration := json.loads(path.read_text()).get("calibration")):
+            return calibration
+    return None
+
+
+def reliability_diagrams(runs: list[RunResult], output: Path) -> list[Path]:
+    """Per classifier run: accuracy against confidence in the test's equal-width bins, with the
+    diagonal a calibrated model would follow and each bin's share of the queries."""
+    drawn = []
+    for run in runs:
+        if not (calibration := _calibration(run)):
+            continue
+        bins, diagram = calibration["bins"], calibration["reliability"]
+        centres = [(k + 0.5) / bins for k in range(bins)]
+        used = [k for k in range(bins) if diagram["queries"][k]]
+        total = sum(diagram["queries"])
+        figure, (top, bottom) = plt.subplots(
+            2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+        )
+        top.bar([centres[k] for k in used], [diagram["accuracy"][k] for k in used],
+                width=1 / bins, edgecolor="black", label="accuracy")  # fmt: skip
+        top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+        top.plot([diagram["confidence"][k] for k in used], [diagram["accuracy"][k] for k in used],
+                 "o", color="C3", markersize=3, label="mean confidence")  # fmt: skip
+        ece = calibration["ece"]
+        ece = f"ECE {100 * ece['value']:.2f} +- {100 * ece['ci95']:.2f}%"
+        top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{run.folder.name}: {ece}")
+        top.legend(fontsize="small", loc="upper left")
+        bottom.bar(centres, [n / total for n in diagram["queries"]], width=1 / bins,
+                   edgecolor="black")  # fmt: skip
+        bottom.set(xlabel="confidence", ylabel="share of queries")
+        drawn.append(_save(figure, output / f"reliability_{run.folder.name}.png"))
+    return drawn
+
+
 def path_pictures(runs: list[RunResult], output: Path, tasks: int = 4) -> list[Path]:
     """For environments that can draw their paths (2D navigation): a few held-out tasks' first
     trajectory before and after adaptation, by each finished run's best checkpoint."""

@@ -12,7 +12,8 @@ from metarun.data.environments import EnvironmentDataset
 from metarun.data.sampler import VariableShots
 from metarun.engine import Engine
 from metarun.errors import ConfigError
-from metarun.evaluator import episode_scores, summarise
+from metarun.evaluator import episode_predictions, episode_scores, summarise
+from metarun.metrics import calibration_summary
 
 
 def _key_set(cfg: DictConfig, key: str, source: str) -> str:
@@ -67,14 +68,18 @@ def validation_seed(cfg: DictConfig) -> int:
 
 
 def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int,
-          seed: int | None = None) -> dict:  # fmt: skip
+          seed: int | None = None, calibration: bool = False) -> dict:  # fmt: skip
     """Mean and 95% interval over `episodes` fixed episodes, seeded by `seed` alone (default
-    eval.seed: the test episodes)."""
+    eval.seed: the test episodes). `calibration`: classifiers' episodes also give results.json's
+    `calibration` (ECE, MCE, NLL, Brier score, reliability diagram) from the same predictions."""
     seed = cfg.eval.seed if seed is None else seed
-    scores = episode_scores(
-        algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps
-    )
-    return summarise(scores, metric, getattr(sampler, "score_columns", None))
+    columns = getattr(sampler, "score_columns", None)
+    args = (algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps)
+    if calibration and metric == "accuracy" and columns is None:
+        measures = episode_predictions(*args, bins=cfg.eval.calibration_bins)
+        return {**summarise(measures["accuracy"], metric),
+                "calibration": calibration_summary(measures)}  # fmt: skip
+    return summarise(episode_scores(*args), metric, columns)
 
 
 def inner_steps(cfg: DictConfig) -> tuple[int | None, int | None]:

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from metarun.errors import ConfigError
 
 SEED = "seed"
+CALIBRATION = ("ECE", "ECE ci95", "NLL", "Brier")  # report columns of classifiers' calibration
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class RunResult:
     by_instance: tuple[
         float, ...
     ] = ()  # online protocol: accuracy at a class's 1st, 2nd... showing
+    calibration: tuple[float, ...] = ()  # classifiers: ECE, its ci95, NLL, Brier score
 
 
 def _overrides(folder: Path) -> dict[str, str]:
@@ -75,7 +77,15 @@ def read_run(folder: Path) -> RunResult:
         training.get("wall_time_s"),
         commit,
         tuple(s["mean"] for s in results.get(f"{results['metric']}_by_instance", ())),
+        _calibration(results.get("calibration")),
     )
+
+
+def _calibration(calibration: dict | None) -> tuple[float, ...]:
+    if not calibration:
+        return ()
+    ece = calibration["ece"]
+    return ece["value"], ece["ci95"], calibration["nll"]["mean"], calibration["brier"]["mean"]
 
 
 def find_runs(folders: list[Path]) -> list[RunResult]:
@@ -120,12 +130,14 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     varying = varying_keys(runs)
     commits = ["commit"] if len({run.commit for run in runs}) > 1 else []
     instances = max(len(run.by_instance) for run in runs)
+    calibrated = any(run.calibration for run in runs)
     header = [
         *commits,
         *varying,
         f"test {_metric(runs)}",
         "ci95",
         *(f"instance {k + 1}" for k in range(instances)),
+        *(CALIBRATION if calibrated else ()),
         "episodes",
         "best iteration",
         "wall time (s)",
@@ -138,6 +150,7 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
             run.mean,
             run.ci95,
             *(run.by_instance + ("",) * (instances - len(run.by_instance))),
+            *((run.calibration or ("",) * len(CALIBRATION)) if calibrated else ()),
             run.episodes,
             run.best_iteration,
             run.wall_time_s,
@@ -191,8 +204,8 @@ def markdown(runs: list[RunResult]) -> str:
         folder = Path(row[-1]).absolute()
         row[-1] = str(folder.relative_to(root)) if len(runs) > 1 else folder.name
     percent = _metric(runs) == "accuracy"
-    first = header.index(f"test {_metric(runs)}")  # then ci95 and the accuracies by instance
-    last = header.index("episodes")
+    first = header.index(f"test {_metric(runs)}")  # then ci95, accuracies by instance, ECE
+    last = header.index("NLL") if "NLL" in header else header.index("episodes")
     shared = _shared(runs, varying_keys(runs))
     parts = [
         f"{len(runs)} runs"

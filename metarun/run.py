@@ -152,7 +152,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     world.barrier()  # rank 0 has finished writing best.pt
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
-    results = score(cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes)
+    results = score(
+        cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes, calibration=True
+    )
     results.update(checkpoint="best", iteration=training["best_iteration"], training=training,
                    protocol=protocol(cfg, dataset, engine), code=code)  # fmt: skip
     if world.is_main:
@@ -250,7 +252,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     world = World.current()
     engine = make_engine(run_cfg, algo, device, world)
     sampler = eval_sampler(run_cfg, dataset, "test", device)
-    results = score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes)
+    results = score(
+        run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes, calibration=True
+    )
     results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine), code=code)
     if world.is_main:
         output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"

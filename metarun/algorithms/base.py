@@ -99,6 +99,11 @@ class Algorithm(nn.Module):
         """Fits one task; returns a function from query inputs to predictions (logits)."""
         raise NotImplementedError
 
+    def probabilities(self, predictions: torch.Tensor) -> torch.Tensor:
+        """The predictive distribution over classes that a predictor's outputs [Q, ways] stand
+        for, which calibration is measured on; a softmax unless the outputs are not logits."""
+        return torch.softmax(predictions, dim=-1)
+
     def task_loss(
         self,
         params: Params,

@@ -92,6 +92,11 @@ class RelationNet(Algorithm):
 
         return relation_scores
 
+    def probabilities(self, predictions: torch.Tensor) -> torch.Tensor:
+        """Relation scores in [0, 1] are not logits: normalised to sum to one over the classes
+        (the paper defines no predictive distribution; this is our reading of its scores)."""
+        return predictions / predictions.sum(-1, keepdim=True).clamp_min(1e-12)
+
     def task_loss(
         self,
         params: Params,
