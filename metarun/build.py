@@ -27,6 +27,7 @@ COUNTS = (  # whole numbers greater than zero
     "task.train_ways",
     "task.batch_size",
     "task.min_shots",
+    "task.min_queries",
     "trainer.log_every",
     "trainer.val_every",
     "trainer.val_episodes",
@@ -36,13 +37,19 @@ COUNTS = (  # whole numbers greater than zero
     "eval.ways",
     "eval.shots",
     "eval.batch_tasks",
+    "eval.calibration_bins",
 )
 STEP_COUNTS = (
     "algo.inner_steps",
     "eval.inner_steps",
     "trainer.iterations",
 )  # whole numbers, zero allowed
-RATES = ("optimizer.lr", "algo.inner_lr", "trainer.clip_grad_norm")  # numbers greater than zero
+RATES = (  # numbers greater than zero
+    "optimizer.lr",
+    "algo.inner_lr",
+    "trainer.clip_grad_norm",
+    "eval.noise_std",
+)
 PROTOCOLS = ("episodic", "online")
 CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES),
            "task.protocol": PROTOCOLS, "eval.protocol": PROTOCOLS}  # fmt: skip
@@ -76,24 +83,27 @@ def check_settings(cfg: DictConfig) -> None:
         if value < 0 or (value == 0 and key not in STEP_COUNTS):
             bound = "zero or more" if key in STEP_COUNTS else "greater than zero"
             raise ConfigError(f"{key}={value} is not allowed: it must be {bound}. Change {key}.")
-    _check_shot_range(cfg)
+    _check_shape_ranges(cfg)
 
 
-def _check_shot_range(cfg: DictConfig) -> None:
-    low = _select(cfg, "task.min_shots")
-    if low is None:
-        return
-    if _select(cfg, "task.protocol") == "online":
-        raise ConfigError(
-            "task.min_shots draws the shots of episodic training, but task.protocol=online "
-            "shows task.shots instances of every class. Drop task.min_shots (null) or use "
-            "task.protocol=episodic."
-        )
-    if low > cfg.task.shots:
-        raise ConfigError(
-            f"task.min_shots={low} is above task.shots={cfg.task.shots}: the shots of each "
-            "meta-batch are drawn from min_shots..shots. Lower task.min_shots or raise task.shots."
-        )
+def _check_shape_ranges(cfg: DictConfig) -> None:
+    """task.min_shots and task.min_queries: ranges of episodic training, low <= high."""
+    for name in ("shots", "queries"):
+        low, high = _select(cfg, f"task.min_{name}"), _select(cfg, f"task.{name}")
+        if low is None:
+            continue
+        if _select(cfg, "task.protocol") == "online":
+            raise ConfigError(
+                f"task.min_{name} draws the {name} of episodic training, but task.protocol=online "
+                f"shows task.shots instances of every class. Drop task.min_{name} (null) or use "
+                "task.protocol=episodic."
+            )
+        if low > high:
+            raise ConfigError(
+                f"task.min_{name}={low} is above task.{name}={high}: the {name} of each "
+                f"meta-batch are drawn from min_{name}..{name}. Lower task.min_{name} or raise "
+                f"task.{name}."
+            )
 
 
 # Values of settings added after the first runs were saved: what those runs did without them.
@@ -105,9 +115,11 @@ SETTINGS_OF_OLD_RUNS = {
     "keep_freed_memory": False,
     "eval.ways": "${task.ways}",
     "task.min_shots": None,
+    "task.min_queries": None,
     "task.protocol": "episodic",
     "eval.protocol": "${task.protocol}",
     "eval.calibration_bins": 15,
+    "eval.noise_std": None,
 }
 
 

@@ -21,7 +21,7 @@ MAML's double backward. `auto` encodes that.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import NamedTuple
@@ -239,17 +239,15 @@ class Engine:
         return self._per_task(algo, batch, score)
 
     @torch.no_grad()
-    def query_probabilities(
-        self, algo: Algorithm, batch: Episode, steps: int | None = None
-    ) -> torch.Tensor:
-        """Each task's predictive distribution over its queries after adaptation, in eval mode:
-        [tasks, queries, ways]."""
+    def query_outputs(self, algo: Algorithm, batch: Episode, steps: int | None,
+                      read: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+        """`read` (e.g. algo.probabilities, algo.gaussian) of each task's query predictions after
+        adaptation, in eval mode: [tasks, queries, ...]."""
 
-        def probabilities(support_x, support_y, query_x, query_y):
-            predict = algo.adapt(algo.params(), support_x, support_y, batch.ways, steps)
-            return algo.probabilities(predict(query_x))
+        def outputs(support_x, support_y, query_x, query_y):
+            return read(algo.adapt(algo.params(), support_x, support_y, batch.ways, steps)(query_x))
 
-        return self._per_task(algo, batch, probabilities)
+        return self._per_task(algo, batch, outputs)
 
     def _per_task(self, algo: Algorithm, batch: Episode, fn) -> torch.Tensor:
         """fn(support_x, support_y, query_x, query_y) of every task, stacked, in eval mode."""

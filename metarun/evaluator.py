@@ -10,7 +10,7 @@ from tqdm import tqdm
 from metarun.algorithms.base import Algorithm
 from metarun.engine import Engine
 from metarun.episode import Episode
-from metarun.metrics import mean_ci95, predictive_scores
+from metarun.metrics import gaussian_scores, mean_ci95, predictive_scores
 
 
 def episode_measures(
@@ -72,12 +72,19 @@ def episode_predictions(
     batch_tasks: int,
     steps: int | None = None,
     bins: int = 15,
+    noise_std: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-episode accuracy, NLL, Brier score and reliability counts of a classifier's
-    predictive distributions on fixed episodes (`metrics.predictive_scores`)."""
-    measure = lambda batch: predictive_scores(
-        engine.query_probabilities(algo, batch, steps), batch.query_y, bins
-    )
+    """Per-episode scores of the predictive distributions on fixed episodes: a classifier's
+    accuracy, NLL, Brier score and reliability counts (`metrics.predictive_scores`), a
+    regressor's MSE and, with a spread, NLL and 95% coverage (`metrics.gaussian_scores`)."""
+
+    def measure(batch: Episode) -> dict[str, torch.Tensor]:
+        if batch.query_y.dtype.is_floating_point:
+            outputs = engine.query_outputs(algo, batch, steps, algo.gaussian)
+            return gaussian_scores(outputs, batch.query_y, noise_std)
+        outputs = engine.query_outputs(algo, batch, steps, algo.probabilities)
+        return predictive_scores(outputs, batch.query_y, bins)
+
     return episode_measures(engine, sampler, episodes, seed, batch_tasks, measure)
 
 
@@ -115,10 +122,17 @@ def describe(results: dict) -> str:
         line += "; by instance " + ", ".join(
             f"{k + 1}: {s['mean']:.3f}" for k, s in enumerate(instances)
         )
-    if calibration := results.get("calibration"):
+    calibration = results.get("calibration") or {}
+    if "ece" in calibration:
         ece, nll, brier = calibration["ece"], calibration["nll"], calibration["brier"]
         line += (
             f"; ECE {ece['value']:.4f} +- {ece['ci95']:.4f}, NLL {nll['mean']:.4f}, "
             f"Brier {brier['mean']:.4f}"
+        )
+    elif "coverage95" in calibration:
+        nll, coverage = calibration["nll"], calibration["coverage95"]
+        line += (
+            f"; NLL {nll['mean']:.4f} +- {nll['ci95']:.4f}, "
+            f"95% interval coverage {coverage['mean']:.4f}"
         )
     return line

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+NORMAL_97_5 = 1.959963984540054  # the standard normal's 97.5% quantile
+
 
 def task_loss_and_score(
     prediction: torch.Tensor, target: torch.Tensor
@@ -63,6 +65,25 @@ def predictive_scores(
     }
 
 
+def gaussian_scores(
+    gaussian: torch.Tensor, targets: torch.Tensor, noise_std: float | None
+) -> dict[str, torch.Tensor]:
+    """Per-episode squared error of the predictive means, and, where there is a spread (the
+    predictor's own std, with `noise_std` added in quadrature), the targets' negative
+    log-likelihood and how often they fall in the central 95% interval. gaussian [episodes, Q,
+    2] (mean, std), targets [episodes, Q, 1]."""
+    mean, std = gaussian[..., :1], gaussian[..., 1:]
+    scores = {"mse": (mean - targets).pow(2).mean((-2, -1))}
+    if noise_std is not None:
+        std = (std.square() + noise_std**2).sqrt()
+    if (std > 0).all():
+        z = (targets - mean) / std
+        nll = std.log() + 0.5 * math.log(2 * math.pi) + 0.5 * z.square()
+        scores["nll"] = nll.mean((-2, -1))
+        scores["coverage95"] = (z.abs() <= NORMAL_97_5).to(z.dtype).mean((-2, -1))
+    return scores
+
+
 def calibration_errors(reliability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected and maximum calibration error of pooled reliability counts [..., bins, 3]: the
     query-weighted and the largest gap between mean confidence and accuracy over non-empty bins."""
@@ -99,6 +120,16 @@ def calibration_summary(measures: dict[str, torch.Tensor], resamples: int = 1000
             "confidence": (pooled[:, 1] / count).tolist(),
             "accuracy": (pooled[:, 2] / count).tolist(),
         },
+    }
+
+
+def regression_summary(measures: dict[str, torch.Tensor], noise_std: float | None) -> dict:
+    """results.json's `calibration` of a regressor: NLL and coverage of the central 95%
+    interval as means over episodes with 95% intervals, and the noise level assumed."""
+    return {
+        "noise_std": noise_std,
+        "nll": mean_ci95(measures["nll"]),
+        "coverage95": mean_ci95(measures["coverage95"]),
     }
 
 

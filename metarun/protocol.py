@@ -3,17 +3,19 @@ names the setting that fed it), scores on fixed episodes, and the protocol stamp
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import batchnorm
 from metarun.data.base import EpisodeShapeError
 from metarun.data.environments import EnvironmentDataset
-from metarun.data.sampler import VariableShots
+from metarun.data.sampler import VariableShape
 from metarun.engine import Engine
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_predictions, episode_scores, summarise
-from metarun.metrics import calibration_summary
+from metarun.metrics import calibration_summary, regression_summary
 
 
 def _key_set(cfg: DictConfig, key: str, source: str) -> str:
@@ -23,11 +25,12 @@ def _key_set(cfg: DictConfig, key: str, source: str) -> str:
 
 
 def sampler(cfg: DictConfig, dataset, split: str, device: torch.device, keys: tuple[str, ...],
-            shots: int | None = None):  # fmt: skip
+            shots: int | None = None, queries: int | None = None):  # fmt: skip
     """The dataset's sampler of `split` with (ways, shots, queries, protocol) read from `keys`,
-    which an impossible shape names; `shots` replaces the value of the shots key."""
-    ways, shots_set, queries, kind = (OmegaConf.select(cfg, key) for key in keys)
+    which an impossible shape names; `shots` and `queries` replace the values of their keys."""
+    ways, shots_set, queries_set, kind = (OmegaConf.select(cfg, key) for key in keys)
     shots = shots_set if shots is None else shots
+    queries = queries_set if queries is None else queries
     try:
         if kind == "online":
             return dataset.online_sequences(split, ways, shots, device)
@@ -49,15 +52,21 @@ def eval_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
 
 def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
     """Meta-training episodes (each meta-batch's shots drawn from task.min_shots..task.shots
-    when min_shots is set), or labelled batches for algorithms trained as classifiers."""
+    and its queries from task.min_queries..task.queries where those are set), or labelled
+    batches for algorithms trained as classifiers."""
     if not algo.episodic:
         return dataset.labelled_batches("train", cfg.task.batch_size, device)
     keys = (_key_set(cfg, "task.train_ways", "task.ways"), "task.shots", "task.queries",
             "task.protocol")  # fmt: skip
-    if cfg.task.min_shots is None:
+    task = cfg.task
+    if task.min_shots is None and task.min_queries is None:
         return sampler(cfg, dataset, "train", device, keys)
-    shots = range(cfg.task.min_shots, cfg.task.shots + 1)
-    return VariableShots({k: sampler(cfg, dataset, "train", device, keys, k) for k in shots})
+    shapes = itertools.product(
+        range(task.min_shots or task.shots, task.shots + 1),
+        range(task.min_queries or task.queries, task.queries + 1),
+    )
+    return VariableShape({(k, q): sampler(cfg, dataset, "train", device, keys, k, q)
+                          for k, q in shapes})  # fmt: skip
 
 
 def validation_seed(cfg: DictConfig) -> int:
@@ -70,15 +79,21 @@ def validation_seed(cfg: DictConfig) -> int:
 def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int,
           seed: int | None = None, calibration: bool = False) -> dict:  # fmt: skip
     """Mean and 95% interval over `episodes` fixed episodes, seeded by `seed` alone (default
-    eval.seed: the test episodes). `calibration`: classifiers' episodes also give results.json's
-    `calibration` (ECE, MCE, NLL, Brier score, reliability diagram) from the same predictions."""
+    eval.seed: the test episodes). `calibration`: results.json's `calibration` from the same
+    predictions: a classifier's ECE, MCE, NLL, Brier score and reliability diagram; a regressor's
+    NLL and 95% coverage when it predicts a spread or eval.noise_std gives it one."""
     seed = cfg.eval.seed if seed is None else seed
     columns = getattr(sampler, "score_columns", None)
     args = (algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps)
-    if calibration and metric == "accuracy" and columns is None:
-        measures = episode_predictions(*args, bins=cfg.eval.calibration_bins)
-        return {**summarise(measures["accuracy"], metric),
-                "calibration": calibration_summary(measures)}  # fmt: skip
+    if calibration and columns is None:
+        noise_std = cfg.eval.noise_std
+        measures = episode_predictions(*args, bins=cfg.eval.calibration_bins, noise_std=noise_std)
+        summary = summarise(measures[metric], metric)
+        if metric == "accuracy":
+            return {**summary, "calibration": calibration_summary(measures)}
+        if "nll" in measures:  # regressors with a predictive spread (their own, or noise_std)
+            return {**summary, "calibration": regression_summary(measures, noise_std)}
+        return summary
     return summarise(episode_scores(*args), metric, columns)
 
 
@@ -113,6 +128,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
         "shots": cfg.eval.shots,
         "queries_test": cfg.eval.queries,
         "train_shots": [cfg.task.min_shots or cfg.task.shots, cfg.task.shots],
+        "train_queries": [cfg.task.min_queries or cfg.task.queries, cfg.task.queries],
         "episodes": cfg.eval.episodes,
         **shared,
         **engine.describe(),

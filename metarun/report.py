@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from metarun.errors import ConfigError
 
 SEED = "seed"
-CALIBRATION = ("ECE", "ECE ci95", "NLL", "Brier")  # report columns of classifiers' calibration
+CALIBRATION = ("ECE", "ECE ci95", "coverage95", "NLL", "Brier")  # from results' calibration
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class RunResult:
     by_instance: tuple[
         float, ...
     ] = ()  # online protocol: accuracy at a class's 1st, 2nd... showing
-    calibration: tuple[float, ...] = ()  # classifiers: ECE, its ci95, NLL, Brier score
+    calibration: tuple[tuple[str, float], ...] = ()  # (CALIBRATION column, value) pairs
 
 
 def _overrides(folder: Path) -> dict[str, str]:
@@ -81,11 +81,18 @@ def read_run(folder: Path) -> RunResult:
     )
 
 
-def _calibration(calibration: dict | None) -> tuple[float, ...]:
+def _calibration(calibration: dict | None) -> tuple[tuple[str, float], ...]:
+    """The report's calibration columns a result has: ECE and Brier score for classifiers,
+    95% coverage for regressors, NLL for both."""
     if not calibration:
         return ()
-    ece = calibration["ece"]
-    return ece["value"], ece["ci95"], calibration["nll"]["mean"], calibration["brier"]["mean"]
+    values = {"NLL": calibration["nll"]["mean"]}
+    if "ece" in calibration:
+        values |= {"ECE": calibration["ece"]["value"], "ECE ci95": calibration["ece"]["ci95"],
+                   "Brier": calibration["brier"]["mean"]}  # fmt: skip
+    if "coverage95" in calibration:
+        values["coverage95"] = calibration["coverage95"]["mean"]
+    return tuple((column, values[column]) for column in CALIBRATION if column in values)
 
 
 def find_runs(folders: list[Path]) -> list[RunResult]:
@@ -130,14 +137,15 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     varying = varying_keys(runs)
     commits = ["commit"] if len({run.commit for run in runs}) > 1 else []
     instances = max(len(run.by_instance) for run in runs)
-    calibrated = any(run.calibration for run in runs)
+    measured = {column for run in runs for column, _ in run.calibration}
+    calibration = [column for column in CALIBRATION if column in measured]
     header = [
         *commits,
         *varying,
         f"test {_metric(runs)}",
         "ci95",
         *(f"instance {k + 1}" for k in range(instances)),
-        *(CALIBRATION if calibrated else ()),
+        *calibration,
         "episodes",
         "best iteration",
         "wall time (s)",
@@ -150,7 +158,7 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
             run.mean,
             run.ci95,
             *(run.by_instance + ("",) * (instances - len(run.by_instance))),
-            *((run.calibration or ("",) * len(CALIBRATION)) if calibrated else ()),
+            *(dict(run.calibration).get(column, "") for column in calibration),
             run.episodes,
             run.best_iteration,
             run.wall_time_s,

@@ -16,12 +16,13 @@ def _name(target: str | None) -> str | None:
 
 
 def episode(ways: int, shots: int, queries: int, protocol: str = "episodic",
-            min_shots: int | None = None) -> str:  # fmt: skip
+            min_shots: int | None = None, min_queries: int | None = None) -> str:  # fmt: skip
     """'5-way 1-shot, 15 queries per class', '5-way 1..5-shot, ...' or an online sequence."""
     if protocol == "online":
         return f"online sequences of {ways} classes x {shots} instances"
     drawn = f"{min_shots}..{shots}" if min_shots is not None else f"{shots}"
-    return f"{ways}-way {drawn}-shot, {queries} queries per class"
+    asked = f"{min_queries}..{queries}" if min_queries is not None else f"{queries}"
+    return f"{ways}-way {drawn}-shot, {asked} queries per class"
 
 
 def settings(cfg: DictConfig) -> dict:
@@ -37,7 +38,9 @@ def settings(cfg: DictConfig) -> dict:
         "algorithm": _name(cfg["algo"]["_target_"]),
         "dataset": _name(cfg["dataset"]["_target_"]),
         "backbone": _name(cfg["backbone"]["_target_"]),
-        "train_episode": episode(ways, shots, queries, task["protocol"], task["min_shots"]),
+        "train_episode": episode(
+            ways, shots, queries, task["protocol"], task["min_shots"], task["min_queries"]
+        ),
         "test_episode": episode(ev["ways"], ev["shots"], ev["queries"], ev["protocol"]),
         "meta_batch_size": task["meta_batch_size"],
         "inner_lr": cfg["algo"].get("inner_lr"),
@@ -72,7 +75,14 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
         test = f"{cfg.eval.episodes} tasks, {cfg.eval.shots} trajectories per step"
         computing = "the algorithm collects and differentiates (engine settings do not apply)"
     elif algo.episodic:
-        shape = episode(task.train_ways, task.shots, task.queries, task.protocol, task.min_shots)
+        shape = episode(
+            task.train_ways,
+            task.shots,
+            task.queries,
+            task.protocol,
+            task.min_shots,
+            task.min_queries,
+        )
         training = f"{shape}, meta-batch {task.meta_batch_size}"
     else:
         training = f"labelled batches of {task.batch_size}"

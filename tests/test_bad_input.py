@@ -20,7 +20,7 @@ TRAIN_MISTAKES = [
     (
         ["task.wayz=3"],
         "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, "
-        "min_shots, protocol, queries, shots",
+        "min_queries, min_shots, protocol, queries, shots",
     ),
     (["wayz=3"], "wayz is not a setting. Settings at the top level: algo, backbone"),
     (["+algo.foo=1"], "'algo' config could not be built"),

@@ -13,7 +13,13 @@ from synthetic import TinyImages
 from metarun import run
 from metarun.build import build_algorithm
 from metarun.engine import Engine
-from metarun.metrics import calibration_errors, calibration_summary, predictive_scores
+from metarun.metrics import (
+    calibration_errors,
+    calibration_summary,
+    gaussian_scores,
+    predictive_scores,
+    regression_summary,
+)
 from metarun.report import find_runs, markdown
 
 CLASSIFIERS = [
@@ -88,7 +94,7 @@ def test_every_classifiers_predictive_distribution_gives_its_test_accuracy(tiny_
     torch.manual_seed(0)
     model = build_algorithm(cfg, dataset)
     batch = dataset.sampler("test", 3, 2, 2, "cpu").sample(2, torch.Generator().manual_seed(0))
-    probabilities = Engine("loop").query_probabilities(model, batch)
+    probabilities = Engine("loop").query_outputs(model, batch, None, model.probabilities)
     assert probabilities.shape == (2, 6, 3)
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(2, 6))
     accuracy = predictive_scores(probabilities, batch.query_y, bins=15)["accuracy"]
@@ -105,3 +111,29 @@ def test_a_runs_results_report_and_plot_carry_its_calibration(tiny_cfg, tmp_path
 
     (picture,) = plot.reliability_diagrams(find_runs([tmp_path]), tmp_path / "plots")
     assert picture.name == f"reliability_{tmp_path.name}.png" and picture.stat().st_size > 0
+
+
+def test_regression_nll_and_coverage_match_a_hand_computation():
+    gaussian = torch.tensor([[[0.0, 1.0], [1.0, 0.5]]]).double()  # (mean, std) of two queries
+    targets = torch.tensor([[[0.5], [2.5]]]).double()  # z = 0.5 and 3.0
+    scores = gaussian_scores(gaussian, targets, noise_std=None)
+    nll = 0.5 * math.log(2 * math.pi) + 0.125 + math.log(0.5) + 0.5 * math.log(2 * math.pi) + 4.5
+    assert scores["nll"].item() == pytest.approx(nll / 2)
+    assert scores["coverage95"].item() == 0.5 and scores["mse"].item() == pytest.approx(1.25)
+
+
+def test_exact_gaussian_predictions_cover_95_percent_of_their_targets():
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(50, 400, 1, generator=generator, dtype=torch.float64)
+    std = 0.1 + torch.rand(50, 400, 1, generator=generator, dtype=torch.float64)
+    targets = mean + std * torch.randn(50, 400, 1, generator=generator, dtype=torch.float64)
+    summary = regression_summary(gaussian_scores(torch.cat([mean, std], -1), targets, None), None)
+    assert summary["coverage95"]["mean"] == pytest.approx(0.95, abs=0.005)
+
+
+def test_a_point_predictor_has_a_likelihood_only_with_a_noise_level():
+    gaussian = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])  # MAML-like: std 0
+    targets = torch.tensor([[[0.0], [1.0]]])
+    assert set(gaussian_scores(gaussian, targets, None)) == {"mse"}
+    with_noise = gaussian_scores(gaussian, targets, noise_std=1.0)
+    assert with_noise["nll"].item() == pytest.approx(0.5 * math.log(2 * math.pi))

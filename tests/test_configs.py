@@ -16,6 +16,8 @@ RL = ["algo=maml_rl", "dataset=navigation_2d", "backbone=mlp"]
 COMPANIONS = {
     "dataset/sinusoid": ["backbone=mlp"],
     "backbone/mlp": ["dataset=sinusoid"],
+    "dataset/gp_1d": ["backbone=pixels", "algo=cnp"],
+    "algo/cnp": ["dataset=gp_1d", "backbone=pixels"],
     **{
         f"dataset/{name}": RL[::2]
         for name in ("navigation_2d", "half_cheetah_dir", "half_cheetah_vel")

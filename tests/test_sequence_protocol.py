@@ -10,7 +10,7 @@ from synthetic import TinyImages
 from metarun import run
 from metarun.algorithms.mann import MANN
 from metarun.backbones.pixels import Pixels
-from metarun.data.sampler import OnlineSequenceSampler, VariableShots
+from metarun.data.sampler import OnlineSequenceSampler, VariableShape
 from metarun.errors import ConfigError
 from metarun.evaluator import describe, summarise
 from metarun.metrics import accuracy_by_instance
@@ -65,12 +65,25 @@ def test_summary_has_the_accuracy_by_instance_and_the_mean_as_headline():
     assert "by instance 1: 0.300, 2: 0.700, 3: 1.000" in describe(summary)
 
 
-def test_variable_shots_draws_one_shot_count_per_meta_batch_from_the_range():
+def test_variable_shape_draws_one_shot_count_per_meta_batch_from_the_range():
     images = TinyImages(classes=10, per_class=8)
-    samplers = {k: images.sampler("train", 3, k, 2, torch.device("cpu")) for k in (1, 2, 3)}
+    samplers = {(k, 2): images.sampler("train", 3, k, 2, torch.device("cpu")) for k in (1, 2, 3)}
     generator = torch.Generator().manual_seed(0)
-    drawn = [VariableShots(samplers).sample(4, generator).support_x.shape[1] for _ in range(30)]
+    drawn = [VariableShape(samplers).sample(4, generator).support_x.shape[1] for _ in range(30)]
     assert set(drawn) == {3, 6, 9}  # ways x shots
+
+
+def test_variable_shape_draws_shots_and_queries_per_meta_batch():
+    images = TinyImages(classes=10, per_class=8)
+    samplers = {
+        (k, q): images.sampler("train", 2, k, q, torch.device("cpu"))
+        for k in (1, 2)
+        for q in (1, 3)
+    }
+    generator = torch.Generator().manual_seed(0)
+    batches = [VariableShape(samplers).sample(4, generator) for _ in range(40)]
+    shapes = {(b.support_x.shape[1], b.query_x.shape[1]) for b in batches}
+    assert shapes == {(2, 2), (2, 6), (4, 2), (4, 6)}  # ways x shots, ways x queries
 
 
 def test_min_shots_training_and_online_training_run_end_to_end(tiny_cfg, tmp_path):
@@ -78,6 +91,7 @@ def test_min_shots_training_and_online_training_run_end_to_end(tiny_cfg, tmp_pat
         tiny_cfg("algo=protonet", "task.shots=3", "task.min_shots=1"), tmp_path / "a"
     )
     assert results["protocol"]["train_shots"] == [1, 3]
+    assert results["protocol"]["train_queries"] == [2, 2]
     results = run.train(
         tiny_cfg("algo=lstm_baseline", "task.protocol=online", "task.shots=4",
                  "algo.hidden=8"),
@@ -94,6 +108,7 @@ def test_min_shots_training_and_online_training_run_end_to_end(tiny_cfg, tmp_pat
         (["algo=maml", "eval.protocol=online"], "eval.protocol=online shows an episode"),
         (["algo=protonet", "task.min_shots=3", "task.shots=2"], "task.min_shots=3 is above"),
         (["algo=mann", "task.protocol=online", "task.min_shots=1"], "task.min_shots draws"),
+        (["algo=protonet", "task.min_queries=3", "task.queries=2"], "task.min_queries=3 is above"),
         (["algo=mann", "task.protocol=online", "task.shots=11"], "shows task.shots=11 instances"),
         (["algo=mann", "eval.ways=7"], "has a 5-way head but was given 7-way"),
         (["algo=snail", "task.protocol=sequential"], "task.protocol='sequential' is not one of"),

@@ -104,6 +104,11 @@ class Algorithm(nn.Module):
         for, which calibration is measured on; a softmax unless the outputs are not logits."""
         return torch.softmax(predictions, dim=-1)
 
+    def gaussian(self, predictions: torch.Tensor) -> torch.Tensor:
+        """A regressor's predictive distribution at each query as [Q, 2]: (mean, standard
+        deviation); a point predictor's deviation is 0 (its outputs [Q, 1] are the means)."""
+        return torch.cat([predictions, torch.zeros_like(predictions)], dim=-1)
+
     def task_loss(
         self,
         params: Params,

@@ -82,18 +82,25 @@ class LabelledImageSampler:
         return Episode(pixels[:, :0], labels[:, :0], pixels, labels, ways=self.images.shape[0])
 
 
-class VariableShots:
-    """Episodes whose shots are drawn per meta-batch, uniformly from the keys of `samplers` (one
-    sampler per shot count; SNAIL trains one model for K = 1..5). All episodes of one batch share
-    their shots, so the batch stays one rectangular tensor per field."""
+class VariableShape:
+    """Episodes whose shots (and queries) are drawn per meta-batch, uniformly from the ranges in
+    the keys of `samplers` (one sampler per (shots, queries) pair; SNAIL trains one model for
+    K = 1..5, the CNP notebook draws its contexts and targets per batch). All episodes of one
+    batch share their shape, so the batch stays one rectangular tensor per field."""
 
-    def __init__(self, samplers: dict[int, object]) -> None:
+    def __init__(self, samplers: dict[tuple[int, int], object]) -> None:
         self.samplers = samplers
-        self.shots = sorted(samplers)
+        self.shots = sorted({shots for shots, _ in samplers})
+        self.queries = sorted({queries for _, queries in samplers})
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
         shots = self.shots[torch.randint(len(self.shots), (1,), generator=generator).item()]
-        return self.samplers[shots].sample(num_tasks, generator)
+        queries = self.queries[0]
+        if len(self.queries) > 1:
+            queries = self.queries[
+                torch.randint(len(self.queries), (1,), generator=generator).item()
+            ]
+        return self.samplers[shots, queries].sample(num_tasks, generator)
 
 
 class OnlineSequenceSampler:

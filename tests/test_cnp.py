@@ -1,0 +1,82 @@
+"""Conditional Neural Processes: a Gaussian per target from the mean of encoded contexts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from conftest import CONFIGS
+from hydra import compose, initialize_config_dir
+
+from metarun import run
+from metarun.algorithms.cnp import CNP, gaussian_nll
+from metarun.backbones.pixels import Pixels
+from metarun.data.gaussian_process import GaussianProcess1D
+from metarun.engine import Engine
+
+
+def cnp() -> CNP:
+    torch.manual_seed(0)
+    return CNP(Pixels((1,)), 1, encoder=[16, 16], decoder=[16]).double()
+
+
+def test_the_prediction_does_not_depend_on_the_order_of_the_contexts():
+    model, x, y = cnp(), torch.randn(6, 1).double(), torch.randn(6, 1).double()
+    targets = torch.linspace(-2, 2, 9).double().unsqueeze(-1)
+    order = torch.randperm(6)
+    in_order = model.adapt(model.params(), x, y, ways=1)(targets)
+    shuffled = model.adapt(model.params(), x[order], y[order], ways=1)(targets)
+    torch.testing.assert_close(in_order, shuffled)
+    assert (in_order[:, 1] >= 0.1).all()  # the notebook's lower bound on the deviation
+
+
+def test_the_loss_is_the_targets_gaussian_negative_log_likelihood():
+    mean, std, y = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])
+    by_hand = (0.5 * math.log(2 * math.pi) + 0.5) + (math.log(2.0) + 0.5 * math.log(2 * math.pi))
+    assert gaussian_nll(mean, std, y).item() == torch.tensor(by_hand / 2).item()
+    model = cnp().float()
+    batch = GaussianProcess1D().sampler("train", 1, 5, 4, "cpu").sample(1, torch.Generator())
+    loss, mse = model.task_loss(model.params(), *(t[0] for t in batch.tensors), ways=1)
+    prediction = model.adapt(model.params(), batch.support_x[0], batch.support_y[0], ways=1)
+    mean, std = prediction(batch.query_x[0]).unbind(-1)
+    normal = torch.distributions.Normal(mean, std)
+    torch.testing.assert_close(loss, -normal.log_prob(batch.query_y[0, :, 0]).mean())
+    torch.testing.assert_close(mse, (mean - batch.query_y[0, :, 0]).pow(2).mean())
+
+
+def test_loop_and_vmap_engines_agree():
+    model, sampler = cnp().float(), GaussianProcess1D().sampler("test", 1, 5, 40, "cpu")
+    batch = sampler.sample(3, torch.Generator().manual_seed(0))
+    loop = Engine("loop").query_outputs(model, batch, None, model.gaussian)
+    torch.testing.assert_close(
+        Engine("vmap").query_outputs(model, batch, None, model.gaussian), loop
+    )
+
+
+def test_a_short_run_on_gp_curves_lowers_the_test_nll(tmp_path):
+    overrides = [
+        "algo=cnp",
+        "dataset=gp_1d",
+        "backbone=pixels",
+        "task.ways=1",
+        "task.shots=5",
+        "task.queries=5",
+        "task.meta_batch_size=16",
+        "optimizer.lr=1e-3",
+        "eval.queries=50",
+        "eval.episodes=50",
+        "trainer.val_every=150",
+        "trainer.val_episodes=20",
+        "trainer.ckpt_every=150",
+        "trainer.log_every=150",
+        "device=cpu",
+        "algo.encoder=[32,32]",
+        "algo.decoder=[32]",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        untrained = compose("train", [*overrides, "trainer.iterations=0"])
+        trained = compose("train", [*overrides, "trainer.iterations=300"])
+    before = run.train(untrained, tmp_path / "before")["calibration"]["nll"]["mean"]
+    after = run.train(trained, tmp_path / "after")
+    assert after["calibration"]["nll"]["mean"] < before - 0.3
+    assert 0.8 < after["calibration"]["coverage95"]["mean"] <= 1.0
