@@ -95,7 +95,9 @@ def _meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None)
 
     def objective(params, *task_tensors):
         fn = partial(algo.task_loss, params, ways=ways, steps=steps)
-        losses, scores = vmap(fn)(*task_tensors) if vmapped else fn(*task_tensors)
+        losses, scores = (
+            vmap(fn, randomness="different")(*task_tensors) if vmapped else fn(*task_tensors)
+        )
         return losses.mean(), (losses.detach().mean(), scores.mean())
 
     return torch.func.grad(objective, has_aux=True)
@@ -197,7 +199,7 @@ class Engine:
         tensors, tasks = self._tasks(batch), batch.num_tasks
         fn = partial(algo.task_loss, algo.params(), ways=batch.ways, steps=steps)
         if self.mode == "vmap":
-            losses, scores = vmap(fn)(*tensors)
+            losses, scores = vmap(fn, randomness="different")(*tensors)
             losses.mean().backward()
             return losses.mean().item(), scores.mean().item()
         losses, scores = [], []
@@ -257,7 +259,7 @@ class Engine:
         try:
             with self._computing(batch.support_x.device):
                 if self.mode == "vmap":
-                    return vmap(fn)(*tensors)
+                    return vmap(fn, randomness="different")(*tensors)
                 return torch.stack([fn(*(t[i] for t in tensors)) for i in range(batch.num_tasks)])
         finally:
             algo.train(was_training)

@@ -1,0 +1,96 @@
+"""Amortised Bayesian meta-learning: a learned Gaussian prior, task posteriors by gradient steps
+on the evidence lower bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import CONFIGS
+from hydra import compose, initialize_config_dir
+
+from metarun import run
+from metarun.algorithms.abml import ABML, gaussian_kl
+from metarun.backbones.mlp import MLP
+from metarun.backbones.pixels import Pixels
+from metarun.data.sinusoid import Sinusoid
+from metarun.engine import Engine
+
+
+def test_the_kl_term_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mean_q, mean_p = ({"w": torch.randn(3, 2, generator=g)} for _ in range(2))
+    log_q, log_p = ({"w": torch.randn(3, 2, generator=g) * 0.3} for _ in range(2))
+    q = torch.distributions.Normal(mean_q["w"], log_q["w"].exp())
+    p = torch.distributions.Normal(mean_p["w"], log_p["w"].exp())
+    expected = torch.distributions.kl_divergence(q, p).sum()
+    torch.testing.assert_close(gaussian_kl(mean_q, log_q, mean_p, log_p), expected)
+
+
+def test_the_negative_elbo_of_a_linear_model_matches_its_closed_form():
+    torch.manual_seed(0)
+    algo = ABML(Pixels((1,)), 1, samples=20000, kl_weight=0.5).double()  # f(x) = w x + b
+    params = algo.params()
+    mean = {"1.weight": torch.tensor([[0.7]]).double(), "1.bias": torch.tensor([0.2]).double()}
+    log_std = {"1.weight": torch.tensor([[-1.0]]).double(), "1.bias": torch.tensor([-2.0]).double()}
+    x, y = torch.tensor([[1.0], [-2.0]]).double(), torch.tensor([[0.5], [1.0]]).double()
+    # E[(y - w x - b)^2] = (y - 0.7 x - 0.2)^2 + e^-2 x^2 + e^-4; the noise std is 1 (log 0)
+    squared = (y - 0.7 * x - 0.2).square() + math.exp(-2) * x.square() + math.exp(-4)
+    nll = (0.5 * squared + 0.5 * math.log(2 * math.pi)).sum()
+    kl = gaussian_kl(mean, log_std, *algo.prior(params))
+    elbo = algo.negative_elbo(params, (mean, log_std), x, y)
+    torch.testing.assert_close(elbo, nll + 0.5 * kl, rtol=1e-2, atol=0)
+
+
+def test_predictions_average_the_weight_draws():
+    torch.manual_seed(0)
+    algo = ABML(MLP((2,), [8]), 3, samples=4).double()
+    params = algo.params()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.manual_seed(1)
+    outputs = algo.outputs(*algo.prior(params), x)
+    torch.manual_seed(1)
+    log_mean = algo.predictive(params, algo.prior(params), x, regression=False)
+    torch.testing.assert_close(log_mean.exp(), outputs.softmax(-1).mean(0))
+
+
+def test_loop_and_vmap_engines_agree_when_draws_are_the_means():
+    torch.manual_seed(0)
+    algo = ABML(MLP((1,), [8]), 1, samples=2, inner_steps=2, initial_std=1e-9).double()
+    batch = Sinusoid().sampler("train", 1, 5, 5, "cpu").sample(3, torch.Generator().manual_seed(0))
+    batch = type(batch)(*(t.double() for t in batch.tensors), ways=1)
+    loop = Engine("loop").query_outputs(algo, batch, None, algo.gaussian)
+    vmapped = Engine("vmap").query_outputs(algo, batch, None, algo.gaussian)
+    torch.testing.assert_close(vmapped, loop)
+
+
+@pytest.mark.slow
+def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
+    overrides = [
+        "algo=abml",
+        "dataset=sinusoid",
+        "backbone=mlp",
+        "task.ways=1",
+        "task.shots=5",
+        "task.queries=5",
+        "task.meta_batch_size=4",
+        "algo.samples=2",
+        "algo.inner_steps=2",
+        "algo.inner_lr=0.01",
+        "eval.queries=20",
+        "eval.episodes=40",
+        "trainer.val_every=100",
+        "trainer.val_episodes=20",
+        "trainer.ckpt_every=100",
+        "trainer.log_every=100",
+        "device=cpu",
+        "compile=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        untrained = compose("train", [*overrides, "trainer.iterations=0"])
+        trained = compose("train", [*overrides, "trainer.iterations=300"])
+    before = run.train(untrained, tmp_path / "before")
+    after = run.train(trained, tmp_path / "after")
+    assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
+    assert after["mse"]["mean"] < before["mse"]["mean"]
