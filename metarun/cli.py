@@ -98,6 +98,7 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         *plot.sweep_plot(runs, output),
         *plot.adaptation_plot(runs, output),
         *plot.reliability_diagrams(runs, output),
+        *plot.regression_curves(runs, output),
         *plot.path_pictures(runs, output),
     ]
     print("written: " + ", ".join(map(str, pictures)))

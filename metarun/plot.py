@@ -215,6 +215,47 @@ def reliability_diagrams(runs: list[RunResult], output: Path) -> list[Path]:
     return drawn
 
 
+def regression_curves(runs: list[RunResult], output: Path, tasks: int = 4) -> list[Path]:
+    """Per finished regression run on scalar inputs (sinusoid, gp_1d): a few test tasks' context
+    points, targets, predicted mean and, where the model predicts a spread, its central 95%
+    band, by the best checkpoint."""
+    import torch
+
+    from metarun.api import load
+    from metarun.metrics import NORMAL_97_5
+
+    drawn = []
+    for run in runs:
+        checkpoint = run.folder / "checkpoints" / "best.pt"
+        if run.metric != "mse" or not checkpoint.is_file():
+            continue
+        model = load(run.folder)
+        if tuple(model.dataset.input_shape) != (1,):
+            continue
+        ev = model.config.eval
+        sampler = model.dataset.sampler("test", 1, ev.shots, ev.queries, "cpu")
+        batch = sampler.sample(tasks, torch.Generator().manual_seed(ev.seed))
+        figure, axes = plt.subplots(1, tasks, figsize=(3.2 * tasks, 3.0), sharey=True)
+        for task, ax in enumerate(axes):
+            order = batch.query_x[task, :, 0].argsort()
+            x, y = batch.query_x[task, order], batch.query_y[task, order, 0]
+            learner = model.adapt(batch.support_x[task], batch.support_y[task])
+            with torch.no_grad():
+                mean, std = model.algo.gaussian(learner.predict(x)).unbind(-1)
+            ax.plot(x[:, 0], y, ":", color="black", label="targets")
+            ax.plot(x[:, 0], mean, color="C0", label="predicted mean")
+            if (std > 0).any():
+                low, high = mean - NORMAL_97_5 * std, mean + NORMAL_97_5 * std
+                ax.fill_between(x[:, 0], low, high, color="C0", alpha=0.2, label="95% band")
+            ax.plot(batch.support_x[task, :, 0], batch.support_y[task, :, 0], "o", color="C3",
+                    label="contexts")  # fmt: skip
+            ax.set_xlabel("x")
+        axes[0].legend(fontsize="small", loc="best")
+        figure.suptitle(f"{run.folder.name}: {ev.shots} contexts, best checkpoint")
+        drawn.append(_save(figure, output / f"curves_{run.folder.name}.png"))
+    return drawn
+
+
 def path_pictures(runs: list[RunResult], output: Path, tasks: int = 4) -> list[Path]:
     """For environments that can draw their paths (2D navigation): a few held-out tasks' first
     trajectory before and after adaptation, by each finished run's best checkpoint."""

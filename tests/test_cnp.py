@@ -8,11 +8,12 @@ import torch
 from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
 
-from metarun import run
+from metarun import plot, run
 from metarun.algorithms.cnp import CNP, gaussian_nll
 from metarun.backbones.pixels import Pixels
 from metarun.data.gaussian_process import GaussianProcess1D
 from metarun.engine import Engine
+from metarun.report import find_runs
 
 
 def cnp() -> CNP:
@@ -53,30 +54,41 @@ def test_loop_and_vmap_engines_agree():
     )
 
 
+GP_RUN = [
+    "algo=cnp",
+    "dataset=gp_1d",
+    "backbone=pixels",
+    "task.ways=1",
+    "task.shots=5",
+    "task.queries=5",
+    "task.meta_batch_size=16",
+    "optimizer.lr=1e-3",
+    "eval.queries=50",
+    "eval.episodes=50",
+    "trainer.val_every=150",
+    "trainer.val_episodes=20",
+    "trainer.ckpt_every=150",
+    "trainer.log_every=150",
+    "device=cpu",
+    "algo.encoder=[32,32]",
+    "algo.decoder=[32]",
+]
+
+
 def test_a_short_run_on_gp_curves_lowers_the_test_nll(tmp_path):
-    overrides = [
-        "algo=cnp",
-        "dataset=gp_1d",
-        "backbone=pixels",
-        "task.ways=1",
-        "task.shots=5",
-        "task.queries=5",
-        "task.meta_batch_size=16",
-        "optimizer.lr=1e-3",
-        "eval.queries=50",
-        "eval.episodes=50",
-        "trainer.val_every=150",
-        "trainer.val_episodes=20",
-        "trainer.ckpt_every=150",
-        "trainer.log_every=150",
-        "device=cpu",
-        "algo.encoder=[32,32]",
-        "algo.decoder=[32]",
-    ]
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        untrained = compose("train", [*overrides, "trainer.iterations=0"])
-        trained = compose("train", [*overrides, "trainer.iterations=300"])
+        untrained = compose("train", [*GP_RUN, "trainer.iterations=0"])
+        trained = compose("train", [*GP_RUN, "trainer.iterations=300"])
     before = run.train(untrained, tmp_path / "before")["calibration"]["nll"]["mean"]
     after = run.train(trained, tmp_path / "after")
     assert after["calibration"]["nll"]["mean"] < before - 0.3
     assert 0.8 < after["calibration"]["coverage95"]["mean"] <= 1.0
+
+
+def test_plot_draws_test_curves_with_the_predicted_band(tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", [*GP_RUN, "trainer.iterations=0"])
+    run.train(cfg, tmp_path / "run")
+    (picture,) = plot.regression_curves(find_runs([tmp_path / "run"]), tmp_path / "plots")
+    assert picture.name == "curves_run.png" and picture.stat().st_size > 0
