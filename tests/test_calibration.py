@@ -25,7 +25,7 @@ from metarun.report import find_runs, markdown
 CLASSIFIERS = [
     "maml", "fomaml", "anil", "meta_sgd", "reptile", "imaml", "maml_plus_plus",
     "lstm_meta_learner", "protonet", "matching_net", "relation_net", "baseline",
-    "nearest_neighbour", "snail", "mann", "meta_net", "bayesian_maml",
+    "nearest_neighbour", "snail", "mann", "meta_net", "bayesian_maml", "cnp",
 ]  # fmt: skip
 
 

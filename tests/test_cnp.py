@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
+from synthetic import TinyImages, meta_train
 
 from metarun import plot, run
 from metarun.algorithms.cnp import CNP, gaussian_nll
+from metarun.backbones.conv4 import Conv4
+from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
 from metarun.data.gaussian_process import GaussianProcess1D
 from metarun.engine import Engine
@@ -92,3 +96,26 @@ def test_plot_draws_test_curves_with_the_predicted_band(tmp_path):
     run.train(cfg, tmp_path / "run")
     (picture,) = plot.regression_curves(find_runs([tmp_path / "run"]), tmp_path / "plots")
     assert picture.name == "curves_run.png" and picture.stat().st_size > 0
+
+
+def test_classification_gives_a_logit_per_class_whatever_the_order_of_the_contexts():
+    torch.manual_seed(0)
+    model = CNP(MLP((4,), [8]), 3, encoder=[16], decoder=[16]).double()
+    x, y = torch.randn(6, 4).double(), torch.tensor([0, 1, 2, 0, 1, 2])
+    queries = torch.randn(5, 4).double()
+    logits = model.adapt(model.params(), x, y, ways=3)(queries)
+    assert logits.shape == (5, 3)
+    order = torch.randperm(6)
+    torch.testing.assert_close(
+        model.adapt(model.params(), x[order], y[order], ways=3)(queries), logits
+    )
+
+
+@pytest.mark.slow
+def test_it_learns_a_tiny_image_problem():
+    torch.manual_seed(0)
+    sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
+    model = CNP(Conv4((1, 16, 16), hidden=16), 3, encoder=[32, 32], decoder=[32])
+    engine = meta_train(model, sampler, updates=150, tasks=4)
+    test = sampler.sample(32, torch.Generator().manual_seed(1))
+    assert engine.scores(model, test).mean() > 0.7  # chance: 1/3

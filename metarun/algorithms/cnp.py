@@ -1,11 +1,15 @@
 """Conditional Neural Processes (Garnelo et al. 2018, arXiv:1807.01613): an encoder MLP reads each
-context pair (x, y), the mean of its outputs is the task's representation r, and a decoder MLP
-maps (r, x) of each target to a Gaussian: its mean and a standard deviation bounded below
-(min_std + (1 - min_std) softplus, as in the authors' notebook). Trained by the targets'
-negative log-likelihood; there is no inner loop, so adaptation is one forward pass and the
-prediction does not depend on the order of the contexts.
+context pair (embedding of x, y), a mean of its outputs is the task's representation, and a
+decoder MLP reads (representation, embedding of a target). There is no inner loop, so
+adaptation is one forward pass and the prediction does not depend on the order of the contexts.
 
-Regression only for now: a predictor returns [Q, 2] per target, (mean, standard deviation).
+Regression: one mean over all contexts; the decoder gives each target a Gaussian, its mean and a
+standard deviation bounded below (min_std + (1 - min_std) softplus, as in the authors'
+notebook); trained by the targets' negative log-likelihood; a predictor returns [Q, 2] (mean,
+std). Classification (the paper's Omniglot experiment): contexts are (image embedding, one-hot
+label) and are averaged per class; the decoder reads (class representation, query embedding)
+and the first of its two outputs is that class's logit; trained by cross-entropy. Our reading:
+the paper does not spell out how its decoder combines the class representations.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms.base import Algorithm, Predictor
-from metarun.algorithms.functional import Params, params_under
-from metarun.errors import ConfigError
+from metarun.algorithms.functional import Params, class_means, params_under
+from metarun.metrics import task_loss_and_score
 
 
 def relu_mlp(sizes: list[int]) -> nn.Sequential:
@@ -42,29 +46,35 @@ class CNP(Algorithm):
         self.model, self.out_features, self.min_std = backbone, out_features, min_std
         features = backbone.out_features
         self.encoder = relu_mlp([features + out_features, *encoder])
-        self.decoder = relu_mlp([encoder[-1] + features, *decoder, 2 * out_features])
-
-    def check_regression(self, support_y: torch.Tensor) -> None:
-        if not support_y.dtype.is_floating_point:
-            raise ConfigError(
-                "algo=cnp is built for regression only so far (a Gaussian per target); it "
-                "cannot fit a classification dataset. Use dataset=gp_1d or dataset=sinusoid."
-            )
+        self.decoder = relu_mlp([encoder[-1] + features, *decoder, 2])
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:  # fmt: skip
-        self.check_regression(support_y)
-        contexts = torch.cat([self.run(params, support_x), support_y], dim=-1)
-        representation = self.part(params, "encoder", contexts).mean(0)  # [r]
+        regression = support_y.dtype.is_floating_point
+        if not regression:
+            self.check_ways(support_y, ways)
+        features = self.run(params, support_x)
+        labels = support_y if regression else F.one_hot(support_y, ways).to(features.dtype)
+        encoded = self.part(params, "encoder", torch.cat([features, labels], dim=-1))
+        if regression:
+            representation = encoded.mean(0, keepdim=True)  # [1, r]
+        else:
+            representation = class_means(encoded, support_y, ways)  # [ways, r]
 
-        def gaussian(query_x: torch.Tensor) -> torch.Tensor:
-            features = self.run(params, query_x)
-            inputs = torch.cat([representation.expand(len(features), -1), features], dim=-1)
-            mean, raw = self.part(params, "decoder", inputs).chunk(2, dim=-1)
-            std = self.min_std + (1 - self.min_std) * F.softplus(raw)
-            return torch.cat([mean, std], dim=-1)  # [Q, 2]
+        def predict(query_x: torch.Tensor) -> torch.Tensor:
+            queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)
+            pairs = torch.cat(
+                [representation.expand(len(queries), -1, -1),
+                 queries.unsqueeze(1).expand(-1, len(representation), -1)],
+                dim=-1,
+            )  # [Q, 1 or ways, r + D]  # fmt: skip
+            decoded = self.part(params, "decoder", pairs)  # [Q, 1 or ways, 2]
+            if not regression:
+                return decoded[..., 0]  # [Q, ways] logits
+            mean, raw = decoded[:, 0].chunk(2, dim=-1)
+            return torch.cat([mean, self.min_std + (1 - self.min_std) * F.softplus(raw)], -1)
 
-        return gaussian
+        return predict
 
     def part(self, params: Params, name: str, x: torch.Tensor) -> torch.Tensor:
         """The submodule `name` (encoder or decoder) evaluated with the given parameters."""
@@ -76,6 +86,10 @@ class CNP(Algorithm):
     def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                   query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
                   steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Targets' negative log-likelihood; scored by the mean's squared error."""
-        mean, std = self.adapt(params, support_x, support_y, ways)(query_x).chunk(2, dim=-1)
+        """Regression: the targets' Gaussian negative log-likelihood, scored by the mean's squared
+        error. Classification: cross-entropy and accuracy."""
+        outputs = self.adapt(params, support_x, support_y, ways)(query_x)
+        if not query_y.dtype.is_floating_point:
+            return task_loss_and_score(outputs, query_y)
+        mean, std = outputs.chunk(2, dim=-1)
         return gaussian_nll(mean, std, query_y), F.mse_loss(mean, query_y).detach()
