@@ -99,6 +99,7 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         *plot.adaptation_plot(runs, output),
         *plot.reliability_diagrams(runs, output),
         *plot.regression_curves(runs, output),
+        *plot.completion_pictures(runs, output),
         *plot.path_pictures(runs, output),
     ]
     print("written: " + ", ".join(map(str, pictures)))

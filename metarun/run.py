@@ -39,11 +39,19 @@ from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
 
 
+def _dataset_nodes(node: DictConfig) -> list[DictConfig]:
+    """The dataset config and the configs nested in it (image completion holds its images')."""
+    return [node] + [
+        n for v in node.values() if isinstance(v, DictConfig) for n in _dataset_nodes(v)
+    ]
+
+
 def _absolute_paths(cfg: DictConfig) -> None:
-    """Stores dataset.root and init_from as absolute paths so the run folder works from any
-    directory."""
-    if "root" in cfg.dataset:
-        cfg.dataset.root = str(Path(cfg.dataset.root).expanduser().resolve())
+    """Stores every dataset root and init_from as absolute paths so the run folder works from
+    any directory."""
+    for node in _dataset_nodes(cfg.dataset):
+        if "root" in node:
+            node.root = str(Path(node.root).expanduser().resolve())
     if cfg.get("init_from"):
         cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
 
@@ -185,8 +193,10 @@ def _evaluation_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     for key in RUNTIME_SETTINGS:
         if key in given:
             run_cfg[key] = cfg[key]
-    if cfg.dataset_root is not None and "root" in run_cfg.dataset:
-        run_cfg.dataset.root = cfg.dataset_root
+    if cfg.dataset_root is not None:
+        for node in _dataset_nodes(run_cfg.dataset):
+            if "root" in node:
+                node.root = cfg.dataset_root
     check_settings(run_cfg)
     return run_cfg
 

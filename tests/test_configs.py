@@ -18,6 +18,7 @@ COMPANIONS = {
     "backbone/mlp": ["dataset=sinusoid"],
     "dataset/gp_1d": ["backbone=pixels", "algo=cnp"],
     "algo/cnp": ["dataset=gp_1d", "backbone=pixels"],
+    "dataset/omniglot_completion": ["backbone=pixels", "algo=cnp"],
     **{
         f"dataset/{name}": RL[::2]
         for name in ("navigation_2d", "half_cheetah_dir", "half_cheetah_vel")
