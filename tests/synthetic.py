@@ -69,3 +69,23 @@ def meta_train(algo, sampler, updates: int, tasks: int, mode: str = "loop", lr: 
             torch.nn.utils.clip_grad_norm_(algo.parameters(), clip)
         optimizer.step()
     return engine
+
+
+SHORT_REGRESSION_RUN = [
+    "task.ways=1", "task.shots=5", "task.queries=5", "task.meta_batch_size=4", "eval.queries=20",
+    "eval.episodes=40", "trainer.val_every=100", "trainer.val_episodes=20",
+    "trainer.ckpt_every=100", "trainer.log_every=100", "device=cpu", "compile=false",
+]  # fmt: skip
+
+
+def train_runs(folder, overrides: list[str], *iterations: int) -> list[dict]:
+    """results.json of one `metarun train` per iteration count (same seed and settings), in
+    folder/<count>: how tests see what a short run changes."""
+    from conftest import CONFIGS
+    from hydra import compose, initialize_config_dir
+
+    from metarun import run
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        configs = [compose("train", [*overrides, f"trainer.iterations={n}"]) for n in iterations]
+    return [run.train(cfg, folder / str(n)) for cfg, n in zip(configs, iterations)]

@@ -7,10 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS
-from hydra import compose, initialize_config_dir
+from synthetic import SHORT_REGRESSION_RUN, train_runs
 
-from metarun import run
 from metarun.algorithms.abml import ABML, gaussian_kl
 from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
@@ -67,30 +65,8 @@ def test_loop_and_vmap_engines_agree_when_draws_are_the_means():
 
 @pytest.mark.slow
 def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
-    overrides = [
-        "algo=abml",
-        "dataset=sinusoid",
-        "backbone=mlp",
-        "task.ways=1",
-        "task.shots=5",
-        "task.queries=5",
-        "task.meta_batch_size=4",
-        "algo.samples=2",
-        "algo.inner_steps=2",
-        "algo.inner_lr=0.01",
-        "eval.queries=20",
-        "eval.episodes=40",
-        "trainer.val_every=100",
-        "trainer.val_episodes=20",
-        "trainer.ckpt_every=100",
-        "trainer.log_every=100",
-        "device=cpu",
-        "compile=false",
-    ]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        untrained = compose("train", [*overrides, "trainer.iterations=0"])
-        trained = compose("train", [*overrides, "trainer.iterations=300"])
-    before = run.train(untrained, tmp_path / "before")
-    after = run.train(trained, tmp_path / "after")
+    overrides = ["algo=abml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
+                 "algo.samples=2", "algo.inner_steps=2", "algo.inner_lr=0.01"]  # fmt: skip
+    before, after = train_runs(tmp_path, overrides, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
     assert after["mse"]["mean"] < before["mse"]["mean"]

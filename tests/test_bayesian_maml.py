@@ -6,11 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS
-from hydra import compose, initialize_config_dir
-from synthetic import TinyImages
+from synthetic import SHORT_REGRESSION_RUN, TinyImages, train_runs
 
-from metarun import run
 from metarun.algorithms.bayesian_maml import BayesianMAML, svgd_direction
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
@@ -138,29 +135,8 @@ def test_its_svgd_steps_fit_a_tiny_image_problem():
 
 @pytest.mark.slow
 def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
-    overrides = [
-        "algo=bayesian_maml",
-        "dataset=sinusoid",
-        "backbone=mlp",
-        "task.ways=1",
-        "task.shots=5",
-        "task.queries=5",
-        "task.meta_batch_size=4",
-        "algo.particles=4",
-        "algo.inner_steps=5",
-        "eval.queries=20",
-        "eval.episodes=40",
-        "trainer.val_every=100",
-        "trainer.val_episodes=20",
-        "trainer.ckpt_every=100",
-        "trainer.log_every=100",
-        "device=cpu",
-        "compile=false",
-    ]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        untrained = compose("train", [*overrides, "trainer.iterations=0"])
-        trained = compose("train", [*overrides, "trainer.iterations=300"])
-    before = run.train(untrained, tmp_path / "before")
-    after = run.train(trained, tmp_path / "after")
+    overrides = ["algo=bayesian_maml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
+                 "algo.particles=4", "algo.inner_steps=5"]  # fmt: skip
+    before, after = train_runs(tmp_path, overrides, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"]
     assert after["mse"]["mean"] < 0.75 * before["mse"]["mean"]

@@ -6,11 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS
-from hydra import compose, initialize_config_dir
-from synthetic import TinyImages, meta_train
+from synthetic import TinyImages, meta_train, train_runs
 
-from metarun import plot, run
+from metarun import plot
 from metarun.algorithms.cnp import CNP, gaussian_nll
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
@@ -80,22 +78,15 @@ GP_RUN = [
 
 
 def test_a_short_run_on_gp_curves_lowers_the_test_nll(tmp_path):
-
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        untrained = compose("train", [*GP_RUN, "trainer.iterations=0"])
-        trained = compose("train", [*GP_RUN, "trainer.iterations=300"])
-    before = run.train(untrained, tmp_path / "before")["calibration"]["nll"]["mean"]
-    after = run.train(trained, tmp_path / "after")
-    assert after["calibration"]["nll"]["mean"] < before - 0.3
+    before, after = train_runs(tmp_path, GP_RUN, 0, 300)
+    assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
     assert 0.8 < after["calibration"]["coverage95"]["mean"] <= 1.0
 
 
 def test_plot_draws_test_curves_with_the_predicted_band(tmp_path):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", [*GP_RUN, "trainer.iterations=0"])
-    run.train(cfg, tmp_path / "run")
-    (picture,) = plot.regression_curves(find_runs([tmp_path / "run"]), tmp_path / "plots")
-    assert picture.name == "curves_run.png" and picture.stat().st_size > 0
+    train_runs(tmp_path, GP_RUN, 0)
+    (picture,) = plot.regression_curves(find_runs([tmp_path / "0"]), tmp_path / "plots")
+    assert picture.name == "curves_0.png" and picture.stat().st_size > 0
 
 
 def test_classification_gives_a_logit_per_class_whatever_the_order_of_the_contexts():
