@@ -132,3 +132,17 @@ class SequenceDataset(Dataset, Protocol):
     def online_sequences(
         self, split: str, ways: int, instances: int, device: torch.device
     ) -> Sampler: ...
+
+
+class ScalarRegression:
+    """What the 1-D regression datasets share (sinusoid, gp_1d): MSE, scalar inputs, one output."""
+
+    metric = "mse"
+    input_shape = (1,)
+
+    def out_features(self, ways: int) -> int:
+        return 1
+
+    def preprocess(self, x: float | torch.Tensor) -> torch.Tensor:
+        """A scalar input position -> the model's input [1]."""
+        return torch.as_tensor(x, dtype=torch.float32).reshape(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from metarun.data.base import ScalarRegression
 from metarun.episode import Episode
 from metarun.errors import ConfigError
 
@@ -73,11 +74,8 @@ class GaussianProcessSampler:
         return self.build(self.draw(num_tasks, generator))
 
 
-class GaussianProcess1D:
+class GaussianProcess1D(ScalarRegression):
     """Every split draws from the same process (new curves each episode); `ways` is unused."""
-
-    metric = "mse"
-    input_shape = (1,)
 
     def __init__(
         self,
@@ -88,13 +86,6 @@ class GaussianProcess1D:
     ) -> None:
         self.length_scale, self.signal_scale, self.noise_std = length_scale, signal_scale, noise_std
         self.x_range = tuple(x_range)
-
-    def out_features(self, ways: int) -> int:
-        return 1
-
-    def preprocess(self, x: float | torch.Tensor) -> torch.Tensor:
-        """A scalar input position -> the model's input [1]."""
-        return torch.as_tensor(x, dtype=torch.float32).reshape(1)
 
     def protocol(self) -> dict:
         return {

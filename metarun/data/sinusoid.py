@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from metarun.data.base import check_shape
+from metarun.data.base import ScalarRegression, check_shape
 from metarun.episode import Episode
 
 
@@ -66,11 +66,8 @@ class SinusoidSampler:
         return self.build(self.draw(num_tasks, generator))
 
 
-class Sinusoid:
+class Sinusoid(ScalarRegression):
     """Every split draws from the same task distribution, as in the paper; `ways` is unused."""
-
-    metric = "mse"
-    input_shape = (1,)
 
     def __init__(
         self,
@@ -81,13 +78,6 @@ class Sinusoid:
     ) -> None:
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
         self.noise_std = noise_std
-
-    def out_features(self, ways: int) -> int:
-        return 1
-
-    def preprocess(self, x: float | torch.Tensor) -> torch.Tensor:
-        """A scalar input position -> the model's input [1]."""
-        return torch.as_tensor(x, dtype=torch.float32).reshape(1)
 
     def protocol(self) -> dict:
         return {
