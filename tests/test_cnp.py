@@ -15,7 +15,7 @@ from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
 from metarun.data.gaussian_process import GaussianProcess1D
 from metarun.engine import Engine
-from metarun.report import find_runs
+from metarun.report import find_runs, markdown
 
 
 def cnp() -> CNP:
@@ -110,3 +110,9 @@ def test_it_learns_a_tiny_image_problem():
     engine = meta_train(model, sampler, updates=150, tasks=4)
     test = sampler.sample(32, torch.Generator().manual_seed(1))
     assert engine.scores(model, test).mean() > 0.7  # chance: 1/3
+
+
+def test_report_shows_a_regressors_nll_and_coverage(tmp_path):
+    train_runs(tmp_path, GP_RUN, 0)
+    header = markdown(find_runs([tmp_path / "0"])).splitlines()[2]
+    assert "coverage95" in header and "NLL" in header and "ECE" not in header
