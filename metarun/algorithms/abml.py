@@ -47,7 +47,7 @@ class ABML(Algorithm):
         backbone: nn.Module,
         out_features: int,
         *,
-        inner_lr: float = 0.1,
+        inner_lr: float = 0.01,
         inner_steps: int = 5,
         samples: int = 5,
         kl_weight: float = 0.01,
