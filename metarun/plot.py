@@ -177,10 +177,12 @@ def adaptation_plot(runs: list[RunResult], output: Path) -> list[Path]:
 
 
 def _calibration(run: RunResult) -> dict | None:
-    """The test's calibration (classifiers), from eval.json or results.json."""
+    """A classifier's test calibration (with its reliability diagram), from eval.json or
+    results.json."""
     for name in ("eval.json", "results.json"):
         path = run.folder / name
-        if path.is_file() and (calibration := json.loads(path.read_text()).get("calibration")):
+        calibration = json.loads(path.read_text()).get("calibration") if path.is_file() else None
+        if calibration and "reliability" in calibration:
             return calibration
     return None
 

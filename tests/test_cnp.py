@@ -85,8 +85,10 @@ def test_a_short_run_on_gp_curves_lowers_the_test_nll(tmp_path):
 
 def test_plot_draws_test_curves_with_the_predicted_band(tmp_path):
     train_runs(tmp_path, GP_RUN, 0)
-    (picture,) = plot.regression_curves(find_runs([tmp_path / "0"]), tmp_path / "plots")
+    runs = find_runs([tmp_path / "0"])
+    (picture,) = plot.regression_curves(runs, tmp_path / "plots")
     assert picture.name == "curves_0.png" and picture.stat().st_size > 0
+    assert plot.reliability_diagrams(runs, tmp_path / "plots") == []  # a classifier's picture
 
 
 def test_classification_gives_a_logit_per_class_whatever_the_order_of_the_contexts():
