@@ -77,6 +77,7 @@ GP_RUN = [
 ]
 
 
+@pytest.mark.slow
 def test_a_short_run_on_gp_curves_lowers_the_test_nll(tmp_path):
     before, after = train_runs(tmp_path, GP_RUN, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
