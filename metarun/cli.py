@@ -91,16 +91,16 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         md, table = report.write_report(runs, output)
         print(f"{report.markdown(runs)}\nwritten: {md}, {table}")
         return
-    from metarun import plot  # matplotlib loads only for this command
+    from metarun import pictures, plot  # matplotlib and the models load only for this command
 
     pictures = [
         *plot.learning_curves(runs, output),
         *plot.sweep_plot(runs, output),
         *plot.adaptation_plot(runs, output),
         *plot.reliability_diagrams(runs, output),
-        *plot.regression_curves(runs, output),
-        *plot.completion_pictures(runs, output),
-        *plot.path_pictures(runs, output),
+        *pictures.regression_curves(runs, output),
+        *pictures.completion_pictures(runs, output),
+        *pictures.path_pictures(runs, output),
     ]
     print("written: " + ", ".join(map(str, pictures)))
 

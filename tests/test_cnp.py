@@ -8,7 +8,7 @@ import pytest
 import torch
 from synthetic import TinyImages, meta_train, train_runs
 
-from metarun import plot
+from metarun import pictures, plot
 from metarun.algorithms.cnp import CNP, gaussian_nll
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
@@ -87,7 +87,7 @@ def test_a_short_run_on_gp_curves_lowers_the_test_nll(tmp_path):
 def test_plot_draws_test_curves_with_the_predicted_band(tmp_path):
     train_runs(tmp_path, GP_RUN, 0)
     runs = find_runs([tmp_path / "0"])
-    (picture,) = plot.regression_curves(runs, tmp_path / "plots")
+    (picture,) = pictures.regression_curves(runs, tmp_path / "plots")
     assert picture.name == "curves_0.png" and picture.stat().st_size > 0
     assert plot.reliability_diagrams(runs, tmp_path / "plots") == []  # a classifier's picture
 

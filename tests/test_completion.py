@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from synthetic import TinyImages
 
-from metarun import plot, run
+from metarun import pictures, run
 from metarun.data.completion import ImageCompletion, pixel_coordinates
 from metarun.errors import ConfigError
 from metarun.report import find_runs
@@ -58,5 +58,5 @@ def test_plot_draws_context_mean_std_and_image(tmp_path):
         }
     results = run.train(cfg, tmp_path / "run")
     assert results["metric"] == "mse" and "coverage95" in results["calibration"]
-    (picture,) = plot.completion_pictures(find_runs([tmp_path / "run"]), tmp_path / "plots")
+    (picture,) = pictures.completion_pictures(find_runs([tmp_path / "run"]), tmp_path / "plots")
     assert picture.name == "completion_run.png" and picture.stat().st_size > 0

@@ -254,18 +254,18 @@ def test_a_supervised_checkpoint_is_refused_by_an_rl_run_and_the_reverse(
 
 
 def test_plot_draws_returns_per_step_and_navigation_paths(navigation_run, tmp_path):
-    from metarun import plot
+    from metarun import pictures, plot
     from metarun.report import find_runs
 
     runs = find_runs([navigation_run])
-    pictures = [
+    drawn = [
         *plot.learning_curves(runs, tmp_path),
         *plot.adaptation_plot(runs, tmp_path),
-        *plot.path_pictures(runs, tmp_path),
+        *pictures.path_pictures(runs, tmp_path),
     ]
-    names = sorted(path.name for path in pictures)
+    names = sorted(path.name for path in drawn)
     assert names == ["adaptation.png", "learning_curves.png", f"paths_{navigation_run.name}.png"]
-    assert all(path.stat().st_size > 1000 for path in pictures)
+    assert all(path.stat().st_size > 1000 for path in drawn)
     rows = (navigation_run / "metrics.jsonl").read_text()
     assert "train_return_before" in rows
 
