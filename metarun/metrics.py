@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from metarun.algorithms.functional import gaussian_log_prob
+
 NORMAL_97_5 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
@@ -78,8 +80,7 @@ def gaussian_scores(
         std = (std.square() + noise_std**2).sqrt()
     if (std > 0).all():
         z = (targets - mean) / std
-        nll = std.log() + 0.5 * math.log(2 * math.pi) + 0.5 * z.square()
-        scores["nll"] = nll.mean((-2, -1))
+        scores["nll"] = -gaussian_log_prob(mean, std.log(), targets).mean(-1)
         scores["coverage95"] = (z.abs() <= NORMAL_97_5).to(z.dtype).mean((-2, -1))
     return scores
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from synthetic import SHORT_REGRESSION_RUN, train_runs
 
-from metarun.algorithms.abml import ABML, gaussian_kl
+from metarun.algorithms.abml import ABML, weights_kl
 from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
 from metarun.data.sinusoid import Sinusoid
@@ -23,7 +23,7 @@ def test_the_kl_term_matches_torch_distributions():
     q = torch.distributions.Normal(mean_q["w"], log_q["w"].exp())
     p = torch.distributions.Normal(mean_p["w"], log_p["w"].exp())
     expected = torch.distributions.kl_divergence(q, p).sum()
-    torch.testing.assert_close(gaussian_kl(mean_q, log_q, mean_p, log_p), expected)
+    torch.testing.assert_close(weights_kl(mean_q, log_q, mean_p, log_p), expected)
 
 
 def test_the_negative_elbo_of_a_linear_model_matches_its_closed_form():
@@ -36,7 +36,7 @@ def test_the_negative_elbo_of_a_linear_model_matches_its_closed_form():
     # E[(y - w x - b)^2] = (y - 0.7 x - 0.2)^2 + e^-2 x^2 + e^-4; the noise std is 1 (log 0)
     squared = (y - 0.7 * x - 0.2).square() + math.exp(-2) * x.square() + math.exp(-4)
     nll = (0.5 * squared + 0.5 * math.log(2 * math.pi)).sum()
-    kl = gaussian_kl(mean, log_std, *algo.prior(params))
+    kl = weights_kl(mean, log_std, *algo.prior(params))
     elbo = algo.negative_elbo(params, (mean, log_std), x, y)
     torch.testing.assert_close(elbo, nll + 0.5 * kl, rtol=1e-2, atol=0)
 

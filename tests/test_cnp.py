@@ -9,7 +9,8 @@ import torch
 from synthetic import TinyImages, meta_train, train_runs
 
 from metarun import pictures, plot
-from metarun.algorithms.cnp import CNP, gaussian_nll
+from metarun.algorithms.cnp import CNP
+from metarun.algorithms.functional import gaussian_log_prob
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
@@ -36,7 +37,8 @@ def test_the_prediction_does_not_depend_on_the_order_of_the_contexts():
 def test_the_loss_is_the_targets_gaussian_negative_log_likelihood():
     mean, std, y = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])
     by_hand = (0.5 * math.log(2 * math.pi) + 0.5) + (math.log(2.0) + 0.5 * math.log(2 * math.pi))
-    assert gaussian_nll(mean, std, y).item() == torch.tensor(by_hand / 2).item()
+    per_target = [t.unsqueeze(-1) for t in (mean, std.log(), y)]  # [targets, 1]
+    assert -gaussian_log_prob(*per_target).mean().item() == torch.tensor(by_hand / 2).item()
     model = cnp().float()
     batch = GaussianProcess1D().sampler("train", 1, 5, 4, "cpu").sample(1, torch.Generator())
     loss, mse = model.task_loss(model.params(), *(t[0] for t in batch.tensors), ways=1)

@@ -25,20 +25,18 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from metarun.algorithms.base import Algorithm, Predictor
-from metarun.algorithms.functional import Params, params_under
+from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob, params_under
 from metarun.errors import ConfigError
 
 
-def gaussian_kl(
+def weights_kl(
     mean_q: Params, log_std_q: Params, mean_p: Params, log_std_p: Params
 ) -> torch.Tensor:
-    """KL(N(mean_q, std_q^2) || N(mean_p, std_p^2)) summed over every coordinate."""
-    total = 0.0
-    for name in mean_q:
-        ratio = torch.exp(2 * (log_std_q[name] - log_std_p[name]))
-        gap = (mean_q[name] - mean_p[name]).square() * torch.exp(-2 * log_std_p[name])
-        total = total + 0.5 * (ratio + gap - 1).sum() - (log_std_q[name] - log_std_p[name]).sum()
-    return total
+    """KL(N(mean_q, std_q^2) || N(mean_p, std_p^2)) summed over every weight."""
+    return sum(
+        gaussian_kl(*(part[name].flatten() for part in (mean_q, log_std_q, mean_p, log_std_p)))
+        for name in mean_q
+    )
 
 
 class ABML(Algorithm):
@@ -88,16 +86,15 @@ class ABML(Algorithm):
     def expected_nll(self, params: Params, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Monte Carlo estimate of E_q[-log p(y | x, w)], summed over examples."""
         if y.dtype.is_floating_point:
-            log_noise = params["log_noise_std"]
-            z = (outputs - y) * torch.exp(-log_noise)
-            return (0.5 * z.square() + log_noise + 0.5 * math.log(2 * math.pi)).sum((1, 2)).mean()
+            log_noise = params["log_noise_std"].expand_as(outputs)
+            return -gaussian_log_prob(outputs, log_noise, y).sum(1).mean()
         flat_y = y.expand(self.samples, -1).flatten()
         return F.cross_entropy(outputs.flatten(0, 1), flat_y, reduction="sum") / self.samples
 
     def negative_elbo(self, params: Params, q: tuple[Params, Params], x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor:  # fmt: skip
         outputs = self.outputs(*q, x)
-        return self.expected_nll(params, outputs, y) + self.kl_weight * gaussian_kl(
+        return self.expected_nll(params, outputs, y) + self.kl_weight * weights_kl(
             *q, *self.prior(params)
         )
 
@@ -155,7 +152,7 @@ class ABML(Algorithm):
         steps = self.inner_steps if steps is None else steps
         q = self.posterior(params, support_x, support_y, steps, self.first_order)
         outputs = self.outputs(*q, query_x)
-        kl = gaussian_kl(*q, *self.prior(params))
+        kl = weights_kl(*q, *self.prior(params))
         bound = self.expected_nll(params, outputs, query_y) + self.kl_weight * kl
         loss = (bound + self.kl_weight * self.hyper_prior_nll(params)) / len(query_y)
         with torch.no_grad():

@@ -139,12 +139,12 @@ class BayesianMAML(Algorithm):
 
     def svgd(self, particles: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int,
              first_order: bool) -> torch.Tensor:  # fmt: skip
+        rates = torch.ones_like(particles[0])
+        rates[-2:] = self.precision_lr_scale  # the log precisions' own step (their lambda_lr)
         for _ in range(steps):
             gradients = grad(self.log_posterior)(particles, x, y)
             if first_order:
                 gradients = gradients.detach()
-            rates = torch.ones_like(particles[0])
-            rates[-2:] = self.precision_lr_scale  # the log precisions' own step (their lambda_lr)
             particles = particles + self.inner_lr * rates * svgd_direction(particles, gradients)
         return particles
 

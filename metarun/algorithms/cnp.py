@@ -14,15 +14,13 @@ the paper does not spell out how its decoder combines the class representations.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms.base import Algorithm, Predictor
-from metarun.algorithms.functional import Params, class_means, params_under
+from metarun.algorithms.functional import Params, class_means, gaussian_log_prob, params_under
 from metarun.metrics import task_loss_and_score
 
 
@@ -32,11 +30,6 @@ def relu_mlp(sizes: list[int]) -> nn.Sequential:
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
-
-
-def gaussian_nll(mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-density of `target` under independent Gaussians N(mean, std^2)."""
-    return (std.log() + 0.5 * math.log(2 * math.pi) + 0.5 * ((target - mean) / std) ** 2).mean()
 
 
 class CNP(Algorithm):
@@ -92,4 +85,5 @@ class CNP(Algorithm):
         if not query_y.dtype.is_floating_point:
             return task_loss_and_score(outputs, query_y)
         mean, std = outputs.chunk(2, dim=-1)
-        return gaussian_nll(mean, std, query_y), F.mse_loss(mean, query_y).detach()
+        nll = -gaussian_log_prob(mean, std.log(), query_y).mean()
+        return nll, F.mse_loss(mean, query_y).detach()

@@ -86,3 +86,16 @@ def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     )
     direction = torch.where(large, x.sign(), math.exp(p) * x)
     return torch.stack([magnitude, direction], dim=-1)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor):
+    """log N(actions; mean, diag(exp(log_std))^2), summed over the last dimension."""
+    z = (actions - mean) / log_std.exp()
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension."""
+    variance_p, variance_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
+    ratio = (variance_p + (mean_p - mean_q).pow(2)) / variance_q
+    return (log_std_q - log_std_p + 0.5 * ratio - 0.5).sum(-1)

@@ -5,27 +5,13 @@ leading task dimension (or none) and masks steps after a trajectory ended with `
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from metarun.algorithms.functional import Params
+from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob
 from metarun.data.environments import EnvironmentTasks, Trajectories
-
-
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor):
-    """log N(actions; mean, diag(exp(log_std))^2), summed over action dimensions."""
-    z = (actions - mean) / log_std.exp()
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
-    """KL(p || q) of diagonal Gaussians, summed over action dimensions."""
-    variance_p, variance_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
-    ratio = (variance_p + (mean_p - mean_q).pow(2)) / variance_q
-    return (log_std_q - log_std_p + 0.5 * ratio - 0.5).sum(-1)
 
 
 def returns_to_go(rewards: torch.Tensor, alive: torch.Tensor, discount: float) -> torch.Tensor:
