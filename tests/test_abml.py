@@ -9,7 +9,7 @@ import pytest
 import torch
 from synthetic import SHORT_REGRESSION_RUN, train_runs
 
-from metarun.algorithms.abml import ABML, weights_kl
+from metarun.algorithms.abml import ABML, add_pre_activation_noise, weights_kl
 from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
 from metarun.data.sinusoid import Sinusoid
@@ -70,3 +70,34 @@ def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
     before, after = train_runs(tmp_path, overrides, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
     assert after["mse"]["mean"] < before["mse"]["mean"]
+
+
+def test_local_reparameterisation_gives_each_unit_the_marginal_of_per_example_weight_draws():
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    weight_std, bias_std = torch.rand(3, 2, 3, 3).double() * 0.5, torch.rand(3).double() * 0.5
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    draws = 20000
+    local = add_pre_activation_noise(
+        layer, (x.expand(draws, -1, -1, -1),), layer(x).expand(draws, -1, -1, -1),
+        weight_std, bias_std,
+    )  # fmt: skip
+    weights = layer.weight + weight_std * torch.randn(draws, *layer.weight.shape).double()
+    biases = layer.bias + bias_std * torch.randn(draws, 3).double()
+    grouped = torch.nn.functional.conv2d(
+        x.repeat(1, draws, 1, 1), weights.flatten(0, 1), biases.flatten(), padding=1, groups=draws
+    ).view(draws, 3, 4, 4)  # one weight draw per example
+    torch.testing.assert_close(local.mean(0), grouped.mean(0), atol=0.06, rtol=0)  # ~4 standard errors
+    torch.testing.assert_close(local.var(0), grouped.var(0), atol=0.0, rtol=0.06)
+
+
+def test_local_reparameterisation_draws_every_example_independently():
+    torch.manual_seed(0)
+    algo = ABML(Pixels((3,)), 2, samples=1, initial_std=0.5).double()
+    x = torch.randn(1, 3, dtype=torch.float64).expand(4, -1)
+    outputs = algo.sampled_pass(*algo.prior(algo.params()), x)
+    assert (outputs[1:] != outputs[0]).all()
+    per_pass = ABML(Pixels((3,)), 2, samples=1, local_reparameterisation=False).double()
+    per_pass.load_state_dict(algo.state_dict())
+    shared = per_pass.sampled_pass(*per_pass.prior(per_pass.params()), x)
+    assert (shared == shared[0]).all()
