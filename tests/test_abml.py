@@ -87,7 +87,7 @@ def test_local_reparameterisation_gives_each_unit_the_marginal_of_per_example_we
     grouped = torch.nn.functional.conv2d(
         x.repeat(1, draws, 1, 1), weights.flatten(0, 1), biases.flatten(), padding=1, groups=draws
     ).view(draws, 3, 4, 4)  # one weight draw per example
-    torch.testing.assert_close(local.mean(0), grouped.mean(0), atol=0.06, rtol=0)  # ~4 standard errors
+    torch.testing.assert_close(local.mean(0), grouped.mean(0), atol=0.06, rtol=0)  # 4 s.e.
     torch.testing.assert_close(local.var(0), grouped.var(0), atol=0.0, rtol=0.06)
 
 

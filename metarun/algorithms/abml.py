@@ -93,15 +93,14 @@ class ABML(Algorithm):
 
     def sampled_pass(self, mean: Params, log_std: Params, x: torch.Tensor) -> torch.Tensor:
         """The network's outputs on x under one draw from q."""
-        hooks = [
-            module.register_forward_hook(
-                partial(add_pre_activation_noise, **{
-                    part: log_std[f"{name}.{part}"].exp()
-                    for part in ("weight", "bias") if f"{name}.{part}" in log_std
-                })  # fmt: skip
-            )
-            for name, module in self.local_layers.items()
-        ]
+        hooks = []
+        for name, layer in self.local_layers.items():
+            stds = {
+                part: log_std[f"{name}.{part}"].exp()
+                for part in ("weight", "bias")
+                if f"{name}.{part}" in log_std
+            }
+            hooks.append(layer.register_forward_hook(partial(add_pre_activation_noise, **stds)))
         try:
             return functional_call(self.model, self.draw(mean, log_std), (x,))
         finally:
