@@ -52,7 +52,8 @@ RATES = (  # numbers greater than zero
 )
 PROTOCOLS = ("episodic", "online")
 CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES),
-           "task.protocol": PROTOCOLS, "eval.protocol": PROTOCOLS}  # fmt: skip
+           "task.protocol": PROTOCOLS, "eval.protocol": PROTOCOLS,
+           "eval.require_nll": (True, False)}  # fmt: skip
 
 
 def _select(cfg: DictConfig, key: str):
@@ -120,6 +121,7 @@ SETTINGS_OF_OLD_RUNS = {
     "eval.protocol": "${task.protocol}",
     "eval.calibration_bins": 15,
     "eval.noise_std": None,
+    "eval.require_nll": False,
 }
 
 
@@ -187,6 +189,24 @@ def _check_task_kind(cfg: DictConfig, dataset) -> None:
     )
 
 
+def _check_nll_request(cfg: DictConfig, dataset) -> None:
+    """eval.require_nll on a regression dataset: the test must be able to score a likelihood,
+    checked before any training. A classifier's probabilities always give one."""
+    if not _select(cfg, "eval.require_nll") or getattr(dataset, "metric", None) != "mse":
+        return
+    predicts_spread = _algorithm_class(cfg).gaussian is not Algorithm.gaussian
+    if predicts_spread or _select(cfg, "eval.noise_std") is not None:
+        return
+    name = cfg.algo._target_.rsplit(".", 1)[-1]
+    raise ConfigError(
+        f"eval.require_nll=true asks for the test's negative log-likelihood, but algo={name} "
+        "predicts a point, not a distribution, so it has no likelihood of its own. Set "
+        "eval.noise_std to the Gaussian noise level to assume around its predictions (e.g. "
+        "eval.noise_std=0.5; results.json records it), or use an algorithm with a predictive "
+        "distribution (algo=cnp, bayesian_maml or abml)."
+    )
+
+
 def _check_protocol(cfg: DictConfig, dataset) -> None:
     """The online protocol needs a learner that reads sequences and a dataset that has them."""
     key = next((k for k in ("task.protocol", "eval.protocol") if _select(cfg, k) == "online"), "")
@@ -210,6 +230,7 @@ def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     """Backbone sized from the dataset's inputs; head sized from the backbone and task."""
     _check_task_kind(cfg, dataset)
     _check_protocol(cfg, dataset)
+    _check_nll_request(cfg, dataset)
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
     if _algorithm_class(cfg).episodic:
         classes = dataset.out_features(cfg.task.ways)

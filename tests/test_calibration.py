@@ -8,11 +8,12 @@ import math
 
 import pytest
 import torch
-from synthetic import TinyImages
+from synthetic import SHORT_REGRESSION_RUN, TinyImages, train_runs
 
 from metarun import run
 from metarun.build import build_algorithm
 from metarun.engine import Engine
+from metarun.errors import ConfigError
 from metarun.metrics import (
     calibration_errors,
     calibration_summary,
@@ -137,3 +138,20 @@ def test_a_point_predictor_has_a_likelihood_only_with_a_noise_level():
     assert set(gaussian_scores(gaussian, targets, None)) == {"mse"}
     with_noise = gaussian_scores(gaussian, targets, noise_std=1.0)
     assert with_noise["nll"].item() == pytest.approx(0.5 * math.log(2 * math.pi))
+
+
+def test_requiring_nll_of_a_point_predictor_without_a_noise_level_fails_before_training(tmp_path):
+    overrides = ["algo=maml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
+                 "eval.require_nll=true"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"eval\.require_nll=true asks .* algo=MAML predicts a"):
+        train_runs(tmp_path / "without", overrides, 10)
+    assert [p.name for p in (tmp_path / "without").rglob("*.*")] == ["config.yaml"]
+    (with_noise,) = train_runs(tmp_path / "with", [*overrides, "eval.noise_std=0.5"], 0)
+    assert with_noise["calibration"]["noise_std"] == 0.5
+
+
+def test_requiring_nll_of_a_predictive_distribution_needs_no_noise_level(tmp_path):
+    overrides = ["algo=cnp", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
+                 "eval.require_nll=true"]  # fmt: skip
+    (results,) = train_runs(tmp_path, overrides, 0)
+    assert results["calibration"]["noise_std"] is None and "nll" in results["calibration"]
