@@ -69,7 +69,14 @@ PAPERS = {
     # CNP (Garnelo et al. 2018, the notebook): 3..9 contexts and 2..9 further targets per batch.
     "cnp_gp_1d": (1, 9, 9, 64, None, None, None, 200000, "transductive"),
     "cnp_omniglot_5w1s": (5, 1, 5, 16, None, None, None, 20000, "transductive"),
+    "cnp_omniglot_20w1s": (20, 1, 5, 4, None, None, None, 20000, "transductive"),
     "cnp_omniglot_completion": (1, 300, 100, 16, None, None, None, 50000, "transductive"),
+    # Bayesian MAML and ABML on Omniglot: our settings, stated in each preset (the papers test
+    # classification on miniImageNet only).
+    "bayesian_maml_omniglot_5w1s": (5, 1, 1, 16, 0.2, 1, 1, 20000, "transductive"),
+    "bayesian_maml_omniglot_20w1s": (20, 1, 1, 8, 0.2, 1, 1, 20000, "transductive"),
+    "abml_omniglot_5w1s": (5, 1, 1, 16, 0.015, 5, 5, 20000, "transductive"),
+    "abml_omniglot_20w1s": (20, 1, 1, 8, 0.015, 5, 5, 20000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
     # pretrained baseline trains without inner steps; half-cheetah iterations are our choice.
     "maml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),

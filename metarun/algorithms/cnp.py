@@ -46,28 +46,40 @@ class CNP(Algorithm):
         regression = support_y.dtype.is_floating_point
         if not regression:
             self.check_ways(support_y, ways)
-        features = self.run(params, support_x)
-        labels = support_y if regression else F.one_hot(support_y, ways).to(features.dtype)
-        encoded = self.part(params, "encoder", torch.cat([features, labels], dim=-1))
+        encoded = self.encode(params, "encoder", support_x, support_y, ways)
         if regression:
             representation = encoded.mean(0, keepdim=True)  # [1, r]
         else:
             representation = class_means(encoded, support_y, ways)  # [ways, r]
 
         def predict(query_x: torch.Tensor) -> torch.Tensor:
-            queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)
-            pairs = torch.cat(
-                [representation.expand(len(queries), -1, -1),
-                 queries.unsqueeze(1).expand(-1, len(representation), -1)],
-                dim=-1,
-            )  # [Q, 1 or ways, r + D]  # fmt: skip
-            decoded = self.part(params, "decoder", pairs)  # [Q, 1 or ways, 2]
-            if not regression:
-                return decoded[..., 0]  # [Q, ways] logits
-            mean, raw = decoded[:, 0].chunk(2, dim=-1)
-            return torch.cat([mean, self.min_std + (1 - self.min_std) * F.softplus(raw)], -1)
+            decoded = self.decode(params, representation, support_x, query_x)
+            return self.bounded(decoded[:, 0]) if regression else decoded[..., 0]  # logits
 
         return predict
+
+    def encode(self, params: Params, encoder: str, x: torch.Tensor, y: torch.Tensor,
+               ways: int) -> torch.Tensor:  # fmt: skip
+        """The submodule `encoder` on every (embedding of x, y or one-hot label) pair: [N, r]."""
+        features = self.run(params, x)
+        labels = y if y.dtype.is_floating_point else F.one_hot(y, ways).to(features.dtype)
+        return self.part(params, encoder, torch.cat([features, labels], dim=-1))
+
+    def decode(self, params: Params, representations: torch.Tensor, support_x: torch.Tensor,
+               query_x: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The decoder on every (representation row, query embedding) pair: [Q, rows, 2]."""
+        queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)
+        pairs = torch.cat(
+            [representations.expand(len(queries), -1, -1),
+             queries.unsqueeze(1).expand(-1, len(representations), -1)],
+            dim=-1,
+        )  # fmt: skip
+        return self.part(params, "decoder", pairs)
+
+    def bounded(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs [..., 2] as (mean, std), the std kept above min_std."""
+        mean, raw = decoded.chunk(2, dim=-1)
+        return torch.cat([mean, self.min_std + (1 - self.min_std) * F.softplus(raw)], dim=-1)
 
     def part(self, params: Params, name: str, x: torch.Tensor) -> torch.Tensor:
         """The submodule `name` (encoder or decoder) evaluated with the given parameters."""

@@ -1,0 +1,84 @@
+"""The latent-variable Neural Process (Garnelo et al. 2018b, arXiv:1807.01622), as a CNP with one
+more path: a second encoder reads the same (x, y) pairs, and its mean through a small head gives
+a Gaussian over a global latent z (std 0.1 + 0.9 sigmoid, as in the authors' notebooks). The
+decoder reads (deterministic representation, z, target embedding), so one z is one coherent
+function; the prediction is the mixture over draws of z, summarised by one Gaussian of the same
+mean and variance. Trained on the evidence lower bound: targets' log-likelihood under z drawn
+from q(z | contexts and targets), minus KL(q(z | contexts and targets) || q(z | contexts)) per
+target, the posterior from all points standing in for the intractable conditional prior.
+
+Regression only (the paper's use); for classification use the CNP. The deterministic path is
+the one of the authors' later notebook (`use_deterministic_path`), which the 2018b paper omits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.algorithms.base import Predictor
+from metarun.algorithms.cnp import CNP, relu_mlp
+from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob
+from metarun.errors import ConfigError
+
+
+class NeuralProcess(CNP):
+    def __init__(self, backbone: nn.Module, out_features: int, encoder: list[int] = (128,) * 4,
+                 latent_encoder: list[int] = (128,) * 4, latents: int = 128,
+                 decoder: list[int] = (128, 128), min_std: float = 0.1,
+                 samples: int = 10) -> None:  # fmt: skip
+        super().__init__(backbone, out_features, encoder, decoder, min_std)
+        features, width = backbone.out_features, latent_encoder[-1]
+        self.latent_encoder = relu_mlp([features + out_features, *latent_encoder])
+        self.latent_head = relu_mlp([width, width, 2 * latents])
+        self.decoder = relu_mlp([encoder[-1] + latents + features, *decoder, 2])
+        self.samples = samples
+
+    def latent(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """q(z | the pairs x, y) as [2, latents]: mean and standard deviation."""
+        pooled = self.encode(params, "latent_encoder", x, y, 1).mean(0)
+        mean, raw = self.part(params, "latent_head", pooled).chunk(2, dim=-1)
+        return torch.stack([mean, 0.1 + 0.9 * torch.sigmoid(raw)])
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+              steps: int | None = None) -> Predictor:  # fmt: skip
+        check_regression(support_y)
+        representation = self.encode(params, "encoder", support_x, support_y, 1).mean(0)
+        mean, std = self.latent(params, support_x, support_y)
+
+        def predict(query_x: torch.Tensor) -> torch.Tensor:
+            z = mean + std * torch.randn(self.samples, len(mean), dtype=mean.dtype,
+                                         device=mean.device)  # fmt: skip
+            rows = torch.cat([representation.expand(self.samples, -1), z], dim=-1)
+            means, stds = self.bounded(self.decode(params, rows, support_x, query_x)).unbind(-1)
+            mixture_mean = means.mean(1)  # over draws of z
+            variance = (stds.square() + means.square()).mean(1) - mixture_mean.square()
+            return torch.stack([mixture_mean, variance.clamp_min(1e-12).sqrt()], dim=-1)
+
+        return predict
+
+    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
+                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Negative ELBO per target, scored by the squared error of the mean under that z."""
+        check_regression(support_y)
+        representation = self.encode(params, "encoder", support_x, support_y, 1).mean(0)
+        prior = self.latent(params, support_x, support_y)
+        posterior = self.latent(params, torch.cat([support_x, query_x]),
+                                torch.cat([support_y, query_y]))  # fmt: skip
+        z = posterior[0] + posterior[1] * torch.randn_like(posterior[0])
+        row = torch.cat([representation, z]).unsqueeze(0)
+        mean, std = self.bounded(self.decode(params, row, support_x, query_x)[:, 0]).chunk(2, -1)
+        nll = -gaussian_log_prob(mean, std.log(), query_y).mean()
+        kl = gaussian_kl(posterior[0], posterior[1].log(), prior[0], prior[1].log())
+        return nll + kl / len(query_y), F.mse_loss(mean, query_y).detach()
+
+
+def check_regression(support_y: torch.Tensor) -> None:
+    if not support_y.dtype.is_floating_point:
+        raise ConfigError(
+            "algo=neural_process regresses (its latent z is a function); it cannot classify. "
+            "Use algo=cnp for classification, or a regression dataset (dataset=gp_1d, sinusoid "
+            "or omniglot_completion)."
+        )
