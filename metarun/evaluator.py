@@ -24,7 +24,8 @@ def episode_measures(
     """`measure` of `episodes` episodes drawn from a generator seeded by `seed` alone, each of
     its entries concatenated over episodes ([episodes, ...]).
 
-    All episodes are planned in one draw before any is built, so the episodes do not
+    The global generators are seeded by `seed` too, inside a fork that leaves training's state
+    as it was. All episodes are planned in one draw before any is built, so the episodes do not
     depend on how many are evaluated at once, nor on how many processes share them (each
     measures a contiguous part of the plan; the parts are gathered in order).
     """
@@ -36,7 +37,9 @@ def episode_measures(
         leave=False,
         disable=not engine.world.is_main,
     )
-    chunks = [measure(sampler.build(part)) for part in parts]
+    with torch.random.fork_rng():  # models that draw (ABML, Neural Processes) draw the same
+        torch.manual_seed(seed)  # noise at every evaluation, and training's stream is untouched
+        chunks = [measure(sampler.build(part)) for part in parts]
     if not chunks:  # more processes than episodes: shapes from one episode, none of it kept
         chunks = [
             {

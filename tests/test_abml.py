@@ -14,6 +14,7 @@ from metarun.backbones.mlp import MLP
 from metarun.backbones.pixels import Pixels
 from metarun.data.sinusoid import Sinusoid
 from metarun.engine import Engine
+from metarun.evaluator import episode_scores
 
 
 def test_the_kl_term_matches_torch_distributions():
@@ -101,3 +102,15 @@ def test_local_reparameterisation_draws_every_example_independently():
     per_pass.load_state_dict(algo.state_dict())
     shared = per_pass.sampled_pass(*per_pass.prior(per_pass.params()), x)
     assert (shared == shared[0]).all()
+
+
+def test_its_evaluation_draws_the_same_noise_every_time_and_leaves_trainings_untouched():
+    torch.manual_seed(0)
+    algo, sampler = (
+        ABML(MLP((1,), [8]), 1, samples=2, initial_std=0.3),
+        Sinusoid().sampler("test", 1, 5, 10, "cpu"),
+    )
+    state = torch.random.get_rng_state()
+    first, second = (episode_scores(algo, Engine("loop"), sampler, 6, 0, 3) for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
