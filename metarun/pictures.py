@@ -73,6 +73,8 @@ def completion_pictures(runs: list[RunResult], output: Path, images: int = 4) ->
         plan = sampler.draw(images, torch.Generator().manual_seed(ev.seed))
         batch = sampler.build(plan)
         grid = pixel_coordinates(height, width)
+        gray = plt.get_cmap("gray").copy()
+        gray.set_bad("tab:blue")  # pixels not among the contexts, as in the CNP paper's figures
         figure, axes = plt.subplots(images, 4, figsize=(7, 1.9 * images), squeeze=False)
         for row in range(images):
             truth = sampler.images[plan[row, 0]].float().div(255).view(height, width)
@@ -85,7 +87,7 @@ def completion_pictures(runs: list[RunResult], output: Path, images: int = 4) ->
             pictures = (context.view(height, width), mean.view(height, width),
                         std.view(height, width), truth)  # fmt: skip
             for ax, picture, title in zip(axes[row], pictures, ("context", "mean", "std", "image")):
-                ax.imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1 if title != "std" else None)
+                ax.imshow(picture.numpy(), cmap=gray, vmin=0, vmax=1 if title != "std" else None)
                 ax.set_axis_off()
                 if row == 0:
                     ax.set_title(title, fontsize="small")
