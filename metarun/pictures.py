@@ -73,8 +73,8 @@ def completion_pictures(runs: list[RunResult], output: Path, images: int = 4) ->
         plan = sampler.draw(images, torch.Generator().manual_seed(ev.seed))
         batch = sampler.build(plan)
         grid = pixel_coordinates(height, width)
-        gray = plt.get_cmap("gray").with_extremes(bad="tab:blue")  # pixels not among the
-        # contexts, as in the CNP paper's figures
+        # pixels not among the contexts drawn blue, as in the CNP paper's figures
+        gray = plt.get_cmap("gray").with_extremes(bad="tab:blue")
         figure, axes = plt.subplots(images, 4, figsize=(7, 1.9 * images), squeeze=False)
         for row in range(images):
             truth = sampler.images[plan[row, 0]].float().div(255).view(height, width)
