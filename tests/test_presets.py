@@ -75,8 +75,8 @@ PAPERS = {
     # classification on miniImageNet only).
     "bayesian_maml_omniglot_5w1s": (5, 1, 1, 16, 0.2, 1, 1, 20000, "transductive"),
     "bayesian_maml_omniglot_20w1s": (20, 1, 1, 8, 0.2, 1, 1, 20000, "transductive"),
-    "abml_omniglot_5w1s": (5, 1, 1, 16, 0.015, 5, 5, 20000, "transductive"),
-    "abml_omniglot_20w1s": (20, 1, 1, 8, 0.015, 5, 5, 20000, "transductive"),
+    "abml_omniglot_5w1s": (5, 1, 1, 16, 0.05, 5, 5, 20000, "transductive"),
+    "abml_omniglot_20w1s": (20, 1, 1, 8, 0.05, 5, 5, 20000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
     # pretrained baseline trains without inner steps; half-cheetah iterations are our choice.
     "maml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),
