@@ -37,8 +37,8 @@ def episode_measures(
         leave=False,
         disable=not engine.world.is_main,
     )
-    with torch.random.fork_rng():  # models that draw (ABML, Neural Processes) draw the same
-        torch.manual_seed(seed)  # noise at every evaluation, and training's stream is untouched
+    with torch.random.fork_rng():  # models that sample draw the same noise at every
+        torch.manual_seed(seed)  # evaluation, and training's random stream is untouched
         chunks = [measure(sampler.build(part)) for part in parts]
     if not chunks:  # more processes than episodes: shapes from one episode, none of it kept
         chunks = [
