@@ -203,7 +203,7 @@ def _check_nll_request(cfg: DictConfig, dataset) -> None:
         "predicts a point, not a distribution, so it has no likelihood of its own. Set "
         "eval.noise_std to the Gaussian noise level to assume around its predictions (e.g. "
         "eval.noise_std=0.5; results.json records it), or use an algorithm with a predictive "
-        "distribution (algo=cnp, bayesian_maml or abml)."
+        "distribution (algo=cnp, neural_process, bayesian_maml or abml)."
     )
 
 
