@@ -93,7 +93,7 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         return
     from metarun import pictures, plot  # matplotlib and the models load only for this command
 
-    pictures = [
+    written = [
         *plot.learning_curves(runs, output),
         *plot.sweep_plot(runs, output),
         *plot.adaptation_plot(runs, output),
@@ -102,7 +102,7 @@ def _folders_command(command: str, arguments: list[str]) -> None:
         *pictures.completion_pictures(runs, output),
         *pictures.path_pictures(runs, output),
     ]
-    print("written: " + ", ".join(map(str, pictures)))
+    print("written: " + ", ".join(map(str, written)))
 
 
 # Config choices that need a Hydra plugin from an install extra: override -> (module, extra).
