@@ -80,6 +80,11 @@ def statistics_from(rows: int) -> contextmanager:
     return _changed(statistics_rows=rows)
 
 
+def not_recording() -> contextmanager:
+    """Within this block no layer notes its batches (an attacker's trial passes are not data)."""
+    return _changed(recording=frozenset())
+
+
 def _unchanged(rows: torch.Tensor) -> torch.Tensor:
     return rows
 

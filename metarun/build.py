@@ -9,8 +9,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metarun import batchnorm
+from metarun import attacks, batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.attacks import Attack, make_attack, pixel_range
 from metarun.data.base import LabelledDataset, SequenceDataset
 from metarun.data.environments import EnvironmentDataset
 from metarun.errors import ConfigError
@@ -51,9 +52,11 @@ RATES = (  # numbers greater than zero
     "eval.noise_std",
 )
 PROTOCOLS = ("episodic", "online")
+ATTACK_KEYS = ("epsilon", "attack_steps", "attack_step_size")  # under task. and eval.
 CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES),
            "task.protocol": PROTOCOLS, "eval.protocol": PROTOCOLS,
-           "eval.require_nll": (True, False)}  # fmt: skip
+           "eval.require_nll": (True, False), "task.attack": attacks.KINDS,
+           "eval.attack": attacks.KINDS, "eval.attack_target": attacks.TARGETS}  # fmt: skip
 
 
 def _select(cfg: DictConfig, key: str):
@@ -122,6 +125,13 @@ SETTINGS_OF_OLD_RUNS = {
     "eval.calibration_bins": 15,
     "eval.noise_std": None,
     "eval.require_nll": False,
+    "task.attack": "none",
+    "task.epsilon": 0.1,
+    "task.attack_steps": 10,
+    "eval.attack": "none",
+    "eval.epsilon": 0.1,
+    "eval.attack_steps": 10,
+    "eval.attack_target": "query",
 }
 
 
@@ -236,9 +246,36 @@ def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
         classes = dataset.out_features(cfg.task.ways)
     else:
         classes = _labelled_classes(cfg, dataset)
+    attack = _train_attack(cfg, dataset)
     algo = build("algo", cfg.algo, backbone=backbone, out_features=classes)
+    algo.train_attack = attack
     batchnorm.use_mode(algo, cfg.bn)
     return algo
+
+
+def _train_attack(cfg: DictConfig, dataset) -> Attack | None:
+    """task.attack: the attack meta-training perturbs its examples with, checked against the
+    algorithm (does its loss use one; does it need one) and the dataset (a pixel range)."""
+    kind, cls = _select(cfg, "task.attack") or "none", _algorithm_class(cfg)
+    name = cfg.algo._target_.rsplit(".", 1)[-1]
+    if kind == "none":
+        if cls.needs_train_attack:
+            raise ConfigError(
+                f"algo={name} meta-trains on adversarial examples, and task.attack=none gives "
+                "it none. Set task.attack=fgsm (or pgd) and task.epsilon (e.g. "
+                f"experiment={name.lower()}_omniglot_5w1s does), or use algo=maml for clean "
+                "meta-training."
+            )
+        return None
+    if not cls.applies_train_attack():
+        raise ConfigError(
+            f"task.attack={kind} perturbs the queries of the shared meta-training loss, but "
+            f"algo={name} meta-trains with a loss of its own that does not use it. Set "
+            "task.attack=none, or use an algorithm scored on its adapted queries (maml, "
+            "protonet, matching_net, anil, meta_sgd) or algo=adml."
+        )
+    return make_attack(kind, *(_select(cfg, f"task.{key}") for key in ATTACK_KEYS),
+                       pixel_range(dataset, "task.attack"), "task")  # fmt: skip
 
 
 def build_optimizer(cfg: DictConfig, algo: Algorithm) -> tuple[torch.optim.Optimizer, object]:

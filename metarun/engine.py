@@ -238,7 +238,7 @@ class Engine:
         if isinstance(batch, EnvironmentTasks):
             return algo.returns_after(batch, steps)
         score = lambda *task: algo.task_loss(algo.params(), *task, ways=batch.ways, steps=steps)[1]
-        return self._per_task(algo, batch, score)
+        return self.per_task(algo, batch, score)
 
     @torch.no_grad()
     def query_outputs(self, algo: Algorithm, batch: Episode, steps: int | None,
@@ -249,10 +249,12 @@ class Engine:
         def outputs(support_x, support_y, query_x, query_y):
             return read(algo.adapt(algo.params(), support_x, support_y, batch.ways, steps)(query_x))
 
-        return self._per_task(algo, batch, outputs)
+        return self.per_task(algo, batch, outputs)
 
-    def _per_task(self, algo: Algorithm, batch: Episode, fn) -> torch.Tensor:
-        """fn(support_x, support_y, query_x, query_y) of every task, stacked, in eval mode."""
+    @torch.no_grad()
+    def per_task(self, algo: Algorithm, batch: Episode, fn) -> torch.Tensor | tuple:
+        """fn(support_x, support_y, query_x, query_y) of every task, stacked (each part stacked
+        where fn returns a tuple), in eval mode. fn may take gradients with torch.func."""
         tensors = self._tasks(batch)
         was_training = algo.training
         algo.eval()
@@ -260,6 +262,9 @@ class Engine:
             with self._computing(batch.support_x.device):
                 if self.mode == "vmap":
                     return vmap(fn, randomness="different")(*tensors)
-                return torch.stack([fn(*(t[i] for t in tensors)) for i in range(batch.num_tasks)])
+                each = [fn(*(t[i] for t in tensors)) for i in range(batch.num_tasks)]
+                if isinstance(each[0], tuple):
+                    return tuple(torch.stack(part) for part in zip(*each))
+                return torch.stack(each)
         finally:
             algo.train(was_training)

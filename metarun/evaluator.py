@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 from metarun.algorithms.base import Algorithm
+from metarun.attacks import Attack, attacked_task
 from metarun.engine import Engine
 from metarun.episode import Episode
 from metarun.metrics import gaussian_scores, mean_ci95, predictive_scores
@@ -76,17 +77,27 @@ def episode_predictions(
     steps: int | None = None,
     bins: int = 15,
     noise_std: float | None = None,
+    attack: Attack | None = None,
+    attack_target: str = "query",
 ) -> dict[str, torch.Tensor]:
     """Per-episode scores of the predictive distributions on fixed episodes: a classifier's
     accuracy, NLL, Brier score and reliability counts (`metrics.predictive_scores`), a
-    regressor's MSE and, with a spread, NLL and 95% coverage (`metrics.gaussian_scores`)."""
+    regressor's MSE and, with a spread, NLL and 95% coverage (`metrics.gaussian_scores`).
+    With an attack, also each episode's accuracy under it (`robust_accuracy`) and the largest
+    perturbation it applied (`perturbation`)."""
 
     def measure(batch: Episode) -> dict[str, torch.Tensor]:
         if batch.query_y.dtype.is_floating_point:
             outputs = engine.query_outputs(algo, batch, steps, algo.gaussian)
             return gaussian_scores(outputs, batch.query_y, noise_std)
         outputs = engine.query_outputs(algo, batch, steps, algo.probabilities)
-        return predictive_scores(outputs, batch.query_y, bins)
+        scores = predictive_scores(outputs, batch.query_y, bins)
+        if attack is None:
+            return scores
+        task = attacked_task(algo, attack, attack_target, batch.ways, steps)
+        attacked, perturbation = engine.per_task(algo, batch, task)
+        correct = algo.probabilities(attacked).argmax(-1) == batch.query_y
+        return {**scores, "robust_accuracy": correct.float().mean(-1), "perturbation": perturbation}
 
     return episode_measures(engine, sampler, episodes, seed, batch_tasks, measure)
 
@@ -137,5 +148,11 @@ def describe(results: dict) -> str:
         line += (
             f"; NLL {nll['mean']:.4f} +- {nll['ci95']:.4f}, "
             f"95% interval coverage {coverage['mean']:.4f}"
+        )
+    if robust := results.get("robust"):
+        attack, accuracy = robust["attack"], robust["accuracy"]
+        line += (
+            f"; under {attack['kind']} on the {attack['target']} (epsilon {attack['epsilon']}): "
+            f"accuracy {accuracy['mean']:.4f} +- {accuracy['ci95']:.4f}"
         )
     return line

@@ -9,13 +9,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import batchnorm
+from metarun.attacks import Attack, make_attack, pixel_range
+from metarun.build import ATTACK_KEYS
 from metarun.data.base import EpisodeShapeError
 from metarun.data.environments import EnvironmentDataset
 from metarun.data.sampler import VariableShape
 from metarun.engine import Engine
 from metarun.errors import ConfigError
 from metarun.evaluator import episode_predictions, episode_scores, summarise
-from metarun.metrics import calibration_summary, regression_summary
+from metarun.metrics import calibration_summary, mean_ci95, regression_summary
 
 
 def _key_set(cfg: DictConfig, key: str, source: str) -> str:
@@ -76,23 +78,46 @@ def validation_seed(cfg: DictConfig) -> int:
     return cfg.eval.seed + 1
 
 
+def test_attack(cfg: DictConfig, dataset) -> Attack | None:
+    """eval.attack as an Attack for the test (None for none), checked against the dataset."""
+    kind = cfg.eval.attack
+    if kind == "none":
+        return None
+    if cfg.eval.protocol != "episodic":
+        raise ConfigError(
+            f"eval.attack={kind} attacks episodes, but eval.protocol={cfg.eval.protocol} tests "
+            "on sequences. Set eval.attack=none, or eval.protocol=episodic."
+        )
+    settings = (OmegaConf.select(cfg, f"eval.{key}", default=None) for key in ATTACK_KEYS)
+    return make_attack(kind, *settings, pixel_range(dataset, "eval.attack"), "eval")
+
+
 def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int,
-          seed: int | None = None, calibration: bool = False) -> dict:  # fmt: skip
+          seed: int | None = None, calibration: bool = False,
+          attack: Attack | None = None) -> dict:  # fmt: skip
     """Mean and 95% interval over `episodes` fixed episodes, seeded by `seed` alone (default
     eval.seed: the test episodes). `calibration`: results.json's `calibration` from the same
     predictions: a classifier's ECE, MCE, NLL, Brier score and reliability diagram; a regressor's
-    NLL and 95% coverage when it predicts a spread or eval.noise_std gives it one."""
+    NLL and 95% coverage when it predicts a spread or eval.noise_std gives it one. `attack`:
+    results.json's `robust`, the accuracy on the same episodes under eval.attack."""
     seed = cfg.eval.seed if seed is None else seed
     columns = getattr(sampler, "score_columns", None)
     args = (algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps)
     if calibration and columns is None:
-        noise_std = cfg.eval.noise_std
-        measures = episode_predictions(*args, bins=cfg.eval.calibration_bins, noise_std=noise_std)
+        e = cfg.eval
+        measures = episode_predictions(*args, bins=e.calibration_bins, noise_std=e.noise_std,
+                                       attack=attack, attack_target=e.attack_target)  # fmt: skip
         summary = summarise(measures[metric], metric)
+        if attack is not None:
+            summary["robust"] = {
+                "attack": attack_stamp(cfg, attack),
+                "accuracy": mean_ci95(measures["robust_accuracy"]),
+                "largest_perturbation": measures["perturbation"].max().item(),
+            }
         if metric == "accuracy":
             return {**summary, "calibration": calibration_summary(measures)}
         if "nll" in measures:  # regressors with a predictive spread (their own, or noise_std)
-            return {**summary, "calibration": regression_summary(measures, noise_std)}
+            return {**summary, "calibration": regression_summary(measures, e.noise_std)}
         return summary
     return summarise(episode_scores(*args), metric, columns)
 
@@ -104,7 +129,14 @@ def inner_steps(cfg: DictConfig) -> tuple[int | None, int | None]:
     return train, cfg.eval.inner_steps if cfg.eval.inner_steps is not None else train
 
 
-def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
+def attack_stamp(cfg: DictConfig, attack: Attack | None) -> dict | str:
+    """What a robust accuracy depends on: the attack, its target and settings; "none"."""
+    if attack is None:
+        return "none"
+    return {"kind": cfg.eval.attack, "target": cfg.eval.attack_target, **attack.describe()}
+
+
+def protocol(cfg: DictConfig, dataset, engine: Engine, attack: Attack | None = None) -> dict:
     """What a published number must share with ours to be comparable."""
     train_steps, test_steps = inner_steps(cfg)
     shared = {"inner_steps_train": train_steps, "inner_steps_test": test_steps,
@@ -130,6 +162,7 @@ def protocol(cfg: DictConfig, dataset, engine: Engine) -> dict:
         "train_shots": [cfg.task.min_shots or cfg.task.shots, cfg.task.shots],
         "train_queries": [cfg.task.min_queries or cfg.task.queries, cfg.task.queries],
         "episodes": cfg.eval.episodes,
+        "attack": attack_stamp(cfg, attack),
         **shared,
         **engine.describe(),
     }

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from metarun.errors import ConfigError
 
 SEED = "seed"
-CALIBRATION = ("ECE", "ECE ci95", "coverage95", "NLL", "Brier")  # from results' calibration
+# Columns from results' `robust` (accuracy under eval.attack) and `calibration`.
+MEASURES = ("robust", "robust ci95", "ECE", "ECE ci95", "coverage95", "NLL", "Brier")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class RunResult:
     by_instance: tuple[
         float, ...
     ] = ()  # online protocol: accuracy at a class's 1st, 2nd... showing
-    calibration: tuple[tuple[str, float], ...] = ()  # (CALIBRATION column, value) pairs
+    measures: tuple[tuple[str, float], ...] = ()  # (MEASURES column, value) pairs
 
 
 def _overrides(folder: Path) -> dict[str, str]:
@@ -77,22 +78,25 @@ def read_run(folder: Path) -> RunResult:
         training.get("wall_time_s"),
         commit,
         tuple(s["mean"] for s in results.get(f"{results['metric']}_by_instance", ())),
-        _calibration(results.get("calibration")),
+        _measures(results),
     )
 
 
-def _calibration(calibration: dict | None) -> tuple[tuple[str, float], ...]:
-    """The report's calibration columns a result has: ECE and Brier score for classifiers,
-    95% coverage for regressors, NLL for both."""
-    if not calibration:
-        return ()
-    values = {"NLL": calibration["nll"]["mean"]}
+def _measures(results: dict) -> tuple[tuple[str, float], ...]:
+    """The report's further columns a result has: robust accuracy where the test attacked;
+    ECE and Brier score for classifiers, 95% coverage for regressors, NLL for both."""
+    values = {}
+    if robust := results.get("robust"):
+        values |= {"robust": robust["accuracy"]["mean"], "robust ci95": robust["accuracy"]["ci95"]}
+    calibration = results.get("calibration") or {}
+    if "nll" in calibration:
+        values["NLL"] = calibration["nll"]["mean"]
     if "ece" in calibration:
         values |= {"ECE": calibration["ece"]["value"], "ECE ci95": calibration["ece"]["ci95"],
                    "Brier": calibration["brier"]["mean"]}  # fmt: skip
     if "coverage95" in calibration:
         values["coverage95"] = calibration["coverage95"]["mean"]
-    return tuple((column, values[column]) for column in CALIBRATION if column in values)
+    return tuple((column, values[column]) for column in MEASURES if column in values)
 
 
 def find_runs(folders: list[Path]) -> list[RunResult]:
@@ -137,15 +141,15 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
     varying = varying_keys(runs)
     commits = ["commit"] if len({run.commit for run in runs}) > 1 else []
     instances = max(len(run.by_instance) for run in runs)
-    measured = {column for run in runs for column, _ in run.calibration}
-    calibration = [column for column in CALIBRATION if column in measured]
+    measured = {column for run in runs for column, _ in run.measures}
+    measures = [column for column in MEASURES if column in measured]
     header = [
         *commits,
         *varying,
         f"test {_metric(runs)}",
         "ci95",
         *(f"instance {k + 1}" for k in range(instances)),
-        *calibration,
+        *measures,
         "episodes",
         "best iteration",
         "wall time (s)",
@@ -158,7 +162,7 @@ def run_rows(runs: list[RunResult]) -> tuple[list[str], list[list]]:
             run.mean,
             run.ci95,
             *(run.by_instance + ("",) * (instances - len(run.by_instance))),
-            *(dict(run.calibration).get(column, "") for column in calibration),
+            *(dict(run.measures).get(column, "") for column in measures),
             run.episodes,
             run.best_iteration,
             run.wall_time_s,
@@ -212,7 +216,7 @@ def markdown(runs: list[RunResult]) -> str:
         folder = Path(row[-1]).absolute()
         row[-1] = str(folder.relative_to(root)) if len(runs) > 1 else folder.name
     percent = _metric(runs) == "accuracy"
-    first = header.index(f"test {_metric(runs)}")  # then ci95, accuracies by instance, ECE
+    first = header.index(f"test {_metric(runs)}")  # then ci95, by instance, robust, ECE
     last = header.index("NLL") if "NLL" in header else header.index("episodes")
     shared = _shared(runs, varying_keys(runs))
     parts = [

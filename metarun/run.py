@@ -32,7 +32,14 @@ from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
-from metarun.protocol import eval_sampler, protocol, score, train_sampler, validation_seed
+from metarun.protocol import (
+    eval_sampler,
+    protocol,
+    score,
+    test_attack,
+    train_sampler,
+    validation_seed,
+)
 from metarun.provenance import code_stamp, record_code
 from metarun.runtime import resolve_device, seed_everything
 from metarun.show import banner
@@ -148,6 +155,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
     samplers["train"] = train_sampler(cfg, dataset, algo, device)
+    attack = test_attack(cfg, dataset)
     state = _training_state(cfg, algo, dataset.metric)
     if cfg.trainer.resume:
         _resume(state, cfg.trainer.resume, run_dir)
@@ -160,11 +168,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     world.barrier()  # rank 0 has finished writing best.pt
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
-    results = score(
-        cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes, calibration=True
-    )
+    results = score(cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes,
+                    calibration=True, attack=attack)  # fmt: skip
     results.update(checkpoint="best", iteration=training["best_iteration"], training=training,
-                   protocol=protocol(cfg, dataset, engine), code=code)  # fmt: skip
+                   protocol=protocol(cfg, dataset, engine, attack), code=code)  # fmt: skip
     if world.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -262,10 +269,11 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     world = World.current()
     engine = make_engine(run_cfg, algo, device, world)
     sampler = eval_sampler(run_cfg, dataset, "test", device)
-    results = score(
-        run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes, calibration=True
-    )
-    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine), code=code)
+    attack = test_attack(run_cfg, dataset)
+    results = score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes,
+                    calibration=True, attack=attack)  # fmt: skip
+    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine, attack),
+                   code=code)  # fmt: skip
     if world.is_main:
         output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
         output.parent.mkdir(parents=True, exist_ok=True)

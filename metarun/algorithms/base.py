@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from metarun import batchnorm
 from metarun.algorithms.functional import Params
+from metarun.attacks import Attack, true_class_nll
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -42,6 +43,16 @@ class Algorithm(nn.Module):
     # True: reads an episode as a sequence, so it can also learn the online protocol
     # (task.protocol=online; metarun.algorithms.sequence).
     reads_sequences: bool = False
+    # task.attack (metarun.attacks), set by build_algorithm: meta-train on adversarial examples.
+    train_attack: Attack | None = None
+    # True: the algorithm's meta-training is defined by its attack (ADML), so it needs one.
+    needs_train_attack: bool = False
+
+    @classmethod
+    def applies_train_attack(cls) -> bool:
+        """Whether task.attack reaches the meta-training loss: the shared `task_loss` perturbs
+        the queries; an algorithm with its own loss applies it only if it needs one."""
+        return cls.task_loss is Algorithm.task_loss or cls.needs_train_attack
 
     def set_progress(self, iteration: int) -> None:
         """Told the meta-training iteration before each meta-batch; for schedules inside an
@@ -119,6 +130,11 @@ class Algorithm(nn.Module):
         ways: int,
         steps: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(outer loss, score) of one task; override only if the outer loss is not on queries."""
+        """(outer loss, score) of one task; override only if the outer loss is not on queries.
+        With `train_attack`, meta-training scores adversarial queries, each perturbed against
+        the adapted predictor (adversarial querying, Goldblum et al. 2020)."""
         predict = self.adapt(params, support_x, support_y, ways, steps)
+        if self.train_attack is not None and self.training:
+            each_query = lambda q: true_class_nll(self.probabilities(predict(q)), query_y)
+            query_x = self.train_attack.perturb(each_query, query_x)
         return task_loss_and_score(predict(query_x), query_y)

@@ -48,7 +48,9 @@ class MAML(Algorithm):
         return sgd_step(fast, grads, self.inner_lr)
 
     def uses_first_order(self) -> bool:
-        return self.first_order
+        """First-order meta-gradients in training only: evaluation differentiates through the
+        exact adaptation (an attack on the support set follows it); predictions are the same."""
+        return self.first_order and self.training
 
     def inner_loop(
         self,

@@ -69,7 +69,7 @@ class MAMLPlusPlus(MAML):
         self.epoch = iteration // self.iterations_per_epoch
 
     def uses_first_order(self) -> bool:
-        return self.first_order or self.epoch < self.first_order_epochs
+        return (self.first_order or self.epoch < self.first_order_epochs) and self.training
 
     def run_at_step(self, fast: Params, x: torch.Tensor, step: int) -> torch.Tensor:
         with batchnorm.at_step(step):

@@ -45,6 +45,7 @@ class Omniglot:
     """Omniglot classification with the Vinyals (default) or Lake split."""
 
     metric = "accuracy"
+    pixel_range = (0.0, 1.0)  # what an attack's perturbed images are clipped to
 
     def __init__(
         self,

@@ -1,0 +1,170 @@
+"""L-infinity attacks on a model's inputs (FGSM, PGD) and the attacked evaluation of a task.
+
+Written with torch.func so that an attack runs inside the engine's vmap and differentiates
+through an algorithm's `adapt` (poisoning the support set moves the adapted weights). Always
+computed in float32, with BatchNorm's running statistics left as they were: the attacker's
+trial passes are not data the model saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad
+
+from metarun import batchnorm
+from metarun.errors import ConfigError
+
+KINDS = ("none", "fgsm", "pgd")
+TARGETS = ("query", "support", "both")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """Ascent on a loss within the L-infinity ball of radius `epsilon` around the inputs,
+    clipped to the valid range [low, high]. FGSM (Goodfellow et al. 2015) is one step of size
+    epsilon from the clean inputs; PGD (Madry et al. 2018) takes `steps` signed-gradient steps
+    from a uniformly random start and returns, per example, the iterate with the highest loss,
+    so more steps never find a weaker perturbation."""
+
+    epsilon: float
+    steps: int = 1
+    step_size: float | None = None  # None: epsilon
+    random_start: bool = False
+    low: float = 0.0
+    high: float = 1.0
+
+    def perturb(
+        self, loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """Inputs near `x` that raise `loss`: per-example losses [N] (each example keeps its own
+        best iterate) or one scalar for the whole tensor. Not differentiable (a constant)."""
+        step_size = self.epsilon if self.step_size is None else self.step_size
+        with torch.autocast(x.device.type, enabled=False), batchnorm.not_recording():
+            clean = x.detach().float()
+            start = clean
+            if self.random_start:
+                start = clean + (2 * torch.rand_like(clean) - 1) * self.epsilon
+            point = self._projected(start, clean).detach()
+
+            def ascent(z: torch.Tensor):
+                losses = loss(z)
+                return losses.sum(), losses.detach()
+
+            best, best_loss = point, None
+            for _ in range(self.steps):
+                gradient, _ = grad(ascent, has_aux=True)(point)
+                point = self._projected(point + step_size * gradient.sign(), clean).detach()
+                if self.steps == 1:
+                    return point.to(x.dtype)
+                losses = loss(point).detach()
+                if best_loss is None:
+                    best, best_loss = point, losses
+                    continue
+                better = losses > best_loss
+                best = torch.where(better.view(*better.shape, *[1] * (x.dim() - better.dim())),
+                                   point, best)  # fmt: skip
+                best_loss = torch.maximum(losses, best_loss)
+            return best.to(x.dtype)
+
+    def _projected(self, point: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        inside = torch.minimum(torch.maximum(point, clean - self.epsilon), clean + self.epsilon)
+        return inside.clamp(self.low, self.high)
+
+    def describe(self) -> dict:
+        return {"epsilon": self.epsilon, "steps": self.steps,
+                "step_size": self.epsilon if self.step_size is None else self.step_size,
+                "random_start": self.random_start, "pixel_range": [self.low, self.high],
+                "precision": "fp32"}  # fmt: skip
+
+
+def pixel_range(dataset, key: str) -> tuple[float, float]:
+    """The dataset's valid input range, which attacks clip to; a clear error where it has none."""
+    if (
+        getattr(dataset, "pixel_range", None) is None
+        or getattr(dataset, "metric", "") != "accuracy"
+    ):
+        raise ConfigError(
+            f"{key} perturbs a classifier's images within their pixel range, and dataset "
+            f"{type(dataset).__name__} is not image classification (no pixel range, or a "
+            f"regression or environment dataset). Set {key}=none, or use an image "
+            "classification dataset such as dataset=omniglot."
+        )
+    return dataset.pixel_range
+
+
+def make_attack(kind: str, epsilon: float, steps: int, step_size: float | None,
+                pixel_range: tuple[float, float], prefix: str) -> Attack | None:  # fmt: skip
+    """The attack the settings `<prefix>.attack`, `.epsilon`, `.attack_steps` and
+    `.attack_step_size` describe (None for `none`); PGD's step size defaults to Madry et al.'s
+    2.5 epsilon / steps."""
+    if kind not in KINDS:
+        raise ConfigError(
+            f"{prefix}.attack={kind!r} is not one of {', '.join(KINDS)}. Set it to one."
+        )
+    if kind == "none":
+        return None
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
+        raise ConfigError(
+            f"{prefix}.epsilon={epsilon!r} is not allowed: it is the L-infinity radius of the "
+            f"perturbation in pixel units and must be a number >= 0 (e.g. {prefix}.epsilon=0.1 "
+            f"for pixels in [0, 1])."
+        )
+    low, high = pixel_range
+    if kind == "fgsm":
+        return Attack(float(epsilon), low=low, high=high)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(
+            f"{prefix}.attack_steps={steps!r} is not allowed with {prefix}.attack=pgd: PGD takes "
+            f"one gradient step or more. Set {prefix}.attack_steps to a whole number >= 1 "
+            f"(PGD-10: 10), or use {prefix}.attack=fgsm for a single step."
+        )
+    if step_size is None:
+        step_size = 2.5 * epsilon / steps
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or step_size <= 0:
+        raise ConfigError(
+            f"{prefix}.attack_step_size={step_size!r} is not allowed: PGD's step must be a "
+            f"number > 0. Set it, or null for 2.5 x epsilon / attack_steps."
+        )
+    return Attack(float(epsilon), steps, float(step_size), random_start=True, low=low, high=high)
+
+
+def true_class_nll(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log p(true class) per query, from a predictive distribution [Q, ways]: the loss an
+    attack raises, whatever the algorithm's outputs stand for."""
+    chosen = probabilities.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return -chosen.clamp_min(torch.finfo(chosen.dtype).tiny).log()
+
+
+def attacked_task(algo, attack: Attack, target: str, ways: int, steps: int | None):
+    """fn(support_x, support_y, query_x, query_y) -> (query predictions after the attack,
+    largest perturbation applied). A support attack maximises the queries' loss through the
+    adaptation on the perturbed support set; a query attack perturbs each query against the
+    predictor adapted on the clean (or, for `both`, the poisoned) support set."""
+    if target not in TARGETS:
+        raise ConfigError(
+            f"eval.attack_target={target!r} is not one of {', '.join(TARGETS)}. Set it to one."
+        )
+
+    def predictions(support_x, support_y, query_x):
+        return algo.adapt(algo.params(), support_x, support_y, ways, steps)(query_x)
+
+    def task(support_x, support_y, query_x, query_y):
+        clean_support, clean_query = support_x, query_x
+        if target in ("support", "both"):
+            queries_loss = lambda s: true_class_nll(
+                algo.probabilities(predictions(s, support_y, query_x)), query_y
+            ).mean()
+            support_x = attack.perturb(queries_loss, support_x)
+        predict = algo.adapt(algo.params(), support_x, support_y, ways, steps)
+        if target in ("query", "both"):
+            each_query = lambda q: true_class_nll(algo.probabilities(predict(q)), query_y)
+            query_x = attack.perturb(each_query, query_x)
+        largest = torch.maximum(
+            (support_x - clean_support).abs().amax(), (query_x - clean_query).abs().amax()
+        )
+        return predict(query_x), largest
+
+    return task
