@@ -43,7 +43,7 @@ class Attack:
         best iterate) or one scalar for the whole tensor. Not differentiable (a constant)."""
         step_size = self.epsilon if self.step_size is None else self.step_size
         with torch.autocast(x.device.type, enabled=False), batchnorm.not_recording():
-            clean = x.detach().float()
+            clean = x.detach().to(torch.promote_types(x.dtype, torch.float32))
             start = clean
             if self.random_start:
                 start = clean + (2 * torch.rand_like(clean) - 1) * self.epsilon
@@ -53,21 +53,15 @@ class Attack:
                 losses = loss(z)
                 return losses.sum(), losses.detach()
 
-            best, best_loss = point, None
-            for _ in range(self.steps):
-                gradient, _ = grad(ascent, has_aux=True)(point)
+            best, best_loss = None, None
+            for step in range(self.steps):
+                gradient, losses = grad(ascent, has_aux=True)(point)
+                if step > 0:  # `losses` are those of the previous step's iterate, `point`
+                    best, best_loss = _stronger(point, losses, best, best_loss)
                 point = self._projected(point + step_size * gradient.sign(), clean).detach()
-                if self.steps == 1:
-                    return point.to(x.dtype)
-                losses = loss(point).detach()
-                if best_loss is None:
-                    best, best_loss = point, losses
-                    continue
-                better = losses > best_loss
-                best = torch.where(better.view(*better.shape, *[1] * (x.dim() - better.dim())),
-                                   point, best)  # fmt: skip
-                best_loss = torch.maximum(losses, best_loss)
-            return best.to(x.dtype)
+            if self.steps > 1:
+                point, _ = _stronger(point, loss(point).detach(), best, best_loss)
+            return point.to(x.dtype)
 
     def _projected(self, point: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         inside = torch.minimum(torch.maximum(point, clean - self.epsilon), clean + self.epsilon)
@@ -78,6 +72,15 @@ class Attack:
                 "step_size": self.epsilon if self.step_size is None else self.step_size,
                 "random_start": self.random_start, "pixel_range": [self.low, self.high],
                 "precision": "fp32"}  # fmt: skip
+
+
+def _stronger(point, losses, best, best_loss):
+    """Per example (or for the whole tensor, if `losses` is a scalar), the iterate with the
+    higher loss; the first iterate when there is no best yet."""
+    if best_loss is None:
+        return point, losses
+    better = (losses > best_loss).view(*losses.shape, *[1] * (point.dim() - losses.dim()))
+    return torch.where(better, point, best), torch.maximum(losses, best_loss)
 
 
 def pixel_range(dataset, key: str) -> tuple[float, float]:
@@ -121,13 +124,15 @@ def make_attack(kind: str, epsilon: float, steps: int, step_size: float | None,
             f"one gradient step or more. Set {prefix}.attack_steps to a whole number >= 1 "
             f"(PGD-10: 10), or use {prefix}.attack=fgsm for a single step."
         )
-    if step_size is None:
-        step_size = 2.5 * epsilon / steps
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or step_size <= 0:
+    if step_size is not None and (
+        isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or step_size <= 0
+    ):
         raise ConfigError(
             f"{prefix}.attack_step_size={step_size!r} is not allowed: PGD's step must be a "
             f"number > 0. Set it, or null for 2.5 x epsilon / attack_steps."
         )
+    if step_size is None:
+        step_size = 2.5 * epsilon / steps
     return Attack(float(epsilon), steps, float(step_size), random_start=True, low=low, high=high)
 
 

@@ -12,6 +12,7 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 
 class TinyImages:
     metric = "accuracy"
+    pixel_range = (0.0, 1.0)
 
     def __init__(
         self, classes: int = 8, per_class: int = 10, image_size: int = 16, seed: int = 0

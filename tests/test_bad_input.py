@@ -19,8 +19,8 @@ TRAIN_MISTAKES = [
     (["experiment=nope"], "Available options in 'experiment'"),
     (
         ["task.wayz=3"],
-        "task.wayz is not a setting. Settings under task: batch_size, meta_batch_size, "
-        "min_queries, min_shots, protocol, queries, shots",
+        "task.wayz is not a setting. Settings under task: attack, attack_step_size, "
+        "attack_steps, batch_size, epsilon, meta_batch_size, min_queries, min_shots",
     ),
     (["wayz=3"], "wayz is not a setting. Settings at the top level: algo, backbone"),
     (["+algo.foo=1"], "'algo' config could not be built"),
@@ -52,6 +52,24 @@ TRAIN_MISTAKES = [
     (["bn=sometimes"], "bn='sometimes'"),
     (["bn=running", "engine=vmap"], "bn=running updates BatchNorm's running statistics"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
+    (["eval.attack=fgsm", "eval.epsilon=-0.1"], "eval.epsilon=-0.1 is not allowed"),
+    (
+        ["eval.attack=pgd", "eval.attack_steps=0"],
+        "eval.attack_steps=0 is not allowed with eval.attack=pgd",
+    ),
+    (["eval.attack=pgd", "eval.attack_step_size=0"], "eval.attack_step_size=0 is not allowed"),
+    (["eval.attack=cw"], "eval.attack='cw' is not one of none, fgsm, pgd"),
+    (["eval.attack=fgsm", "eval.attack_target=labels"], "eval.attack_target='labels'"),
+    (
+        ["eval.attack=fgsm", "dataset=sinusoid", "backbone=mlp"],
+        "eval.attack perturbs a classifier's images",
+    ),
+    (
+        ["task.attack=fgsm", "dataset=sinusoid", "backbone=mlp"],
+        "task.attack perturbs a classifier's images",
+    ),
+    (["algo=adml"], "algo=ADML meta-trains on adversarial examples, and task.attack=none"),
+    (["algo=reptile", "task.attack=fgsm"], "algo=Reptile meta-trains with a loss of its own"),
     (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
     (["init_from=/nonexistent/run"], "No checkpoint at /nonexistent/run"),
     (

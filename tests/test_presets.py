@@ -23,6 +23,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # choices.
 PAPERS = {
     "maml_omniglot_5w1s": (5, 1, 1, 32, 0.4, 1, 3, 60000, "transductive"),
+    "adml_omniglot_5w1s": (5, 1, 1, 32, 0.4, 1, 3, 60000, "transductive"),  # MAML's, ADML's loss
     "maml_omniglot_5w5s": (5, 5, 5, 32, 0.4, 1, 3, 60000, "transductive"),
     "maml_omniglot_20w1s": (20, 1, 1, 16, 0.1, 5, 5, 60000, "transductive"),
     "maml_omniglot_20w5s": (20, 5, 5, 16, 0.1, 5, 5, 60000, "transductive"),
@@ -42,6 +43,7 @@ PAPERS = {
     "reptile_omniglot_5w1s": (5, 10, 1, 5, 0.001, 5, 50, 100000, "transductive"),
     "reptile_omniglot_20w1s": (20, 10, 1, 5, 0.001, 5, 50, 100000, "transductive"),
     "protonet_omniglot_5w1s": (60, 1, 5, 1, None, None, None, 20000, "running"),
+    "protonet_adversarial_omniglot_5w1s": (60, 1, 5, 1, None, None, None, 20000, "running"),
     "protonet_omniglot_5w5s": (60, 5, 5, 1, None, None, None, 20000, "running"),
     "protonet_omniglot_20w1s": (60, 1, 5, 1, None, None, None, 20000, "running"),
     "matching_net_omniglot_5w1s": (5, 1, 5, 16, None, None, None, 20000, "transductive"),
