@@ -25,6 +25,16 @@ def episode(ways: int, shots: int, queries: int, protocol: str = "episodic",
     return f"{ways}-way {drawn}-shot, {asked} queries per class"
 
 
+def attack(node) -> str:
+    """'none', 'fgsm, epsilon 0.1' (task.*) or 'pgd-10, epsilon 0.1, on the query' (eval.*)."""
+    kind = node.get("attack", "none")
+    if kind in ("none", None):
+        return "none"
+    steps = f"-{node['attack_steps']}" if kind == "pgd" else ""
+    target = f", on the {node['attack_target']}" if "attack_target" in node else ""
+    return f"{kind}{steps}, epsilon {node['epsilon']}{target}"
+
+
 def settings(cfg: DictConfig) -> dict:
     """The values that decide what a run reproduces: episode shapes, rates, inner steps, budget,
     BatchNorm mode and runtime settings, resolved."""
@@ -49,6 +59,8 @@ def settings(cfg: DictConfig) -> dict:
         "optimizer": f"{_name(optimizer['_target_'])} {rate}",
         "scheduler": _name(scheduler.get("_target_")),
         "iterations": cfg["trainer"]["iterations"],
+        "train_attack": attack(task),
+        "test_attack": attack(ev),
         "bn": cfg["bn"],
         **{key: cfg[key] for key in RUNTIME_SETTINGS},
     }
@@ -86,6 +98,10 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
         training = f"{shape}, meta-batch {task.meta_batch_size}"
     else:
         training = f"labelled batches of {task.batch_size}"
+    if cfg.task.get("attack", "none") != "none":
+        training += f", adversarial ({attack(cfg.task)})"
+    if cfg.eval.get("attack", "none") != "none":
+        test += f", also under {attack(cfg.eval)}"
     device = next(algo.parameters()).device
     resumed = f", resuming at {start}" if start else ""
     return (

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import TinyImages
 from test_report import fake_run
 from torch import nn
 from torch.func import grad
@@ -17,9 +19,11 @@ from metarun.algorithms.protonet import ProtoNet
 from metarun.attacks import Attack, attacked_task, make_attack, true_class_nll
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
+from metarun.build import build_algorithm
 from metarun.evaluator import describe
 from metarun.report import find_runs, markdown
 from metarun.run import train
+from metarun.show import settings
 
 
 def linear_problem():
@@ -194,3 +198,31 @@ def test_adversarial_querying_scores_perturbed_queries_in_training_only():
     assert loss() > clean + 1e-3
     algo.eval()
     torch.testing.assert_close(loss(), clean)
+
+
+def test_show_names_the_training_and_the_test_attack(make_cfg):
+    shown = settings(make_cfg("experiment=adml_omniglot_5w1s", "eval.attack=pgd"))
+    assert shown["train_attack"] == "fgsm, epsilon 0.1"
+    assert shown["test_attack"] == "pgd-10, epsilon 0.1, on the query"
+
+
+CLASSIFIERS = sorted(
+    path.stem
+    for path in (Path(__file__).resolve().parent.parent / "configs" / "algo").glob("*.yaml")
+    if not path.stem.endswith("_rl") and path.stem not in ("neural_process",)
+)
+
+
+@pytest.mark.parametrize("target", ["query", "support"])
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_classifier_can_be_attacked_on_queries_and_support(name, target, tiny_cfg):
+    cfg = tiny_cfg(f"algo={name}", "task.attack=fgsm" if name == "adml" else "task.attack=none")
+    dataset = TinyImages()
+    algo = build_algorithm(cfg, dataset).eval()
+    episode = dataset.sampler("test", 5, 1, 2, torch.device("cpu")).build(
+        dataset.sampler("test", 5, 1, 2, torch.device("cpu")).draw(1, torch.Generator())
+    )
+    task = attacked_task(algo, Attack(0.1), target, 5, None)
+    with torch.no_grad():
+        _, largest = task(*(t[0] for t in episode.tensors))
+    assert largest > 0

@@ -163,8 +163,7 @@ class ABML(Algorithm):
               steps: int | None = None) -> Predictor:  # fmt: skip
         self.check_ways(support_y, ways)
         steps = self.inner_steps if steps is None else steps
-        q = self.posterior(params, support_x, support_y, steps, first_order=True)
-        q = tuple({k: v.detach() for k, v in part.items()} for part in q)
+        q = self.posterior(params, support_x, support_y, steps, first_order=False)
         regression = support_y.dtype.is_floating_point
         return lambda query_x: self.predictive(params, q, query_x, regression)
 

@@ -100,7 +100,8 @@ class Baseline(Algorithm):
                 "bias": params.get("classifier.bias"),
             }
             return lambda query_x: self.logits(classifier, self.run(params, query_x))
-        embed = lambda x: self.run(params, x).detach()
+        frozen = {name: value.detach() for name, value in params.items()}
+        embed = lambda x: self.run(frozen, x)  # inputs keep their gradient, for attacks
         head = self.fit_head(
             embed(support_x), support_y, ways, self.finetune_steps if steps is None else steps
         )

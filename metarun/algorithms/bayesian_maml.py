@@ -165,7 +165,7 @@ class BayesianMAML(Algorithm):
               steps: int | None = None) -> Predictor:  # fmt: skip
         self.check_ways(support_y, ways)
         steps = self.inner_steps if steps is None else steps
-        chaser = self.svgd(self.initial_particles(params), support_x, support_y, steps, True)
+        chaser = self.svgd(self.initial_particles(params), support_x, support_y, steps, False)
         regression = support_y.dtype.is_floating_point
         return lambda query_x: self.predictive(chaser, query_x, regression)
 

@@ -84,7 +84,7 @@ class Reptile(Algorithm):
                 name: fast[name]
                 - self.inner_lr
                 * (first[name] / correction1)
-                / ((second[name] / correction2).sqrt() + 1e-8)
+                / (_root(second[name] / correction2) + 1e-8)
                 for name in fast
             }
         return fast
@@ -115,3 +115,11 @@ class Reptile(Algorithm):
         return loss_with_gradient(
             loss, params, {name: params[name] - fast[name] for name in fast}
         ), score
+
+
+def _root(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(x) whose derivative at 0 is 0 rather than infinite, so that differentiating through
+    the inner Adam steps (an attack on the support set does) stays finite where a weight's
+    gradient is 0."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), 0.0)
