@@ -18,6 +18,7 @@ COMPANIONS = {
     "backbone/mlp": ["dataset=sinusoid"],
     "dataset/gp_1d": ["backbone=pixels", "algo=cnp"],
     "algo/cnp": ["dataset=gp_1d", "backbone=pixels"],
+    "algo/adml": ["task.attack=fgsm"],  # ADML meta-trains on an attack
     "dataset/omniglot_completion": ["backbone=pixels", "algo=cnp"],
     **{
         f"dataset/{name}": RL[::2]
