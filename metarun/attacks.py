@@ -144,32 +144,32 @@ def true_class_nll(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 
 def attacked_task(algo, attack: Attack, target: str, ways: int, steps: int | None):
-    """fn(support_x, support_y, query_x, query_y) -> (query predictions after the attack,
-    largest perturbation applied). A support attack maximises the queries' loss through the
-    adaptation on the perturbed support set; a query attack perturbs each query against the
-    predictor adapted on the clean (or, for `both`, the poisoned) support set."""
+    """fn(support_x, support_y, query_x, query_y) -> (clean query predictions, query predictions
+    under the attack, largest perturbation applied). A support attack maximises the queries'
+    loss through the adaptation on the perturbed support set; a query attack perturbs each
+    query against the predictor adapted on the clean (or, for `both`, the poisoned) support set."""
     if target not in TARGETS:
         raise ConfigError(
             f"eval.attack_target={target!r} is not one of {', '.join(TARGETS)}. Set it to one."
         )
-
-    def predictions(support_x, support_y, query_x):
-        return algo.adapt(algo.params(), support_x, support_y, ways, steps)(query_x)
+    adapted = lambda support_x, support_y: algo.adapt(algo.params(), support_x, support_y, ways,
+                                                      steps)  # fmt: skip
 
     def task(support_x, support_y, query_x, query_y):
-        clean_support, clean_query = support_x, query_x
+        clean = adapted(support_x, support_y)
+        predict, poisoned, attacked = clean, support_x, query_x
         if target in ("support", "both"):
             queries_loss = lambda s: true_class_nll(
-                algo.probabilities(predictions(s, support_y, query_x)), query_y
+                algo.probabilities(adapted(s, support_y)(query_x)), query_y
             ).mean()
-            support_x = attack.perturb(queries_loss, support_x)
-        predict = algo.adapt(algo.params(), support_x, support_y, ways, steps)
+            poisoned = attack.perturb(queries_loss, support_x)
+            predict = adapted(poisoned, support_y)
         if target in ("query", "both"):
             each_query = lambda q: true_class_nll(algo.probabilities(predict(q)), query_y)
-            query_x = attack.perturb(each_query, query_x)
+            attacked = attack.perturb(each_query, query_x)
         largest = torch.maximum(
-            (support_x - clean_support).abs().amax(), (query_x - clean_query).abs().amax()
+            (poisoned - support_x).abs().amax(), (attacked - query_x).abs().amax()
         )
-        return predict(query_x), largest
+        return clean(query_x), predict(attacked), largest
 
     return task

@@ -90,12 +90,12 @@ def episode_predictions(
         if batch.query_y.dtype.is_floating_point:
             outputs = engine.query_outputs(algo, batch, steps, algo.gaussian)
             return gaussian_scores(outputs, batch.query_y, noise_std)
-        outputs = engine.query_outputs(algo, batch, steps, algo.probabilities)
-        scores = predictive_scores(outputs, batch.query_y, bins)
         if attack is None:
-            return scores
+            outputs = engine.query_outputs(algo, batch, steps, algo.probabilities)
+            return predictive_scores(outputs, batch.query_y, bins)
         task = attacked_task(algo, attack, attack_target, batch.ways, steps)
-        attacked, perturbation = engine.per_task(algo, batch, task)
+        clean, attacked, perturbation = engine.per_task(algo, batch, task)
+        scores = predictive_scores(algo.probabilities(clean), batch.query_y, bins)
         correct = algo.probabilities(attacked).argmax(-1) == batch.query_y
         return {**scores, "robust_accuracy": correct.float().mean(-1), "perturbation": perturbation}
 

@@ -136,7 +136,7 @@ def test_a_support_attack_moves_the_adapted_weights_through_the_inner_step(first
 def test_without_adaptation_a_support_attack_has_nothing_to_move():
     algo, support_x, support_y, query_x, query_y = maml_task(inner_steps=0)
     task = attacked_task(algo, Attack(0.1), "support", 3, None)
-    _, largest = task(support_x, support_y, query_x, query_y)
+    _, _, largest = task(support_x, support_y, query_x, query_y)
     assert largest == 0
 
 
@@ -144,8 +144,8 @@ def test_without_adaptation_a_support_attack_has_nothing_to_move():
 def test_an_attack_lowers_the_accuracy_of_an_adapted_maml(target):
     algo, support_x, support_y, query_x, query_y = maml_task(inner_steps=2)
     task = attacked_task(algo, Attack(0.3, 5, 0.1, random_start=True), target, 3, None)
-    predictions, largest = task(support_x, support_y, query_x, query_y)
-    clean = algo.adapt(algo.params(), support_x, support_y, 3)(query_x)
+    clean, predictions, largest = task(support_x, support_y, query_x, query_y)
+    torch.testing.assert_close(clean, algo.adapt(algo.params(), support_x, support_y, 3)(query_x))
     assert (
         true_class_nll(algo.probabilities(predictions), query_y).mean()
         > true_class_nll(algo.probabilities(clean), query_y).mean()
@@ -182,9 +182,12 @@ def test_results_stamp_the_attack_and_report_shows_robust_accuracy(tiny_cfg, tmp
     assert f"{100 * results['robust']['accuracy']['mean']:.2f}" in table
 
 
-def test_a_clean_test_stamps_no_attack(tiny_cfg, tmp_path):
-    results = train(tiny_cfg("algo=protonet", *ATTACKED), tmp_path)
-    assert results["protocol"]["attack"] == "none" and "robust" not in results
+def test_an_attacked_test_keeps_the_clean_accuracy_and_calibration(tiny_cfg, tmp_path):
+    clean = train(tiny_cfg("algo=maml", *ATTACKED), tmp_path / "clean")
+    assert clean["protocol"]["attack"] == "none" and "robust" not in clean
+    attacked = train(tiny_cfg("algo=maml", *ATTACKED, "eval.attack=fgsm"), tmp_path / "attacked")
+    assert attacked["accuracy"] == clean["accuracy"]
+    assert attacked["calibration"] == clean["calibration"]
 
 
 def test_adversarial_querying_scores_perturbed_queries_in_training_only():
@@ -224,5 +227,5 @@ def test_every_classifier_can_be_attacked_on_queries_and_support(name, target, t
     )
     task = attacked_task(algo, Attack(0.1), target, 5, None)
     with torch.no_grad():
-        _, largest = task(*(t[0] for t in episode.tensors))
+        *_, largest = task(*(t[0] for t in episode.tensors))
     assert largest > 0
