@@ -4,12 +4,15 @@ initialisation, once on its clean support set and once on an adversarial copy; t
 is the adversarially adapted model's loss on the clean queries plus the cleanly adapted
 model's loss on adversarial queries. Test-time adaptation is MAML's.
 
-The attack is task.attack (the paper's FGSM, or PGD) with task.epsilon. The paper leaves
-open which model the adversarial examples are made against; here the support set's are made
-against the initialisation (the model its inner step differentiates) and the queries' against
-the cleanly adapted model (the model they are scored with), both as constants (no gradient
-through the attack). One inner learning rate serves both adaptations. `first_order=true`
-drops the second-order terms, as in first-order MAML.
+The crossing is our reading of the paper's algorithm: the copies of the paper reachable when
+this was written gave its abstract and a second-hand description (both loops, both kinds of
+examples, contributing equally), not its algorithm box. Left open there, our choices: the
+support set's adversarial copy is made against the initialisation (the model its inner step
+differentiates) and the queries' against the cleanly adapted model (the model they are scored
+with), both as constants (no gradient through the attack), afresh at every meta-iteration;
+one inner learning rate serves both adaptations. The attack is task.attack (the paper's FGSM,
+or PGD) with task.epsilon. `first_order=true` drops the second-order terms, as in first-order
+MAML.
 """
 
 from __future__ import annotations
