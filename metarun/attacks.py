@@ -41,7 +41,6 @@ class Attack:
     ) -> torch.Tensor:
         """Inputs near `x` that raise `loss`: per-example losses [N] (each example keeps its own
         best iterate) or one scalar for the whole tensor. Not differentiable (a constant)."""
-        step_size = self.epsilon if self.step_size is None else self.step_size
         with torch.autocast(x.device.type, enabled=False), batchnorm.not_recording():
             clean = x.detach().to(torch.promote_types(x.dtype, torch.float32))
             start = clean
@@ -58,18 +57,21 @@ class Attack:
                 gradient, losses = grad(ascent, has_aux=True)(point)
                 if step > 0:  # `losses` are those of the previous step's iterate, `point`
                     best, best_loss = _stronger(point, losses, best, best_loss)
-                point = self._projected(point + step_size * gradient.sign(), clean).detach()
+                point = self._projected(point + self.step * gradient.sign(), clean).detach()
             if self.steps > 1:
                 point, _ = _stronger(point, loss(point).detach(), best, best_loss)
             return point.to(x.dtype)
+
+    @property
+    def step(self) -> float:
+        return self.epsilon if self.step_size is None else self.step_size
 
     def _projected(self, point: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         inside = torch.minimum(torch.maximum(point, clean - self.epsilon), clean + self.epsilon)
         return inside.clamp(self.low, self.high)
 
     def describe(self) -> dict:
-        return {"epsilon": self.epsilon, "steps": self.steps,
-                "step_size": self.epsilon if self.step_size is None else self.step_size,
+        return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step,
                 "random_start": self.random_start, "pixel_range": [self.low, self.high],
                 "precision": "fp32"}  # fmt: skip
 
