@@ -78,7 +78,7 @@ def validation_seed(cfg: DictConfig) -> int:
     return cfg.eval.seed + 1
 
 
-def test_attack(cfg: DictConfig, dataset) -> Attack | None:
+def evaluation_attack(cfg: DictConfig, dataset) -> Attack | None:
     """eval.attack as an Attack for the test (None for none), checked against the dataset."""
     kind = cfg.eval.attack
     if kind == "none":

@@ -34,9 +34,9 @@ from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
 from metarun.protocol import (
     eval_sampler,
+    evaluation_attack,
     protocol,
     score,
-    test_attack,
     train_sampler,
     validation_seed,
 )
@@ -155,7 +155,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
     samplers["train"] = train_sampler(cfg, dataset, algo, device)
-    attack = test_attack(cfg, dataset)
+    attack = evaluation_attack(cfg, dataset)
     state = _training_state(cfg, algo, dataset.metric)
     if cfg.trainer.resume:
         _resume(state, cfg.trainer.resume, run_dir)
@@ -269,7 +269,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     world = World.current()
     engine = make_engine(run_cfg, algo, device, world)
     sampler = eval_sampler(run_cfg, dataset, "test", device)
-    attack = test_attack(run_cfg, dataset)
+    attack = evaluation_attack(run_cfg, dataset)
     results = score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes,
                     calibration=True, attack=attack)  # fmt: skip
     results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine, attack),
