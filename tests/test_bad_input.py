@@ -69,6 +69,10 @@ TRAIN_MISTAKES = [
         "task.attack perturbs a classifier's images",
     ),
     (["algo=adml"], "algo=ADML meta-trains on adversarial examples, and task.attack=none"),
+    (
+        ["algo=snail", "task.protocol=online", "eval.attack=fgsm"],
+        "eval.attack=fgsm attacks episodes, but eval.protocol=online",
+    ),
     (["algo=reptile", "task.attack=fgsm"], "algo=Reptile meta-trains with a loss of its own"),
     (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
     (["init_from=/nonexistent/run"], "No checkpoint at /nonexistent/run"),
