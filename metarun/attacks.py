@@ -87,13 +87,10 @@ def _stronger(point, losses, best, best_loss):
 
 def pixel_range(dataset, key: str) -> tuple[float, float]:
     """The dataset's valid input range, which attacks clip to; a clear error where it has none."""
-    if (
-        getattr(dataset, "pixel_range", None) is None
-        or getattr(dataset, "metric", "") != "accuracy"
-    ):
+    if getattr(dataset, "pixel_range", None) is None:  # image classification datasets set one
         raise ConfigError(
             f"{key} perturbs a classifier's images within their pixel range, and dataset "
-            f"{type(dataset).__name__} is not image classification (no pixel range, or a "
+            f"{type(dataset).__name__} is not image classification (no pixel range: a "
             f"regression or environment dataset). Set {key}=none, or use an image "
             "classification dataset such as dataset=omniglot."
         )
@@ -102,13 +99,9 @@ def pixel_range(dataset, key: str) -> tuple[float, float]:
 
 def make_attack(kind: str, epsilon: float, steps: int, step_size: float | None,
                 pixel_range: tuple[float, float], prefix: str) -> Attack | None:  # fmt: skip
-    """The attack the settings `<prefix>.attack`, `.epsilon`, `.attack_steps` and
-    `.attack_step_size` describe (None for `none`); PGD's step size defaults to Madry et al.'s
-    2.5 epsilon / steps."""
-    if kind not in KINDS:
-        raise ConfigError(
-            f"{prefix}.attack={kind!r} is not one of {', '.join(KINDS)}. Set it to one."
-        )
+    """The attack the settings `<prefix>.attack` (one of KINDS, checked with the other choices
+    by build.check_settings), `.epsilon`, `.attack_steps` and `.attack_step_size` describe (None
+    for `none`); PGD's step size defaults to Madry et al.'s 2.5 epsilon / steps."""
     if kind == "none":
         return None
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
@@ -145,15 +138,17 @@ def true_class_nll(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.T
     return -chosen.clamp_min(torch.finfo(chosen.dtype).tiny).log()
 
 
+def nll_of(algo, predict: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor):
+    """x -> each example's `true_class_nll` under `algo`'s predictive distribution of
+    predict(x): the per-example loss every attack here raises."""
+    return lambda x: true_class_nll(algo.probabilities(predict(x)), labels)
+
+
 def attacked_task(algo, attack: Attack, target: str, ways: int, steps: int | None):
     """fn(support_x, support_y, query_x, query_y) -> (clean query predictions, query predictions
     under the attack, largest perturbation applied). A support attack maximises the queries'
     loss through the adaptation on the perturbed support set; a query attack perturbs each
     query against the predictor adapted on the clean (or, for `both`, the poisoned) support set."""
-    if target not in TARGETS:
-        raise ConfigError(
-            f"eval.attack_target={target!r} is not one of {', '.join(TARGETS)}. Set it to one."
-        )
     adapted = lambda support_x, support_y: algo.adapt(algo.params(), support_x, support_y, ways,
                                                       steps)  # fmt: skip
 
@@ -161,14 +156,11 @@ def attacked_task(algo, attack: Attack, target: str, ways: int, steps: int | Non
         clean = adapted(support_x, support_y)
         predict, poisoned, attacked = clean, support_x, query_x
         if target in ("support", "both"):
-            queries_loss = lambda s: true_class_nll(
-                algo.probabilities(adapted(s, support_y)(query_x)), query_y
-            ).mean()
+            queries_loss = lambda s: nll_of(algo, adapted(s, support_y), query_y)(query_x).mean()
             poisoned = attack.perturb(queries_loss, support_x)
             predict = adapted(poisoned, support_y)
         if target in ("query", "both"):
-            each_query = lambda q: true_class_nll(algo.probabilities(predict(q)), query_y)
-            attacked = attack.perturb(each_query, query_x)
+            attacked = attack.perturb(nll_of(algo, predict, query_y), query_x)
         largest = torch.maximum(
             (poisoned - support_x).abs().amax(), (attacked - query_x).abs().amax()
         )

@@ -21,7 +21,7 @@ import torch
 
 from metarun.algorithms.functional import Params
 from metarun.algorithms.maml import MAML
-from metarun.attacks import true_class_nll
+from metarun.attacks import nll_of
 from metarun.metrics import task_loss_and_score
 
 
@@ -42,14 +42,11 @@ class ADML(MAML):
             return super().task_loss(params, support_x, support_y, query_x, query_y, ways, steps)
         attack = self.train_attack
         start = self.inner_loop(params, support_x, support_y, ways, 0)[0]
-        each_support = lambda s: true_class_nll(
-            self.probabilities(self.run_at_step(start, s, 0)), support_y
-        )
-        adversarial_support = attack.perturb(each_support, support_x)
+        initial = lambda s: self.run_at_step(start, s, 0)
+        adversarial_support = attack.perturb(nll_of(self, initial, support_y), support_x)
         from_adversarial = self.adapt(params, adversarial_support, support_y, ways, steps)
         from_clean = self.adapt(params, support_x, support_y, ways, steps)
-        each_query = lambda q: true_class_nll(self.probabilities(from_clean(q)), query_y)
-        adversarial_queries = attack.perturb(each_query, query_x)
+        adversarial_queries = attack.perturb(nll_of(self, from_clean, query_y), query_x)
         clean_loss, clean_score = task_loss_and_score(from_adversarial(query_x), query_y)
         robust_loss, robust_score = task_loss_and_score(from_clean(adversarial_queries), query_y)
         return clean_loss + robust_loss, (clean_score + robust_score) / 2

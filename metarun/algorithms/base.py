@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from metarun import batchnorm
 from metarun.algorithms.functional import Params
-from metarun.attacks import Attack, true_class_nll
+from metarun.attacks import Attack, nll_of
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -135,6 +135,5 @@ class Algorithm(nn.Module):
         the adapted predictor (adversarial querying, Goldblum et al. 2020)."""
         predict = self.adapt(params, support_x, support_y, ways, steps)
         if self.train_attack is not None and self.training:
-            each_query = lambda q: true_class_nll(self.probabilities(predict(q)), query_y)
-            query_x = self.train_attack.perturb(each_query, query_x)
+            query_x = self.train_attack.perturb(nll_of(self, predict, query_y), query_x)
         return task_loss_and_score(predict(query_x), query_y)
