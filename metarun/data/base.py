@@ -30,6 +30,7 @@ class EpisodeShapeError(ConfigError):
     classes: int | None = None  # classes in the split
     per_class: int | None = None  # examples per class
     online: bool = False  # one sequence of `shots` instances per class, no queries
+    smallest: str | None = None  # the class with the fewest examples, where classes differ
 
     def __str__(self) -> str:
         return self.explain("task.ways", "task.shots", "task.queries")
@@ -55,8 +56,11 @@ class EpisodeShapeError(ConfigError):
                 f"to at most {self.per_class}."
             )
         total = self.shots + self.queries
+        owner = f"Each class of the '{self.split}' split has"
+        if self.smallest is not None:
+            owner = f"Class {self.smallest!r}, the smallest of the '{self.split}' split, has"
         return (
-            f"Each class of the '{self.split}' split has {self.per_class} images but "
+            f"{owner} {self.per_class} images but "
             f"{shots} + {queries} = {self.shots} + {self.queries} = {total}. "
             f"Lower {shots} or {queries} so their sum is at most {self.per_class}."
         )
@@ -69,9 +73,11 @@ def check_shape(
     queries: int,
     classes: int | None = None,
     per_class: int | None = None,
+    smallest: str | None = None,
 ) -> None:
-    """Raises EpisodeShapeError when the split cannot give episodes of this shape."""
-    error = EpisodeShapeError(split, ways, shots, queries, classes, per_class)
+    """Raises EpisodeShapeError when the split cannot give episodes of this shape; `per_class` is
+    the smallest class's size, `smallest` its name where class sizes differ."""
+    error = EpisodeShapeError(split, ways, shots, queries, classes, per_class, smallest=smallest)
     if min(ways, shots, queries) <= 0 or (classes is not None and ways > classes):
         raise error
     if per_class is not None and shots + queries > per_class:

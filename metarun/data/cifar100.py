@@ -1,0 +1,103 @@
+"""CIFAR-FS (Bertinetto et al., ICLR 2019) and FC100 (Oreshkin et al., NeurIPS 2018): few-shot
+splits of CIFAR-100's 100 classes (600 32x32 images each, its train and test files pooled).
+
+CIFAR-FS splits the classes at random, 64/16/20 (the published class lists below); FC100 splits
+them by superclass, 12/4/4 superclasses (60/20/20 classes), so test classes share no superclass
+with training ones. Both read the official python archive (cifar-100-python.tar.gz, md5
+eb9058c3a382ffc7106e4002c42a8d85), downloaded from its official address when missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+
+from metarun.data.class_images import SPLITS, ClassImages, read_pickle
+from metarun.errors import ConfigError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+ARCHIVE, FOLDER = "cifar-100-python.tar.gz", "cifar-100-python"
+CIFAR_FS_HELD_OUT = {
+    "val": ("beaver", "otter", "flatfish", "shark", "lamp", "television", "beetle", "butterfly",
+            "sea", "camel", "cattle", "crab", "crocodile", "maple_tree", "motorcycle", "tractor"),
+    "test": ("whale", "poppy", "rose", "sweet_pepper", "telephone", "bed", "table", "wardrobe",
+             "leopard", "plain", "chimpanzee", "fox", "snail", "worm", "baby", "man", "woman",
+             "bicycle", "pickup_truck", "rocket"),
+}  # fmt: skip
+FC100_HELD_OUT = {
+    "val": ("large_carnivores", "large_omnivores_and_herbivores", "non-insect_invertebrates",
+            "small_mammals"),
+    "test": ("aquatic_mammals", "insects", "medium_mammals", "people"),
+}  # fmt: skip
+
+
+class Cifar100Split(ClassImages):
+    """A few-shot split of CIFAR-100: a subclass says which classes each split holds."""
+
+    def __init__(self, root: str, image_size: int = 32, augment=None, download: bool = True):
+        super().__init__(root, image_size, augment)
+        self.download = download
+
+    def split_of(self, fine: str, coarse: str) -> str:
+        raise NotImplementedError
+
+    def sources(self) -> list[Path]:
+        folder = self.folder / FOLDER
+        if not folder.is_dir():
+            self._fetch()
+        files = [folder / name for name in ("train", "test", "meta")]
+        for path in files:
+            if not path.exists():
+                raise ConfigError(f"{path} is missing: {self.folder} holds a partial CIFAR-100. "
+                                  f"Restore the official {ARCHIVE} there.")  # fmt: skip
+        return files
+
+    def _fetch(self) -> None:
+        archive = self.folder / ARCHIVE
+        if archive.exists():
+            extract_archive(str(archive), str(self.folder))
+            return
+        where = f"CIFAR-100 was not found in {self.folder} (expected {ARCHIVE} or {FOLDER}/)."
+        if not self.download:
+            raise ConfigError(f"{where} Set dataset.root to the folder that holds it, or set "
+                              "dataset.download=true.")  # fmt: skip
+        try:
+            download_and_extract_archive(URL, str(self.folder), md5=MD5)
+        except Exception as error:
+            raise ConfigError(f"{where} Downloading {URL} failed ({error}). Put the archive "
+                              "there by hand.") from None  # fmt: skip
+
+    def listing(self) -> dict[str, list[tuple[str, list]]]:
+        folder = self.folder / FOLDER
+        meta = read_pickle(folder / "meta", ("fine_label_names", "coarse_label_names"))
+        parts = [read_pickle(folder / part, ("data", "fine_labels", "coarse_labels"))
+                 for part in ("train", "test")]  # fmt: skip
+        images = np.concatenate([part["data"] for part in parts]).reshape(-1, 3, 32, 32)
+        images = images.transpose(0, 2, 3, 1)  # [N, H, W, C], as decode reads arrays
+        fine = np.concatenate([part["fine_labels"] for part in parts])
+        coarse = np.concatenate([part["coarse_labels"] for part in parts])
+        listing: dict[str, list] = {split: [] for split in SPLITS}
+        for label, name in enumerate(meta["fine_label_names"]):
+            rows = np.flatnonzero(fine == label)
+            superclass = meta["coarse_label_names"][coarse[rows[0]]] if len(rows) else ""
+            listing[self.split_of(name, superclass)].append(
+                (name, [(images, int(row)) for row in rows])
+            )
+        return listing
+
+
+class CifarFS(Cifar100Split):
+    name = "cifar_fs"
+
+    def split_of(self, fine: str, coarse: str) -> str:
+        return next((s for s, names in CIFAR_FS_HELD_OUT.items() if fine in names), "train")
+
+
+class FC100(Cifar100Split):
+    name = "fc100"
+
+    def split_of(self, fine: str, coarse: str) -> str:
+        return next((s for s, names in FC100_HELD_OUT.items() if coarse in names), "train")

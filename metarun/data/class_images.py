@@ -1,0 +1,247 @@
+"""What the few-shot image benchmarks share: a decode-once, memory-mapped uint8 cache and the
+episode, labelled-batch and online samplers over it.
+
+A format (mini_imagenet.py, cub.py, image_folder.py...) says which files it reads (`sources`),
+which classes each split has and where each image comes from (`listing`), and how one item
+becomes pixels (`decode`). The first run decodes every image once at `image_size` into one raw
+uint8 file [images, C, H, W] (split after split, class after class) beside a small index (class
+names, counts, and a fingerprint of the source files' names, sizes and times). Later runs map
+that file (torch.from_file): pages are read on demand and shared by every process through the
+page cache, so a 1.3 GB miniImageNet never sits in memory twice. A changed source file changes
+the fingerprint and the cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from tqdm import tqdm
+
+from metarun.checkpoint import atomic_save
+from metarun.data.sampler import (
+    Augmented,
+    ClassImageSampler,
+    LabelledImageSampler,
+    OnlineSequenceSampler,
+)
+from metarun.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """One split's images, uint8 [total, C, H, W] grouped by class, `counts[c]` of class c."""
+
+    images: torch.Tensor
+    counts: torch.Tensor
+    names: list[str]
+
+
+def cache_location(folder: Path, name: str) -> Path:
+    """Beside the data when its folder is writable, else under $METARUN_CACHE (~/.cache/metarun)."""
+    # Permission bits, not os.access alone: as root the latter would write into read-only shares.
+    if folder.is_dir() and folder.stat().st_mode & stat.S_IWUSR and os.access(folder, os.W_OK):
+        return folder / name
+    cache = Path(os.environ.get("METARUN_CACHE", Path.home() / ".cache" / "metarun"))
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
+    return cache / f"{digest}_{name}"
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """A digest of the files' names, sizes and modification times: changes when any source does."""
+    digest = hashlib.sha1()
+    for path in sorted(paths):
+        info = path.stat()
+        digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def fit(image: Image.Image | torch.Tensor, image_size: int) -> torch.Tensor:
+    """A PIL image or uint8 [C, H, W] -> uint8 RGB [3, size, size], resized (antialiased, aspect
+    not kept, as Ravi & Larochelle's miniImageNet script does) only when its size differs."""
+    pixels = image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image.convert("RGB"))
+    if tuple(pixels.shape[1:]) == (image_size, image_size):
+        return pixels
+    small = TF.resize(pixels.float(), [image_size, image_size], antialias=True)
+    return small.round().clamp_(0, 255).to(torch.uint8)
+
+
+def open_image(path: Path) -> Image.Image:
+    """The decoded image at `path`, or a clear error naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except Exception:
+        raise ConfigError(
+            f"The image {path} cannot be read (truncated or not an image). Replace it with the "
+            "original file, or delete it and restore the dataset's archive."
+        ) from None
+
+
+def read_pickle(path: Path, keys: tuple[str, ...] = ()) -> Any:
+    """A pickled object (Python 2 pickles too), a dict holding `keys` when they are given, or a
+    clear error naming the file."""
+    try:
+        with path.open("rb") as handle:
+            stored = pickle.load(handle, encoding="latin1")
+        if not keys or (isinstance(stored, dict) and all(key in stored for key in keys)):
+            return stored
+    except Exception:
+        pass
+    wanted = f" (a dict with {', '.join(keys)})" if keys else ""
+    raise ConfigError(
+        f"{path} cannot be read as the expected pickle{wanted}: it is truncated or of another "
+        "layout. Replace it with the original file."
+    )
+
+
+class ClassImages:
+    """Base of the image benchmarks. A subclass sets `name` and `channels` and implements
+    `sources`, `listing` and `decode`; everything else (cache, samplers, augmentation) is here."""
+
+    metric = "accuracy"
+    pixel_range = (0.0, 1.0)  # what an attack's perturbed images are clipped to
+    channels = 3
+    name = "images"
+
+    def __init__(self, root: str, image_size: int, augment: Any = None) -> None:
+        self.folder = Path(root).expanduser()
+        self.image_size = image_size
+        self.augment = augment  # a transform of one float [C, H, W] image, training split only
+        self.input_shape = (self.channels, image_size, image_size)
+        self._splits: dict[str, SplitImages] | None = None
+
+    def sources(self) -> list[Path]:
+        """The files the images come from; raises a ConfigError saying where to get them."""
+        raise NotImplementedError
+
+    def listing(self) -> dict[str, list[tuple[str, list[Any]]]]:
+        """{split: [(class name, [item, ...]), ...]}: every split's classes in label order."""
+        raise NotImplementedError
+
+    def decode(self, item: Any) -> torch.Tensor:
+        """One listed item -> uint8 [C, image_size, image_size]. The default reads an image file,
+        or takes row `i` of an array of uint8 [N, H, W, C] images given as (array, i)."""
+        if isinstance(item, tuple):
+            array, row = item
+            return fit(torch.from_numpy(array[row]).permute(2, 0, 1), self.image_size)
+        return fit(open_image(item), self.image_size)
+
+    def cache_settings(self) -> dict:
+        """Settings besides the files and the image size that change what the cache holds."""
+        return {}
+
+    def out_features(self, ways: int) -> int:
+        return ways
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image -> the model's float input [C, H, W] in [0, 1], as the cache stores it."""
+        return fit(image, self.image_size).float() / 255.0
+
+    def protocol(self) -> dict:
+        return {"dataset": self.name, "image_size": self.image_size,
+                "classes": {split: self.num_classes(split) for split in SPLITS}}  # fmt: skip
+
+    def split(self, split: str) -> SplitImages:
+        if self._splits is None:
+            self._splits = load_or_build(self)
+        return self._splits[split]
+
+    def num_classes(self, split: str) -> int:
+        return len(self.split(split).names)
+
+    def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device):
+        part = self.split(split)
+        sampler = ClassImageSampler(part.images.to(device), split, ways, shots, queries,
+                                    part.counts, part.names)  # fmt: skip
+        return self._augmented(sampler, split)
+
+    def labelled_batches(self, split: str, batch_size: int, device: torch.device):
+        part = self.split(split)
+        return self._augmented(
+            LabelledImageSampler(part.images.to(device), batch_size, part.counts), split
+        )
+
+    def online_sequences(self, split: str, ways: int, instances: int, device: torch.device):
+        part = self.split(split)
+        return OnlineSequenceSampler(part.images.to(device), split, ways, instances, part.counts)
+
+    def _augmented(self, sampler, split: str):
+        return Augmented(sampler, self.augment) if self.augment and split == "train" else sampler
+
+
+def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
+    """The dataset's splits from its cache, decoding the sources first when the cache is missing,
+    unreadable or was built from other files or at another size."""
+    settings = dataset.cache_settings()
+    stamp = {"version": CACHE_VERSION, "image_size": dataset.image_size, "settings": settings,
+             "fingerprint": fingerprint(dataset.sources())}  # fmt: skip
+    name = f"{dataset.name}_{dataset.image_size}px"
+    if settings:  # each split choice keeps its own cache
+        name += "_" + hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:8]
+    index_path = cache_location(dataset.folder, f"{name}.pt")
+    index = _read_index(index_path, stamp)
+    if index is None:
+        index = _build(dataset, index_path, stamp)
+    shape = index["shape"]
+    flat = torch.from_file(str(index_path.with_name(index["raw"])), shared=False,
+                           size=shape[0] * shape[1] * shape[2] * shape[3], dtype=torch.uint8)  # fmt: skip
+    flat = flat.view(*shape)
+    splits, start = {}, 0
+    for split in SPLITS:
+        counts = torch.tensor(index["counts"][split], dtype=torch.long)
+        total = int(counts.sum())
+        splits[split] = SplitImages(flat[start : start + total], counts, index["names"][split])
+        start += total
+    return splits
+
+
+def _read_index(path: Path, stamp: dict) -> dict | None:
+    try:
+        index = torch.load(path, weights_only=True)
+        raw = path.with_name(index["raw"])
+        shape = index["shape"]
+        complete = raw.stat().st_size == shape[0] * shape[1] * shape[2] * shape[3]
+        if complete and all(index[key] == value for key, value in stamp.items()):
+            return index
+    except Exception:
+        return None
+    return None
+
+
+def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
+    """Decodes every listed image straight into a new raw file (no second copy in memory), then
+    publishes its index atomically; an interrupted build leaves the previous cache usable."""
+    listing = dataset.listing()
+    counts = {split: [len(items) for _, items in listing[split]] for split in SPLITS}
+    names = {split: [name for name, _ in listing[split]] for split in SPLITS}
+    total = sum(sum(c) for c in counts.values())
+    shape = [total, dataset.channels, dataset.image_size, dataset.image_size]
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    raw = index_path.with_name(f"{index_path.stem}-{uuid.uuid4().hex[:8]}.uint8")
+    pixels = torch.from_file(str(raw), shared=True, size=total * shape[1] * shape[2] * shape[3],
+                             dtype=torch.uint8).view(*shape)  # fmt: skip
+    items = [item for split in SPLITS for _, listed in listing[split] for item in listed]
+    for position, item in enumerate(tqdm(items, desc=f"caching {dataset.name}", unit="image",
+                                         leave=False)):  # fmt: skip
+        pixels[position] = dataset.decode(item)
+    del pixels
+    index = {**stamp, "raw": raw.name, "shape": shape, "counts": counts, "names": names}
+    atomic_save(index, index_path)
+    for stale in index_path.parent.glob(f"{index_path.stem}-*.uint8"):  # older or interrupted
+        if stale != raw:
+            stale.unlink(missing_ok=True)
+    return index
