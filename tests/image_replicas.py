@@ -52,8 +52,9 @@ def wordnet_ids(classes: dict[str, int]) -> dict[str, list[str]]:
     return ids
 
 
-def write_mini_imagenet_csv(root: Path, classes: dict[str, int], per_class: int, size: int = 84,
-                            seed: int = 0) -> dict:  # fmt: skip
+def write_mini_imagenet_csv(
+    root: Path, classes: dict[str, int], per_class: int, size: int = 84, seed: int = 0
+) -> dict:
     """Ravi & Larochelle's layout: images/<wnid><index>.jpg plus {split}.csv (filename,label)."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     written = {}
@@ -71,38 +72,55 @@ def write_mini_imagenet_csv(root: Path, classes: dict[str, int], per_class: int,
     return written
 
 
-def write_mini_imagenet_pickle(root: Path, classes: dict[str, int], per_class: int,
-                               size: int = 84, seed: int = 0) -> dict:  # fmt: skip
+def write_mini_imagenet_pickle(
+    root: Path, classes: dict[str, int], per_class: int, size: int = 84, seed: int = 0
+) -> dict:
     """mini-imagenet-cache-{split}.pkl: {'image_data': uint8 [N, H, W, 3], 'class_dict'}."""
     root.mkdir(parents=True, exist_ok=True)
     written = {}
     for s, (split, names) in enumerate(wordnet_ids(classes).items()):
-        blocks = [random_images(per_class, size, seed * 1000 + s * 100 + c) for c in range(len(names))]
+        blocks = [
+            random_images(per_class, size, seed * 1000 + s * 100 + c) for c in range(len(names))
+        ]
         order = np.random.default_rng(seed + s).permutation(len(names) * per_class)  # interleaved
         data = np.concatenate(blocks)[order]
-        class_dict = {wnid: [int(np.flatnonzero(order == c * per_class + i)[0])
-                             for i in range(per_class)] for c, wnid in enumerate(names)}  # fmt: skip
+        class_dict = {
+            wnid: [int(np.flatnonzero(order == c * per_class + i)[0]) for i in range(per_class)]
+            for c, wnid in enumerate(names)
+        }
         with (root / f"mini-imagenet-cache-{split}.pkl").open("wb") as handle:
             pickle.dump({"image_data": data, "class_dict": class_dict}, handle)
         written[split] = list(zip(names, blocks))
     return written
 
 
-def write_tiered_imagenet(root: Path, classes: dict[str, int], per_class: int, size: int = 84,
-                          images: str = "png", seed: int = 0) -> dict:  # fmt: skip
+def write_tiered_imagenet(
+    root: Path,
+    classes: dict[str, int],
+    per_class: int,
+    size: int = 84,
+    images: str = "png",
+    seed: int = 0,
+) -> dict:
     """Ren et al.'s layout: {split}_labels.pkl and {split}_images_png.pkl (PNG bytes) or
     {split}_images.npz (key 'images'); the images of a split's classes interleaved."""
     root.mkdir(parents=True, exist_ok=True)
     written = {}
     for s, split in enumerate(SPLITS):
         names = [f"{split}_class_{c}" for c in range(classes[split])]
-        blocks = [random_images(per_class + c % 2, size, seed * 1000 + s * 100 + c)
-                  for c in range(len(names))]  # unequal class sizes, as in the real set
+        blocks = [
+            random_images(per_class + c % 2, size, seed * 1000 + s * 100 + c)
+            for c in range(len(names))
+        ]  # unequal class sizes, as in the real set
         labels = np.concatenate([np.full(len(b), c) for c, b in enumerate(blocks)])
         order = np.random.default_rng(seed + s).permutation(len(labels))
         data, labels = np.concatenate(blocks)[order], labels[order]
-        record = {"label_specific": labels, "label_general": labels // 2,
-                  "label_specific_str": names, "label_general_str": ["a", "b", "c"]}  # fmt: skip
+        record = {
+            "label_specific": labels,
+            "label_general": labels // 2,
+            "label_specific_str": names,
+            "label_general_str": ["a", "b", "c"],
+        }
         with (root / f"{split}_labels.pkl").open("wb") as handle:
             pickle.dump(record, handle)
         if images == "npz":
@@ -129,14 +147,19 @@ def write_cifar100(root: Path, per_class: int = 6, seed: int = 0) -> dict:
     fine_names = sorted(name for names in CIFAR_SUPERCLASSES.values() for name in names)
     coarse_names = sorted(CIFAR_SUPERCLASSES)
     coarse_of = {f: coarse_names.index(c) for c, names in CIFAR_SUPERCLASSES.items() for f in names}
-    written = {name: random_images(per_class, 32, seed * 1000 + i) for i, name in enumerate(fine_names)}
+    written = {
+        name: random_images(per_class, 32, seed * 1000 + i) for i, name in enumerate(fine_names)
+    }
     parts = {}
     for part, rows in (("train", slice(0, per_class - 1)), ("test", slice(per_class - 1, None))):
         images = np.concatenate([written[name][rows] for name in fine_names])
         fine = [i for i, name in enumerate(fine_names) for _ in range(len(written[name][rows]))]
-        parts[part] = {"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
-                       "fine_labels": fine, "coarse_labels": [coarse_of[fine_names[f]] for f in fine],
-                       "filenames": [f"{i}.png" for i in range(len(fine))]}  # fmt: skip
+        parts[part] = {
+            "data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+            "fine_labels": fine,
+            "coarse_labels": [coarse_of[fine_names[f]] for f in fine],
+            "filenames": [f"{i}.png" for i in range(len(fine))],
+        }
     parts["meta"] = {"fine_label_names": fine_names, "coarse_label_names": coarse_names}
     with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as archive:
         for name, content in parts.items():
@@ -147,7 +170,9 @@ def write_cifar100(root: Path, per_class: int = 6, seed: int = 0) -> dict:
     return written
 
 
-def write_cub(root: Path, classes: int = 8, per_class: int = 4, size: int = 96, seed: int = 0) -> dict:
+def write_cub(
+    root: Path, classes: int = 8, per_class: int = 4, size: int = 96, seed: int = 0
+) -> dict:
     """CUB_200_2011/images/<NNN.Name>/<Name_NNNN>.jpg; returns {class folder: uint8 images}."""
     written = {}
     for c in range(classes):

@@ -51,9 +51,21 @@ def assert_loaded_as_written(dataset, written: dict) -> None:
 
 def test_mini_imagenet_csv_layout_loads_the_written_images(tmp_path):
     written = write_mini_imagenet_csv(tmp_path, CLASSES, per_class=5, size=12)
-    decoded = {split: [(name, np.stack([np.asarray(Image.open(path)) for path in sorted(
-        (tmp_path / "images").glob(f"{name}*.jpg"))])) for name, _ in classes]
-        for split, classes in written.items()}  # fmt: skip
+    decoded = {
+        split: [
+            (
+                name,
+                np.stack(
+                    [
+                        np.asarray(Image.open(path))
+                        for path in sorted((tmp_path / "images").glob(f"{name}*.jpg"))
+                    ]
+                ),
+            )
+            for name, _ in classes
+        ]
+        for split, classes in written.items()
+    }
     assert_loaded_as_written(MiniImageNet(str(tmp_path), image_size=12), decoded)
 
 
@@ -68,8 +80,10 @@ def test_both_mini_imagenet_layouts_give_the_same_labels(tmp_path):
     write_mini_imagenet_csv(tmp_path / "csv", CLASSES, per_class=2, size=12)
     write_mini_imagenet_pickle(tmp_path / "pkl", CLASSES, per_class=2, size=12)
     for split in SPLITS:
-        assert (MiniImageNet(str(tmp_path / "csv"), 12).split(split).names
-                == MiniImageNet(str(tmp_path / "pkl"), 12).split(split).names)  # fmt: skip
+        assert (
+            MiniImageNet(str(tmp_path / "csv"), 12).split(split).names
+            == MiniImageNet(str(tmp_path / "pkl"), 12).split(split).names
+        )
 
 
 @pytest.mark.parametrize("images", ["png", "npz"])
@@ -91,8 +105,10 @@ def test_cifar_fs_has_64_16_20_classes_with_their_images(cifar):
     dataset = CifarFS(str(folder), download=False)
     assert [dataset.num_classes(split) for split in SPLITS] == [64, 16, 20]
     assert "rocket" in dataset.split("test").names and "otter" in dataset.split("val").names
-    assert_loaded_as_written(dataset, {split: [(name, written[name]) for name in
-                                              dataset.split(split).names] for split in SPLITS})  # fmt: skip
+    assert_loaded_as_written(
+        dataset,
+        {split: [(name, written[name]) for name in dataset.split(split).names] for split in SPLITS},
+    )
 
 
 def test_fc100_splits_by_superclass_60_20_20(cifar):
@@ -103,15 +119,20 @@ def test_fc100_splits_by_superclass_60_20_20(cifar):
     groups = [{superclass[name] for name in dataset.split(split).names} for split in SPLITS]
     assert [len(group) for group in groups] == [12, 4, 4]
     assert groups[2] == {"aquatic_mammals", "insects", "medium_mammals", "people"}
-    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert (
+        not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    )
 
 
 def test_cub_splits_sorted_classes_by_remainder_and_crops_to_size(tmp_path):
     write_cub(tmp_path, classes=8, per_class=3, size=40)
     dataset = CUB(str(tmp_path), image_size=20, download=False)
     names = {split: [name.split(".")[0] for name in dataset.split(split).names] for split in SPLITS}
-    assert names == {"train": ["001", "003", "005", "007"], "val": ["002", "006"],
-                     "test": ["004", "008"]}  # fmt: skip
+    assert names == {
+        "train": ["001", "003", "005", "007"],
+        "val": ["002", "006"],
+        "test": ["004", "008"],
+    }
     assert dataset.split("train").images.shape == (12, 3, 20, 20)
 
 
@@ -119,8 +140,10 @@ def test_image_folder_fraction_split_is_seeded_disjoint_and_lossless(tmp_path):
     written = write_image_folder(tmp_path, {f"c{i}": 3 + i % 3 for i in range(10)}, size=16)
     dataset = ImageFolder(str(tmp_path), image_size=16, fractions=[0.6, 0.2, 0.2], split_seed=3)
     assert [dataset.num_classes(split) for split in SPLITS] == [6, 2, 2]
-    assert_loaded_as_written(dataset, {split: [(name, written[name]) for name in
-                                              dataset.split(split).names] for split in SPLITS})  # fmt: skip
+    assert_loaded_as_written(
+        dataset,
+        {split: [(name, written[name]) for name in dataset.split(split).names] for split in SPLITS},
+    )
     again = ImageFolder(str(tmp_path), image_size=16, fractions=[0.6, 0.2, 0.2], split_seed=3)
     other = ImageFolder(str(tmp_path), image_size=16, fractions=[0.6, 0.2, 0.2], split_seed=4)
     assert again.split("test").names == dataset.split("test").names
@@ -243,8 +266,10 @@ def test_augmentation_leaves_validation_and_test_alone(augmented):
     for split in ("val", "test"):
         args = (split, 2, 1, 1, torch.device("cpu"))
         generator = lambda: torch.Generator().manual_seed(0)
-        assert torch.equal(with_augment.sampler(*args).sample(3, generator()).query_x,
-                           plain.sampler(*args).sample(3, generator()).query_x)  # fmt: skip
+        assert torch.equal(
+            with_augment.sampler(*args).sample(3, generator()).query_x,
+            plain.sampler(*args).sample(3, generator()).query_x,
+        )
 
 
 def test_labelled_batches_of_unequal_classes_carry_their_labels(tmp_path):

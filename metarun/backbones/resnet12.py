@@ -10,23 +10,46 @@ functional inner loops work as with Conv-4.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DropBlock2d
 
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
+
+
+class DropBlock(nn.Module):
+    """DropBlock (Ghiasi et al. 2018): zeroes random block x block squares of each feature map in
+    training and rescales the rest. torchvision.ops.DropBlock2d draws its noise in place on an
+    unbatched tensor, which torch.func.vmap refuses; this draws it from the batched input."""
+
+    def __init__(self, p: float, block_size: int) -> None:
+        super().__init__()
+        self.p, self.block_size = p, block_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        height, width, b = x.shape[-2], x.shape[-1], self.block_size
+        gamma = self.p * height * width / (b * b * (height - b + 1) * (width - b + 1))
+        centres = torch.bernoulli(torch.full_like(x[..., : height - b + 1, : width - b + 1], gamma))
+        dropped = F.max_pool2d(F.pad(centres, [b // 2] * 4), b, stride=1, padding=b // 2)
+        keep = 1.0 - dropped  # [..., height, width]: b odd keeps the size
+        return x * keep * (keep.numel() / keep.sum().clamp_min(1.0))
 
 
 class Block(nn.Module):
     def __init__(self, channels: int, planes: int, drop: nn.Module) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, planes, 3, padding=1, bias=False), TaskBatchNorm2d(planes),
+            nn.Conv2d(channels, planes, 3, padding=1, bias=False),
+            TaskBatchNorm2d(planes),
             nn.LeakyReLU(0.1),
-            nn.Conv2d(planes, planes, 3, padding=1, bias=False), TaskBatchNorm2d(planes),
+            nn.Conv2d(planes, planes, 3, padding=1, bias=False),
+            TaskBatchNorm2d(planes),
             nn.LeakyReLU(0.1),
-            nn.Conv2d(planes, planes, 3, padding=1, bias=False), TaskBatchNorm2d(planes),
-        )  # fmt: skip
+            nn.Conv2d(planes, planes, 3, padding=1, bias=False),
+            TaskBatchNorm2d(planes),
+        )
         self.shortcut = nn.Sequential(
             nn.Conv2d(channels, planes, 1, bias=False), TaskBatchNorm2d(planes)
         )
@@ -53,15 +76,20 @@ class ResNet12(nn.Module):
             )
         inputs, height, width = input_shape
         if min(height, width) < 16:
-            raise ConfigError(f"Images of {tuple(input_shape)} are too small for ResNet-12's four "
-                              "2x2 poolings; raise dataset.image_size to 16 or more.")  # fmt: skip
+            raise ConfigError(
+                f"Images of {tuple(input_shape)} are too small for ResNet-12's four "
+                "2x2 poolings; raise dataset.image_size to 16 or more."
+            )
         blocks = []
         for index, planes in enumerate(channels):
-            late = index >= len(channels) - 2
-            drop = (DropBlock2d(drop_rate, drop_block_size) if late else nn.Dropout(drop_rate)) \
-                if drop_rate > 0 else nn.Identity()  # fmt: skip
-            blocks.append(Block(channels[index - 1] if index else inputs, planes, drop))
             height, width = height // 2, width // 2
+            drop: nn.Module = nn.Identity()
+            if drop_rate > 0 and index >= len(channels) - 2:
+                side = min(height, width)  # an odd block that fits in the map
+                drop = DropBlock(drop_rate, min(drop_block_size, side - 1 + side % 2))
+            elif drop_rate > 0:
+                drop = nn.Dropout(drop_rate)
+            blocks.append(Block(channels[index - 1] if index else inputs, planes, drop))
         pool = [nn.AdaptiveAvgPool2d(1)] if average_pool else []
         self.features = nn.Sequential(*blocks, *pool, nn.Flatten())
         self.out_shape = (channels[-1], 1, 1) if average_pool else (channels[-1], height, width)

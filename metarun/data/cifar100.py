@@ -21,17 +21,56 @@ URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 ARCHIVE, FOLDER = "cifar-100-python.tar.gz", "cifar-100-python"
 CIFAR_FS_HELD_OUT = {
-    "val": ("beaver", "otter", "flatfish", "shark", "lamp", "television", "beetle", "butterfly",
-            "sea", "camel", "cattle", "crab", "crocodile", "maple_tree", "motorcycle", "tractor"),
-    "test": ("whale", "poppy", "rose", "sweet_pepper", "telephone", "bed", "table", "wardrobe",
-             "leopard", "plain", "chimpanzee", "fox", "snail", "worm", "baby", "man", "woman",
-             "bicycle", "pickup_truck", "rocket"),
-}  # fmt: skip
+    "val": (
+        "beaver",
+        "otter",
+        "flatfish",
+        "shark",
+        "lamp",
+        "television",
+        "beetle",
+        "butterfly",
+        "sea",
+        "camel",
+        "cattle",
+        "crab",
+        "crocodile",
+        "maple_tree",
+        "motorcycle",
+        "tractor",
+    ),
+    "test": (
+        "whale",
+        "poppy",
+        "rose",
+        "sweet_pepper",
+        "telephone",
+        "bed",
+        "table",
+        "wardrobe",
+        "leopard",
+        "plain",
+        "chimpanzee",
+        "fox",
+        "snail",
+        "worm",
+        "baby",
+        "man",
+        "woman",
+        "bicycle",
+        "pickup_truck",
+        "rocket",
+    ),
+}
 FC100_HELD_OUT = {
-    "val": ("large_carnivores", "large_omnivores_and_herbivores", "non-insect_invertebrates",
-            "small_mammals"),
+    "val": (
+        "large_carnivores",
+        "large_omnivores_and_herbivores",
+        "non-insect_invertebrates",
+        "small_mammals",
+    ),
     "test": ("aquatic_mammals", "insects", "medium_mammals", "people"),
-}  # fmt: skip
+}
 
 
 class Cifar100Split(ClassImages):
@@ -51,8 +90,10 @@ class Cifar100Split(ClassImages):
         files = [folder / name for name in ("train", "test", "meta")]
         for path in files:
             if not path.exists():
-                raise ConfigError(f"{path} is missing: {self.folder} holds a partial CIFAR-100. "
-                                  f"Restore the official {ARCHIVE} there.")  # fmt: skip
+                raise ConfigError(
+                    f"{path} is missing: {self.folder} holds a partial CIFAR-100. "
+                    f"Restore the official {ARCHIVE} there."
+                )
         return files
 
     def _fetch(self) -> None:
@@ -62,19 +103,24 @@ class Cifar100Split(ClassImages):
             return
         where = f"CIFAR-100 was not found in {self.folder} (expected {ARCHIVE} or {FOLDER}/)."
         if not self.download:
-            raise ConfigError(f"{where} Set dataset.root to the folder that holds it, or set "
-                              "dataset.download=true.")  # fmt: skip
+            raise ConfigError(
+                f"{where} Set dataset.root to the folder that holds it, or set "
+                "dataset.download=true."
+            )
         try:
             download_and_extract_archive(URL, str(self.folder), md5=MD5)
         except Exception as error:
-            raise ConfigError(f"{where} Downloading {URL} failed ({error}). Put the archive "
-                              "there by hand.") from None  # fmt: skip
+            raise ConfigError(
+                f"{where} Downloading {URL} failed ({error}). Put the archive there by hand."
+            ) from None
 
     def listing(self) -> dict[str, list[tuple[str, list]]]:
         folder = self.folder / FOLDER
         meta = read_pickle(folder / "meta", ("fine_label_names", "coarse_label_names"))
-        parts = [read_pickle(folder / part, ("data", "fine_labels", "coarse_labels"))
-                 for part in ("train", "test")]  # fmt: skip
+        parts = [
+            read_pickle(folder / part, ("data", "fine_labels", "coarse_labels"))
+            for part in ("train", "test")
+        ]
         images = np.concatenate([part["data"] for part in parts]).reshape(-1, 3, 32, 32)
         images = images.transpose(0, 2, 3, 1)  # [N, H, W, C], as decode reads arrays
         fine = np.concatenate([part["fine_labels"] for part in parts])

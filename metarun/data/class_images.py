@@ -152,8 +152,11 @@ class ClassImages:
         return fit(image, self.image_size).float() / 255.0
 
     def protocol(self) -> dict:
-        return {"dataset": self.name, "image_size": self.image_size,
-                "classes": {split: self.num_classes(split) for split in SPLITS}}  # fmt: skip
+        return {
+            "dataset": self.name,
+            "image_size": self.image_size,
+            "classes": {split: self.num_classes(split) for split in SPLITS},
+        }
 
     def split(self, split: str) -> SplitImages:
         if self._splits is None:
@@ -165,8 +168,9 @@ class ClassImages:
 
     def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device):
         part = self.split(split)
-        sampler = ClassImageSampler(part.images.to(device), split, ways, shots, queries,
-                                    part.counts, part.names)  # fmt: skip
+        sampler = ClassImageSampler(
+            part.images.to(device), split, ways, shots, queries, part.counts, part.names
+        )
         return self._augmented(sampler, split)
 
     def labelled_batches(self, split: str, batch_size: int, device: torch.device):
@@ -187,8 +191,12 @@ def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
     """The dataset's splits from its cache, decoding the sources first when the cache is missing,
     unreadable or was built from other files or at another size."""
     settings = dataset.cache_settings()
-    stamp = {"version": CACHE_VERSION, "image_size": dataset.image_size, "settings": settings,
-             "fingerprint": fingerprint(dataset.sources())}  # fmt: skip
+    stamp = {
+        "version": CACHE_VERSION,
+        "image_size": dataset.image_size,
+        "settings": settings,
+        "fingerprint": fingerprint(dataset.sources()),
+    }
     name = f"{dataset.name}_{dataset.image_size}px"
     if settings:  # each split choice keeps its own cache
         name += "_" + hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:8]
@@ -197,8 +205,12 @@ def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
     if index is None:
         index = _build(dataset, index_path, stamp)
     shape = index["shape"]
-    flat = torch.from_file(str(index_path.with_name(index["raw"])), shared=False,
-                           size=shape[0] * shape[1] * shape[2] * shape[3], dtype=torch.uint8)  # fmt: skip
+    flat = torch.from_file(
+        str(index_path.with_name(index["raw"])),
+        shared=False,
+        size=shape[0] * shape[1] * shape[2] * shape[3],
+        dtype=torch.uint8,
+    )
     flat = flat.view(*shape)
     splits, start = {}, 0
     for split in SPLITS:
@@ -232,11 +244,13 @@ def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
     shape = [total, dataset.channels, dataset.image_size, dataset.image_size]
     index_path.parent.mkdir(parents=True, exist_ok=True)
     raw = index_path.with_name(f"{index_path.stem}-{uuid.uuid4().hex[:8]}.uint8")
-    pixels = torch.from_file(str(raw), shared=True, size=total * shape[1] * shape[2] * shape[3],
-                             dtype=torch.uint8).view(*shape)  # fmt: skip
+    pixels = torch.from_file(
+        str(raw), shared=True, size=total * shape[1] * shape[2] * shape[3], dtype=torch.uint8
+    ).view(*shape)
     items = [item for split in SPLITS for _, listed in listing[split] for item in listed]
-    for position, item in enumerate(tqdm(items, desc=f"caching {dataset.name}", unit="image",
-                                         leave=False)):  # fmt: skip
+    for position, item in enumerate(
+        tqdm(items, desc=f"caching {dataset.name}", unit="image", leave=False)
+    ):
         pixels[position] = dataset.decode(item)
     del pixels
     index = {**stamp, "raw": raw.name, "shape": shape, "counts": counts, "names": names}

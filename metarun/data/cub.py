@@ -48,15 +48,20 @@ class CUB(ClassImages):
         if archive.exists():
             extract_archive(str(archive), str(self.folder))
             return
-        where = f"CUB-200-2011 was not found in {self.folder} (expected {ARCHIVE} or CUB_200_2011/)."
+        where = (
+            f"CUB-200-2011 was not found in {self.folder} (expected {ARCHIVE} or CUB_200_2011/)."
+        )
         if not self.download:
-            raise ConfigError(f"{where} Set dataset.root to the folder that holds it, or set "
-                              "dataset.download=true.")  # fmt: skip
+            raise ConfigError(
+                f"{where} Set dataset.root to the folder that holds it, or set "
+                "dataset.download=true."
+            )
         try:
             download_and_extract_archive(URL, str(self.folder), filename=ARCHIVE, md5=MD5)
         except Exception as error:
-            raise ConfigError(f"{where} Downloading {URL} failed ({error}). Put the archive "
-                              "there by hand.") from None  # fmt: skip
+            raise ConfigError(
+                f"{where} Downloading {URL} failed ({error}). Put the archive there by hand."
+            ) from None
 
     def listing(self) -> dict[str, list[tuple[str, list[Path]]]]:
         classes = sorted(path for path in self.images_folder.iterdir() if path.is_dir())

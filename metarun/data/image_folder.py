@@ -36,14 +36,18 @@ class ImageFolder(ClassImages):
 
     def _samples(self) -> tuple[list[str], list[tuple[str, int]]]:
         if not self.folder.is_dir():
-            raise ConfigError(f"dataset.root={str(self.folder)!r} is not a folder. Point it at a "
-                              "folder holding one subfolder of images per class.")  # fmt: skip
+            raise ConfigError(
+                f"dataset.root={str(self.folder)!r} is not a folder. Point it at a "
+                "folder holding one subfolder of images per class."
+            )
         try:
             classes, index = find_classes(str(self.folder))
             return classes, make_dataset(str(self.folder), index, extensions=IMG_EXTENSIONS)
         except FileNotFoundError as error:
-            raise ConfigError(f"dataset=image_folder: {error} Each class needs its own "
-                              f"subfolder of {self.folder} with image files in it.") from None  # fmt: skip
+            raise ConfigError(
+                f"dataset=image_folder: {error} Each class needs its own "
+                f"subfolder of {self.folder} with image files in it."
+            ) from None
 
     def sources(self) -> list[Path]:
         return [Path(path) for path, _ in self._samples()[1]]
@@ -68,29 +72,38 @@ class ImageFolder(ClassImages):
                     )
             return chosen
         if len(self.fractions) != 3 or min(self.fractions) <= 0:
-            raise ConfigError(f"dataset.fractions={self.fractions} must be three positive "
-                              "numbers (train, val, test), e.g. [0.6, 0.2, 0.2].")  # fmt: skip
-        order = torch.randperm(len(classes), generator=torch.Generator().manual_seed(self.split_seed))
+            raise ConfigError(
+                f"dataset.fractions={self.fractions} must be three positive "
+                "numbers (train, val, test), e.g. [0.6, 0.2, 0.2]."
+            )
+        order = torch.randperm(
+            len(classes), generator=torch.Generator().manual_seed(self.split_seed)
+        )
         total = sum(self.fractions)
         ends = [round(len(classes) * sum(self.fractions[: i + 1]) / total) for i in range(3)]
         starts = [0, *ends[:2]]
-        chosen = {split: sorted(classes[i] for i in order[start:end].tolist())
-                  for split, start, end in zip(SPLITS, starts, ends)}  # fmt: skip
+        chosen = {
+            split: sorted(classes[i] for i in order[start:end].tolist())
+            for split, start, end in zip(SPLITS, starts, ends)
+        }
         empty = [split for split in SPLITS if not chosen[split]]
         if empty:
             raise ConfigError(
                 f"dataset.fractions={self.fractions} leaves the {empty[0]} split of the "
-                f"{len(classes)} classes in {self.folder} empty. Add classes or change the fractions."
+                f"{len(classes)} classes in {self.folder} empty. Add classes or change the "
+                "fractions."
             )
         return chosen
 
     def _read_names(self, split: str) -> list[str]:
         if split not in self.split_files:
-            raise ConfigError(f"dataset.split_files needs train, val and test entries; {split} "
-                              "is missing.")  # fmt: skip
+            raise ConfigError(
+                f"dataset.split_files needs train, val and test entries; {split} is missing."
+            )
         path = Path(self.split_files[split]).expanduser()
         if not path.exists():
-            raise ConfigError(f"dataset.split_files.{split}={str(path)!r} does not exist. Give a "
-                              "text file with one class folder name per line.")  # fmt: skip
+            raise ConfigError(
+                f"dataset.split_files.{split}={str(path)!r} does not exist. Give a "
+                "text file with one class folder name per line."
+            )
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-

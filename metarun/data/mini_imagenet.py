@@ -70,6 +70,7 @@ class MiniImageNet(ClassImages):
         path = self.folder / f"mini-imagenet-cache-{split}.pkl"
         stored = read_pickle(path, ("image_data", "class_dict"))
         images = stored["image_data"]
-        return [(name, [(images, row) for row in rows])
-                for name, rows in sorted(stored["class_dict"].items())]  # fmt: skip
-
+        return [
+            (name, [(images, row) for row in rows])
+            for name, rows in sorted(stored["class_dict"].items())
+        ]

@@ -56,8 +56,15 @@ class ClassImageSampler:
         self.images = images
         self.flat, self.counts, _ = class_layout(images, counts)
         smallest = int(self.counts.argmin())
-        check_shape(split, ways, shots, queries, len(self.counts), int(self.counts[smallest]),
-                    names[smallest] if names else None)  # fmt: skip
+        check_shape(
+            split,
+            ways,
+            shots,
+            queries,
+            len(self.counts),
+            int(self.counts[smallest]),
+            names[smallest] if names else None,
+        )
         self.ways, self.shots, self.queries = ways, shots, queries
 
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
@@ -107,9 +114,7 @@ class LabelledImageSampler:
         plan = self.draw(num_tasks, generator)
         labels = torch.bucketize(plan, self.class_ends, right=True).to(self.flat.device)
         pixels = self.flat[plan.to(self.flat.device)].float().div_(255.0)  # [tasks, batch, C, H, W]
-        return Episode(
-            pixels[:, :0], labels[:, :0], pixels, labels, ways=len(self.counts)
-        )
+        return Episode(pixels[:, :0], labels[:, :0], pixels, labels, ways=len(self.counts))
 
 
 class Augmented:

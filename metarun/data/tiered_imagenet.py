@@ -21,9 +21,10 @@ from metarun.errors import ConfigError
 
 WHERE = (
     "tieredImageNet is built from ImageNet, whose terms do not allow redistribution, so metarun "
-    "cannot download it. Get Ren et al.'s release (https://github.com/renmengye/few-shot-ssl-public: "
-    "{split}_images_png.pkl or {split}_images.npz, and {split}_labels.pkl for train, val and "
-    "test), then set dataset.root to their folder."
+    "cannot download it. Get Ren et al.'s release "
+    "(https://github.com/renmengye/few-shot-ssl-public: {split}_images_png.pkl or "
+    "{split}_images.npz, and {split}_labels.pkl for train, val and test), then set "
+    "dataset.root to their folder."
 )
 LABEL_KEYS = ("label_specific", "label_specific_str")
 
@@ -59,8 +60,10 @@ class TieredImageNet(ClassImages):
                 f"labels: one of the files is truncated. {WHERE}"
             )
         names = list(labels["label_specific_str"])
-        return [(str(names[label]), [(images, int(row)) for row in np.flatnonzero(specific == label)])
-                for label in range(len(names))]  # fmt: skip
+        return [
+            (str(names[label]), [(images, int(row)) for row in np.flatnonzero(specific == label)])
+            for label in range(len(names))
+        ]
 
     def _images(self, path: Path):
         if path.suffix == ".npz":
@@ -83,4 +86,3 @@ class TieredImageNet(ClassImages):
                 f"Image {row} of a tieredImageNet png pickle in {self.folder} cannot be decoded: "
                 f"the file is damaged. {WHERE}"
             ) from None
-
