@@ -69,7 +69,13 @@ def _select(cfg: DictConfig, key: str):
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """Rejects counts, rates and choices that cannot work, naming the setting."""
+    """Rejects missing values, counts, rates and choices that cannot work, naming the setting."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} has no value (its config leaves it as ???). Give it on the command "
+            f"line, e.g. {missing[0]}=<value>; configs/ says what it means."
+        )
     for key, allowed in CHOICES.items():
         value = _select(cfg, key)
         if value is not None and value not in allowed:

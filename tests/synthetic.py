@@ -15,7 +15,12 @@ class TinyImages:
     pixel_range = (0.0, 1.0)
 
     def __init__(
-        self, classes: int = 8, per_class: int = 10, image_size: int = 16, seed: int = 0
+        self,
+        classes: int = 8,
+        per_class: int = 10,
+        image_size: int = 16,
+        seed: int = 0,
+        channels: int = 1,
     ) -> None:
         self.classes, self.per_class, self.image_size, self.seed = (
             classes,
@@ -23,12 +28,12 @@ class TinyImages:
             image_size,
             seed,
         )
-        self.input_shape = (1, image_size, image_size)
+        self.input_shape = (channels, image_size, image_size)
 
     def split_images(self, split: str) -> torch.Tensor:
-        """uint8 [classes, per_class, 1, H, W]; each split has its own classes."""
+        """uint8 [classes, per_class, C, H, W]; each split has its own classes."""
         generator = torch.Generator().manual_seed(self.seed * 10 + SPLITS[split])
-        shape = (self.classes, 1, 1, self.image_size, self.image_size)
+        shape = (self.classes, 1, self.input_shape[0], self.image_size, self.image_size)
         patterns = torch.rand(shape, generator=generator) * 200
         noise = torch.rand(self.classes, self.per_class, *shape[2:], generator=generator) * 55
         return (patterns + noise).to(torch.uint8)

@@ -76,6 +76,10 @@ TRAIN_MISTAKES = [
     (["algo=reptile", "task.attack=fgsm"], "algo=Reptile meta-trains with a loss of its own"),
     (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm=0"),
     (["init_from=/nonexistent/run"], "No checkpoint at /nonexistent/run"),
+    (["dataset=image_folder"], "dataset.root has no value"),
+    (["dataset=mini_imagenet", "dataset.root=/nonexistent/mini"], "cannot download it"),
+    (["dataset=cub", "dataset.root=/nonexistent/cub", "dataset.download=false"], "CUB-200-2011"),
+    (["backbone=resnet12", "dataset.image_size=12"], "too small for ResNet-12"),
     (
         ["trainer.resume=/nonexistent/run"],
         "trainer.resume=/nonexistent/run has no valid checkpoint",

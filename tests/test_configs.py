@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import open_dict
 
 from metarun.build import build, build_algorithm, build_optimizer, check_settings
+from metarun.data.class_images import ClassImages
+from metarun.data.omniglot import Omniglot
 
 GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONFIGS.glob("*/*.yaml"))
 RL = ["algo=maml_rl", "dataset=navigation_2d", "backbone=mlp"]
@@ -19,6 +23,8 @@ COMPANIONS = {
     "dataset/gp_1d": ["backbone=pixels", "algo=cnp"],
     "algo/cnp": ["dataset=gp_1d", "backbone=pixels"],
     "algo/adml": ["task.attack=fgsm"],  # ADML meta-trains on an attack
+    "augment/chen": ["dataset=mini_imagenet"],  # transforms of an image benchmark's images
+    "augment/metaoptnet": ["dataset=mini_imagenet"],
     "dataset/omniglot_completion": ["backbone=pixels", "algo=cnp"],
     **{
         f"dataset/{name}": RL[::2]
@@ -33,13 +39,22 @@ EXPERIMENTS = [name for group, name in GROUP_FILES if group == "experiment"]
 
 
 def compose_without_data(*overrides: str):
-    """The train config; Omniglot replaced by the in-memory TinyImages (same image interface),
-    so every group and preset is built without a data folder."""
+    """The train config; Omniglot and the image benchmarks replaced by the in-memory TinyImages
+    (same image interface, their image size and channels), so every group and preset is built
+    without a data folder. An image benchmark's augmentation is built and tried on one image."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", list(overrides))
-    if cfg.dataset._target_.endswith("Omniglot"):
+    target = get_class(cfg.dataset._target_)
+    if target is Omniglot:
         with open_dict(cfg):
             cfg.dataset = {"_target_": "synthetic.TinyImages", "image_size": 28}
+    elif issubclass(target, ClassImages):
+        size = cfg.dataset.image_size
+        if cfg.dataset.augment is not None:
+            image = torch.rand(3, size, size)
+            assert build("dataset", cfg.dataset.augment)(image).shape == image.shape
+        with open_dict(cfg):
+            cfg.dataset = {"_target_": "synthetic.TinyImages", "image_size": size, "channels": 3}
     return cfg
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2 as T
+from conftest import CONFIGS, TINY_IMAGES
+from hydra import compose, initialize_config_dir
 from image_replicas import (
     CIFAR_SUPERCLASSES,
     SPLITS,
@@ -26,6 +28,7 @@ from metarun.data.image_folder import ImageFolder
 from metarun.data.mini_imagenet import MiniImageNet
 from metarun.data.tiered_imagenet import TieredImageNet
 from metarun.errors import ConfigError
+from metarun.run import train
 
 CLASSES = {"train": 4, "val": 2, "test": 3}
 
@@ -282,3 +285,14 @@ def test_labelled_batches_of_unequal_classes_carry_their_labels(tmp_path):
     for image, label in zip(batch.query_x.flatten(0, 1), batch.query_y.flatten()):
         pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0)
         assert any(torch.equal(pixels, torch.from_numpy(p)) for p in written[names[label]])
+
+
+def test_a_run_trains_and_tests_on_a_replica_with_augmentation(tmp_path):
+    write_mini_imagenet_pickle(tmp_path / "mini", CLASSES, per_class=6, size=16)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", [*TINY_IMAGES, "dataset=mini_imagenet", "augment=chen",
+                                f"dataset.root={tmp_path / 'mini'}", "dataset.image_size=16",
+                                "algo=protonet", "task.ways=2", "task.train_ways=3"])  # fmt: skip
+    results = train(cfg, tmp_path / "run")
+    assert results["episodes"] == 6 and 0.0 <= results["accuracy"]["mean"] <= 1.0
+    assert (tmp_path / "mini" / "mini_imagenet_16px.pt").exists()

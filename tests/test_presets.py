@@ -86,6 +86,23 @@ PAPERS = {
     "pretrained_rl_navigation_2d": (1, 20, 20, 20, 0.1, 0, 3, 500, "transductive"),
     "maml_rl_half_cheetah_dir": (1, 20, 20, 40, 0.1, 1, 1, 500, "transductive"),
     "maml_rl_half_cheetah_vel": (1, 20, 20, 40, 0.1, 1, 1, 500, "transductive"),
+    # miniImageNet: MAML (Finn et al. 2017, App. A.1: 5 steps of 0.01, 10 at test, 4 and 2 tasks),
+    # ProtoNet (Snell et al. 2017: 30- and 20-way training, 15 queries), Relation Networks (Sung
+    # et al. 2018: 15 and 10 queries, 500k episodes), Baseline++ (Chen et al. 2019: 400 epochs of
+    # batches of 16), ProtoNet with ResNet-12 (MetaOptNet: 15-shot training, 6 queries, 8 tasks);
+    # Matching Networks' schedule is the preset's stated choice.
+    "maml_mini_imagenet_5w1s": (5, 1, 15, 4, 0.01, 5, 10, 60000, "transductive"),
+    "maml_mini_imagenet_5w5s": (5, 5, 15, 2, 0.01, 5, 10, 60000, "transductive"),
+    "protonet_mini_imagenet_5w1s": (30, 1, 15, 1, None, None, None, 20000, "running"),
+    "protonet_mini_imagenet_5w5s": (20, 5, 15, 1, None, None, None, 20000, "running"),
+    "matching_net_mini_imagenet_5w1s": (5, 1, 15, 4, None, None, None, 20000, "transductive"),
+    "matching_net_mini_imagenet_5w5s": (5, 5, 15, 4, None, None, None, 20000, "transductive"),
+    "relation_net_mini_imagenet_5w1s": (5, 1, 15, 1, None, None, None, 500000, "transductive"),
+    "relation_net_mini_imagenet_5w5s": (5, 5, 10, 1, None, None, None, 500000, "transductive"),
+    "baseline_plus_plus_mini_imagenet_5w1s": (5, 1, 15, 1, None, None, None, 960000, "running"),
+    "baseline_plus_plus_mini_imagenet_5w5s": (5, 5, 15, 1, None, None, None, 960000, "running"),
+    "protonet_resnet12_mini_imagenet_5w1s": (5, 15, 6, 8, None, None, None, 60000, "running"),
+    "protonet_resnet12_mini_imagenet_5w5s": (5, 15, 6, 8, None, None, None, 60000, "running"),
 }
 PRESETS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))
 
