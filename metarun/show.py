@@ -35,6 +35,13 @@ def attack(node) -> str:
     return f"{kind}{steps}, epsilon {node['epsilon']}{target}"
 
 
+def augmentation(dataset: dict) -> str:
+    """'none' or the training transforms' names: 'RandomCrop, ColorJitter, RandomHorizontalFlip'."""
+    node = dataset.get("augment") or {}
+    steps = node.get("transforms", [node] if node else [])
+    return ", ".join(_name(step.get("_target_")) for step in steps) or "none"
+
+
 def settings(cfg: DictConfig) -> dict:
     """The values that decide what a run reproduces: episode shapes, rates, inner steps, budget,
     BatchNorm mode and runtime settings, resolved."""
@@ -48,6 +55,7 @@ def settings(cfg: DictConfig) -> dict:
         "algorithm": _name(cfg["algo"]["_target_"]),
         "dataset": _name(cfg["dataset"]["_target_"]),
         "backbone": _name(cfg["backbone"]["_target_"]),
+        "augment": augmentation(cfg["dataset"]),
         "train_episode": episode(
             ways, shots, queries, task["protocol"], task["min_shots"], task["min_queries"]
         ),

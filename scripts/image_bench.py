@@ -6,9 +6,11 @@
 `data` writes a replica of miniImageNet's shape (64/16/20 classes x 600 random 84x84 images) in
 the chosen real layout unless `root` already holds one, then times, each in a fresh process:
 the first load (decoding into the cache), a second load (the cache mapped), and episodes/s
-sampled from the mapped cache; each reports its peak resident memory (VmHWM) next to that of a
-process that only imported torch. `backbones` times forward+backward images/s at 84x84 of
-Conv-4 (32 and 64 filters) and ResNet-12 on a batch of a 5-way 1-shot 15-query episode.
+sampled from the mapped cache; each reports its peak resident memory (VmHWM, mapped cache
+pages included), its peak private memory (RssAnon) and the mapped pages resident at the end,
+next to those of a process that only imported torch. An existing cache is deleted first.
+`backbones` times forward+backward images/s at 84x84 of Conv-4 (32 and 64 filters) and
+ResNet-12 on a batch of a 5-way 1-shot 15-query episode.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,20 +31,38 @@ sys.path.insert(0, str(REPO / "tests"))  # the replica writers live with the tes
 CLASSES = {"train": 64, "val": 16, "test": 20}
 
 
-def peak_memory_mb() -> float:
+def memory_mb(field: str) -> float:
+    """A field of /proc/self/status (VmHWM: peak resident; RssAnon: private memory; RssFile:
+    resident pages of mapped files, the cache among them, which the kernel can drop)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class PeakPrivateMemory(threading.Thread):
+    """Polls RssAnon every 10 ms: the peak private memory, which VmHWM mixes with mapped pages."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0.0
+
+    def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, memory_mb("RssAnon"))
+            time.sleep(0.01)
 
 
 def phase(name: str, root: str) -> dict:
     """One measurement in this process; the caller runs each in a fresh one."""
     from metarun.data.mini_imagenet import MiniImageNet
 
+    watcher = PeakPrivateMemory()
+    watcher.start()
     start = time.perf_counter()
     if name == "import":
-        return {"peak_mb": peak_memory_mb()}
+        time.sleep(0.05)
+        return {"peak_mb": round(memory_mb("VmHWM")), "peak_private_mb": round(watcher.peak)}
     dataset = MiniImageNet(root, image_size=84)
     total = sum(dataset.split(split).images.shape[0] for split in ("train", "val", "test"))
     loaded = time.perf_counter() - start
@@ -56,7 +77,9 @@ def phase(name: str, root: str) -> dict:
                 sampler.sample(tasks, generator)
                 count += tasks
             result[f"episodes_per_s_5w{shots}s"] = round(count / (time.perf_counter() - start), 1)
-    result["peak_mb"] = round(peak_memory_mb())
+    result["peak_mb"] = round(memory_mb("VmHWM"))
+    result["peak_private_mb"] = round(watcher.peak)
+    result["mapped_resident_mb"] = round(memory_mb("RssFile"))
     return result
 
 
@@ -69,6 +92,8 @@ def data(root: Path, layout: str) -> None:
                  "pickle": image_replicas.write_mini_imagenet_pickle}[layout]  # fmt: skip
         write(root, CLASSES, 600, size=84)
         print(f"wrote the {layout} replica in {time.perf_counter() - start:.0f} s")
+    for stale in [*root.glob("mini_imagenet_*.pt"), *root.glob("mini_imagenet_*.uint8")]:
+        stale.unlink()
     for name in ("import", "first load (decode + cache)", "second load (mapped)", "episodes"):
         key = name.split()[0]
         output = subprocess.run([sys.executable, __file__, "phase", key, str(root)],

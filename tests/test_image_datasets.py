@@ -296,3 +296,11 @@ def test_a_run_trains_and_tests_on_a_replica_with_augmentation(tmp_path):
     results = train(cfg, tmp_path / "run")
     assert results["episodes"] == 6 and 0.0 <= results["accuracy"]["mean"] <= 1.0
     assert (tmp_path / "mini" / "mini_imagenet_16px.pt").exists()
+
+
+def test_preprocess_gives_a_new_image_what_the_cache_holds(tmp_path):
+    write_cub(tmp_path, classes=4, per_class=2, size=40)
+    dataset = CUB(str(tmp_path), image_size=20, download=False)
+    first = sorted((tmp_path / "CUB_200_2011" / "images" / "001.Bird_0").iterdir())[0]
+    cached = dataset.split("train").images[0].float() / 255.0
+    assert torch.equal(dataset.preprocess(Image.open(first)), cached)

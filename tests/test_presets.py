@@ -147,3 +147,20 @@ def test_preset_inherits_from_at_most_one_other_preset(name):
             name,
             parent,
         )
+
+
+@pytest.mark.parametrize(
+    "name, augment",
+    [
+        ("protonet_resnet12_mini_imagenet_5w1s", "RandomCrop, ColorJitter, RandomHorizontalFlip"),
+        (
+            "baseline_plus_plus_mini_imagenet_5w5s",
+            "RandomResizedCrop, ColorJitter, RandomHorizontalFlip",
+        ),
+        ("protonet_mini_imagenet_5w1s", "none"),
+    ],
+)
+def test_preset_shows_its_training_augmentation(name, augment):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", [f"experiment={name}"])
+    assert settings(cfg)["augment"] == augment

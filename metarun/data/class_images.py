@@ -138,7 +138,11 @@ class ClassImages:
         if isinstance(item, tuple):
             array, row = item
             return fit(torch.from_numpy(array[row]).permute(2, 0, 1), self.image_size)
-        return fit(open_image(item), self.image_size)
+        return self.to_pixels(open_image(item))
+
+    def to_pixels(self, image: Image.Image) -> torch.Tensor:
+        """A decoded image file -> uint8 [C, image_size, image_size], as the cache stores it."""
+        return fit(image, self.image_size)
 
     def cache_settings(self) -> dict:
         """Settings besides the files and the image size that change what the cache holds."""
@@ -149,7 +153,7 @@ class ClassImages:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """A PIL image -> the model's float input [C, H, W] in [0, 1], as the cache stores it."""
-        return fit(image, self.image_size).float() / 255.0
+        return self.to_pixels(image).float() / 255.0
 
     def protocol(self) -> dict:
         return {

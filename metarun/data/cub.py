@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 
-from metarun.data.class_images import SPLITS, ClassImages, fit, open_image
+from metarun.data.class_images import SPLITS, ClassImages, fit
 from metarun.errors import ConfigError
 
 URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
@@ -71,6 +72,6 @@ class CUB(ClassImages):
             listing[SPLIT_OF_REMAINDER[index % 4]].append((folder.name, images))
         return listing
 
-    def decode(self, item: Path) -> torch.Tensor:
-        larger = fit(open_image(item), int(self.image_size * MARGIN))
+    def to_pixels(self, image: Image.Image) -> torch.Tensor:
+        larger = fit(image, int(self.image_size * MARGIN))
         return TF.center_crop(larger, [self.image_size, self.image_size])
