@@ -29,6 +29,17 @@ def test_logits_are_negative_squared_distances_to_prototypes():
     torch.testing.assert_close(logits, expected)
 
 
+def test_mean_distance_divides_the_logits_by_the_embedding_size():
+    torch.manual_seed(0)
+    algo = ProtoNet(MLP((4,), hidden=[8]), out_features=3).double()
+    support_x, support_y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([2, 0, 1, 0, 2, 1])
+    query_x = torch.randn(5, 4, dtype=torch.float64)
+    plain = algo.adapt(algo.params(), support_x, support_y, ways=3)(query_x)
+    algo.mean_distance = True
+    averaged = algo.adapt(algo.params(), support_x, support_y, ways=3)(query_x)
+    torch.testing.assert_close(averaged, plain / algo.model(query_x).shape[-1])
+
+
 def test_loop_and_vmap_engines_agree():
     torch.manual_seed(0)
     algo = ProtoNet(MLP((4,), hidden=[8]), out_features=3).double()
