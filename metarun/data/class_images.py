@@ -14,9 +14,11 @@ the fingerprint and the cache is rebuilt.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import stat
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,13 +210,8 @@ def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
     index = _read_index(index_path, stamp)
     if index is None:
         index = _build(dataset, index_path, stamp)
-    shape = index["shape"]
-    flat = torch.from_file(
-        str(index_path.with_name(index["raw"])),
-        shared=False,
-        size=shape[0] * shape[1] * shape[2] * shape[3],
-        dtype=torch.uint8,
-    )
+    raw, shape = index_path.with_name(index["raw"]), index["shape"]
+    flat = torch.from_file(str(raw), shared=False, size=math.prod(shape), dtype=torch.uint8)
     flat = flat.view(*shape)
     splits, start = {}, 0
     for split in SPLITS:
@@ -228,9 +225,8 @@ def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
 def _read_index(path: Path, stamp: dict) -> dict | None:
     try:
         index = torch.load(path, weights_only=True)
-        raw = path.with_name(index["raw"])
-        shape = index["shape"]
-        complete = raw.stat().st_size == shape[0] * shape[1] * shape[2] * shape[3]
+        raw, shape = path.with_name(index["raw"]), index["shape"]
+        complete = raw.stat().st_size == math.prod(shape)
         if complete and all(index[key] == value for key, value in stamp.items()):
             return index
     except Exception:
@@ -240,7 +236,9 @@ def _read_index(path: Path, stamp: dict) -> dict | None:
 
 def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
     """Decodes every listed image straight into a new raw file (no second copy in memory), then
-    publishes its index atomically; an interrupted build leaves the previous cache usable."""
+    publishes its index atomically: an interrupted build publishes nothing, and processes that
+    build at once (torchrun's first run) each map the file they wrote."""
+    started = time.time()
     listing = dataset.listing()
     counts = {split: [len(items) for _, items in listing[split]] for split in SPLITS}
     names = {split: [name for name, _ in listing[split]] for split in SPLITS}
@@ -248,9 +246,8 @@ def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
     shape = [total, dataset.channels, dataset.image_size, dataset.image_size]
     index_path.parent.mkdir(parents=True, exist_ok=True)
     raw = index_path.with_name(f"{index_path.stem}-{uuid.uuid4().hex[:8]}.uint8")
-    pixels = torch.from_file(
-        str(raw), shared=True, size=total * shape[1] * shape[2] * shape[3], dtype=torch.uint8
-    ).view(*shape)
+    pixels = torch.from_file(str(raw), shared=True, size=math.prod(shape), dtype=torch.uint8)
+    pixels = pixels.view(*shape)
     items = [item for split in SPLITS for _, listed in listing[split] for item in listed]
     for position, item in enumerate(
         tqdm(items, desc=f"caching {dataset.name}", unit="image", leave=False)
@@ -259,7 +256,7 @@ def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
     del pixels
     index = {**stamp, "raw": raw.name, "shape": shape, "counts": counts, "names": names}
     atomic_save(index, index_path)
-    for stale in index_path.parent.glob(f"{index_path.stem}-*.uint8"):  # older or interrupted
-        if stale != raw:
+    for stale in index_path.parent.glob(f"{index_path.stem}-*.uint8"):
+        if stale != raw and stale.stat().st_mtime < started:  # not another process's build
             stale.unlink(missing_ok=True)
     return index

@@ -7,10 +7,7 @@ one uint8 tensor file, so every later run starts in about a second.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import stat
 import zipfile
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from metarun.checkpoint import atomic_save
+from metarun.data.class_images import cache_location
 from metarun.data.sampler import ClassImageSampler, LabelledImageSampler, OnlineSequenceSampler
 from metarun.errors import ConfigError
 
@@ -176,13 +174,7 @@ def _read_cache(path: Path, image_size: int) -> dict | None:
 
 def cache_path(folder: Path, image_size: int) -> Path:
     """Beside the data when its folder is writable, else under $METARUN_CACHE (~/.cache/metarun)."""
-    name = f"omniglot_{image_size}px.pt"
-    # Permission bits, not os.access alone: as root the latter would write into read-only shares.
-    if folder.is_dir() and folder.stat().st_mode & stat.S_IWUSR and os.access(folder, os.W_OK):
-        return folder / name
-    cache = Path(os.environ.get("METARUN_CACHE", Path.home() / ".cache" / "metarun"))
-    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
-    return cache / f"{digest}_{name}"
+    return cache_location(folder, f"omniglot_{image_size}px.pt")
 
 
 def read_archive(root: Path, archive: str, image_size: int) -> dict[str, torch.Tensor]:
