@@ -34,7 +34,7 @@ TINY_OMNIGLOT = [
 TINY_IMAGES = [
     "task.meta_batch_size=2", "task.queries=2", "trainer.iterations=4", "trainer.log_every=2",
     "trainer.val_every=2", "trainer.val_episodes=4", "trainer.ckpt_every=2", "eval.episodes=6",
-    "eval.queries=2", "++backbone.hidden=8", "device=cpu",
+    "eval.queries=2", "backbone.hidden=8", "device=cpu",
 ]  # fmt: skip
 
 

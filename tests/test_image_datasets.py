@@ -210,6 +210,22 @@ def test_missing_files_say_where_to_get_them(tmp_path, make, advice):
         make(str(tmp_path)).split("train")
 
 
+def test_truncated_archive_is_named(tmp_path):
+    write_cifar100(tmp_path, per_class=2)
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:2000])
+    with pytest.raises(ConfigError, match="cifar-100-python.tar.gz cannot be extracted"):
+        CifarFS(str(tmp_path), download=False).split("train")
+
+
+def test_truncated_compressed_images_are_named(tmp_path):
+    write_tiered_imagenet(tmp_path, CLASSES, per_class=2, size=8, images="npz")
+    victim = tmp_path / "val_images.npz"
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(ConfigError, match="val_images.npz cannot be read"):
+        TieredImageNet(str(tmp_path), 8).split("train")
+
+
 def test_missing_split_file_is_named(tmp_path):
     write_mini_imagenet_csv(tmp_path, CLASSES, per_class=2, size=12)
     (tmp_path / "test.csv").unlink()

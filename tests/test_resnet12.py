@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONFIGS, TINY_IMAGES
+from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from reference import maml_meta_gradient
 from torchvision.ops import drop_block2d
@@ -67,13 +69,15 @@ RESNET = ["backbone=resnet12", "backbone.channels=[4,4,4,4]"]
 
 
 @pytest.fixture
-def tiny_cfg(tiny_cfg):
-    """The tiny TinyImages config with ResNet-12 (without Conv-4's `hidden`) as the backbone."""
+def tiny_cfg():
+    """The tiny TinyImages config (tests/conftest.py) with ResNet-12 in place of Conv-4."""
 
     def make(*overrides: str):
-        cfg = tiny_cfg(*overrides)
+        tiny = [o for o in TINY_IMAGES if not o.startswith("backbone.")]
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("train", [*tiny, *RESNET, *overrides])
         with open_dict(cfg):
-            cfg.backbone.pop("hidden")
+            cfg.dataset = {"_target_": "synthetic.TinyImages"}
         return cfg
 
     return make
@@ -82,13 +86,13 @@ def tiny_cfg(tiny_cfg):
 @pytest.mark.parametrize("bn", ["transductive", "support", "support_plus_one", "running"])
 @pytest.mark.parametrize("algo", ["maml", "protonet"])
 def test_resnet12_trains_and_tests_in_every_bn_mode(tiny_cfg, tmp_path, bn, algo):
-    results = train(tiny_cfg(*RESNET, f"algo={algo}", f"bn={bn}"), tmp_path)
+    results = train(tiny_cfg(f"algo={algo}", f"bn={bn}"), tmp_path)
     assert 0.0 <= results["accuracy"]["mean"] <= 1.0
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
 def test_dropblock_trains_inside_either_engine(tiny_cfg, tmp_path, engine):
-    cfg = tiny_cfg(*RESNET, "backbone.drop_rate=0.1", "algo=maml", f"engine={engine}")
+    cfg = tiny_cfg("backbone.drop_rate=0.1", "algo=maml", f"engine={engine}")
     assert 0.0 <= train(cfg, tmp_path)["accuracy"]["mean"] <= 1.0
 
 

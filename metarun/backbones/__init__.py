@@ -1,1 +1,16 @@
 """Feature extractors; each declares `out_features` so heads are sized automatically."""
+
+from __future__ import annotations
+
+from metarun.errors import ConfigError
+
+
+def image_shape(backbone: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, height, width) of the dataset's inputs, or a clear error when they are not
+    images (a convolutional backbone on sinusoid's scalars)."""
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"backbone={backbone} needs images [C, H, W] but the dataset gives inputs of "
+            f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs."
+        )
+    return tuple(input_shape)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from metarun.backbones import image_shape
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
@@ -25,12 +26,7 @@ class Conv4(nn.Module):
         pooled_blocks: int | None = None,
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ConfigError(
-                f"backbone=conv4 needs images [C, H, W] but the dataset gives inputs of "
-                f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs."
-            )
-        channels, height, width = input_shape
+        channels, height, width = image_shape("conv4", input_shape)
         pooled_blocks = blocks if pooled_blocks is None else pooled_blocks
         layers: list[nn.Module] = []
         for index in range(blocks):

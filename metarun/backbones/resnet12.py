@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarun.backbones import image_shape
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
@@ -69,12 +70,7 @@ class ResNet12(nn.Module):
         average_pool: bool = False,
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ConfigError(
-                f"backbone=resnet12 needs images [C, H, W] but the dataset gives inputs of "
-                f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs."
-            )
-        inputs, height, width = input_shape
+        inputs, height, width = image_shape("resnet12", input_shape)
         if min(height, width) < 16:
             raise ConfigError(
                 f"Images of {tuple(input_shape)} are too small for ResNet-12's four "

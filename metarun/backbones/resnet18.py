@@ -8,21 +8,17 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from metarun.backbones import image_shape
 from metarun.batchnorm import TaskBatchNorm2d
-from metarun.errors import ConfigError
 
 
 class ResNet18(nn.Module):
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise ConfigError(
-                f"backbone=resnet18 needs images [C, H, W] but the dataset gives inputs of "
-                f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs."
-            )
+        channels = image_shape("resnet18", input_shape)[0]
         self.network = resnet18(weights=None, num_classes=1, norm_layer=TaskBatchNorm2d)
-        if input_shape[0] != 3:
-            self.network.conv1 = nn.Conv2d(input_shape[0], 64, 7, 2, 3, bias=False)
+        if channels != 3:
+            self.network.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
         self.network.fc = nn.Identity()
         self.out_shape = (512, 1, 1)
         self.out_features = 512

@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 
-from metarun.data.class_images import SPLITS, ClassImages, read_pickle
+from metarun.data.class_images import SPLITS, ClassImages, fetch_archive, read_pickle
 from metarun.errors import ConfigError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -86,7 +85,7 @@ class Cifar100Split(ClassImages):
     def sources(self) -> list[Path]:
         folder = self.folder / FOLDER
         if not folder.is_dir():
-            self._fetch()
+            fetch_archive(self.folder, ARCHIVE, URL, MD5, self.download, "CIFAR-100")
         files = [folder / name for name in ("train", "test", "meta")]
         for path in files:
             if not path.exists():
@@ -95,24 +94,6 @@ class Cifar100Split(ClassImages):
                     f"Restore the official {ARCHIVE} there."
                 )
         return files
-
-    def _fetch(self) -> None:
-        archive = self.folder / ARCHIVE
-        if archive.exists():
-            extract_archive(str(archive), str(self.folder))
-            return
-        where = f"CIFAR-100 was not found in {self.folder} (expected {ARCHIVE} or {FOLDER}/)."
-        if not self.download:
-            raise ConfigError(
-                f"{where} Set dataset.root to the folder that holds it, or set "
-                "dataset.download=true."
-            )
-        try:
-            download_and_extract_archive(URL, str(self.folder), md5=MD5)
-        except Exception as error:
-            raise ConfigError(
-                f"{where} Downloading {URL} failed ({error}). Put the archive there by hand."
-            ) from None
 
     def listing(self) -> dict[str, list[tuple[str, list]]]:
         folder = self.folder / FOLDER

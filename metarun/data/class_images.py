@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.datasets.utils import download_url, extract_archive
 from tqdm import tqdm
 
 from metarun.checkpoint import atomic_save
@@ -108,6 +109,35 @@ def read_pickle(path: Path, keys: tuple[str, ...] = ()) -> Any:
         f"{path} cannot be read as the expected pickle{wanted}: it is truncated or of another "
         "layout. Replace it with the original file."
     )
+
+
+def fetch_archive(
+    folder: Path, archive: str, url: str, md5: str, download: bool, what: str
+) -> None:
+    """Extracts `archive` into `folder`, downloading it first from its official `url` (checked
+    against `md5`) when it is missing and `download` is on; a clear error otherwise. A local
+    archive's checksum is not checked, so re-packed copies (and the tests' replicas) work."""
+    path = folder / archive
+    where = f"{what} was not found in {folder} (expected {archive} or its extracted folder)."
+    if not path.exists():
+        if not download:
+            raise ConfigError(
+                f"{where} Set dataset.root to the folder that holds it, or set "
+                "dataset.download=true."
+            )
+        try:
+            download_url(url, str(folder), filename=archive, md5=md5)
+        except Exception as error:  # any network or disk failure ends in the same advice
+            raise ConfigError(
+                f"{where} Downloading {url} failed ({error}). Put the archive there by hand."
+            ) from None
+    try:
+        extract_archive(str(path), str(folder))
+    except Exception as error:
+        raise ConfigError(
+            f"{path} cannot be extracted ({error}): it is truncated or damaged. Replace it with "
+            "the official archive."
+        ) from None
 
 
 class ClassImages:

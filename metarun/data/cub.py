@@ -16,10 +16,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 
-from metarun.data.class_images import SPLITS, ClassImages, fit
-from metarun.errors import ConfigError
+from metarun.data.class_images import SPLITS, ClassImages, fetch_archive, fit
 
 URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 MD5 = "97eceeb196236b17998738112f37df78"
@@ -41,28 +39,8 @@ class CUB(ClassImages):
 
     def sources(self) -> list[Path]:
         if not self.images_folder.is_dir():
-            self._fetch()
+            fetch_archive(self.folder, ARCHIVE, URL, MD5, self.download, "CUB-200-2011")
         return [path for path in self.images_folder.rglob("*") if path.is_file()]
-
-    def _fetch(self) -> None:
-        archive = self.folder / ARCHIVE
-        if archive.exists():
-            extract_archive(str(archive), str(self.folder))
-            return
-        where = (
-            f"CUB-200-2011 was not found in {self.folder} (expected {ARCHIVE} or CUB_200_2011/)."
-        )
-        if not self.download:
-            raise ConfigError(
-                f"{where} Set dataset.root to the folder that holds it, or set "
-                "dataset.download=true."
-            )
-        try:
-            download_and_extract_archive(URL, str(self.folder), filename=ARCHIVE, md5=MD5)
-        except Exception as error:
-            raise ConfigError(
-                f"{where} Downloading {URL} failed ({error}). Put the archive there by hand."
-            ) from None
 
     def listing(self) -> dict[str, list[tuple[str, list[Path]]]]:
         classes = sorted(path for path in self.images_folder.iterdir() if path.is_dir())
