@@ -84,3 +84,23 @@ def test_too_many_ways_is_a_clear_error(omniglot):
 def test_too_many_shots_and_queries_is_a_clear_error(omniglot):
     with pytest.raises(ConfigError, match=r"20 images but task.shots \+ task.queries = 10 \+ 15"):
         ClassImageSampler(omniglot.split_images("val"), "val", 5, 10, 15)
+
+
+def test_classes_of_unequal_size_give_distinct_images_of_one_class_per_way():
+    counts = torch.tensor([3, 7, 4, 9, 3, 5])
+    labels = torch.repeat_interleave(torch.arange(6), counts)  # the class of each flat image
+    images = labels.view(-1, 1, 1, 1).to(torch.uint8).expand(-1, 1, 2, 2).contiguous()
+    sampler = ClassImageSampler(images, "train", 3, 1, 2, counts=counts)
+    plan = sampler.draw(200, torch.Generator().manual_seed(0))  # [tasks, ways, 3]
+    assert (labels[plan] == labels[plan][..., :1]).all(), "every image of a way from one class"
+    assert all(len(set(row.tolist())) == 3 for row in plan.flatten(0, 1)), "no image twice"
+    assert set(plan[labels[plan] == 3].tolist()) == set(range(17, 26)), "the whole class is used"
+
+
+def test_equal_counts_draw_the_episodes_of_the_rectangular_layout(images):
+    rectangular = images.split_images("test")  # [classes, per_class, C, H, W]
+    counts = torch.full((rectangular.shape[0],), rectangular.shape[1])
+    flat = ClassImageSampler(rectangular.flatten(0, 1), "test", 5, 2, 3, counts=counts)
+    _, plan, episode = plan_and_episode(rectangular)
+    assert torch.equal(flat.draw(8, torch.Generator().manual_seed(0)), plan)
+    assert torch.equal(flat.build(plan).query_x, episode.query_x)
