@@ -94,7 +94,7 @@ def test_classes_of_unequal_size_give_distinct_images_of_one_class_per_way():
     plan = sampler.draw(200, torch.Generator().manual_seed(0))  # [tasks, ways, 3]
     assert (labels[plan] == labels[plan][..., :1]).all(), "every image of a way from one class"
     assert all(len(set(row.tolist())) == 3 for row in plan.flatten(0, 1)), "no image twice"
-    assert set(plan[labels[plan] == 3].tolist()) == set(range(17, 26)), "the whole class is used"
+    assert set(plan[labels[plan] == 3].tolist()) == set(range(14, 23)), "the whole class is used"
 
 
 def test_equal_counts_draw_the_episodes_of_the_rectangular_layout(images):
