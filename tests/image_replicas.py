@@ -139,10 +139,13 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_cifar100(root: Path, per_class: int = 6, seed: int = 0) -> dict:
+def write_cifar100(
+    root: Path, per_class: int = 6, seed: int = 0, rename: dict | None = None
+) -> dict:
     """The official cifar-100-python.tar.gz layout (train, test and meta pickles, images as rows
     of 3072 bytes in channel-major order), all 100 real class names and superclasses; per class
-    `per_class` images, the last in the test file. Returns {fine name: uint8 [n, 32, 32, 3]}."""
+    `per_class` images, the last in the test file; `rename` changes fine names (a foreign
+    archive). Returns {fine name: uint8 [n, 32, 32, 3]}."""
     root.mkdir(parents=True, exist_ok=True)
     fine_names = sorted(name for names in CIFAR_SUPERCLASSES.values() for name in names)
     coarse_names = sorted(CIFAR_SUPERCLASSES)
@@ -160,7 +163,8 @@ def write_cifar100(root: Path, per_class: int = 6, seed: int = 0) -> dict:
             "coarse_labels": [coarse_of[fine_names[f]] for f in fine],
             "filenames": [f"{i}.png" for i in range(len(fine))],
         }
-    parts["meta"] = {"fine_label_names": fine_names, "coarse_label_names": coarse_names}
+    renamed = [(rename or {}).get(name, name) for name in fine_names]
+    parts["meta"] = {"fine_label_names": renamed, "coarse_label_names": coarse_names}
     with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as archive:
         for name, content in parts.items():
             data = pickle.dumps(content)

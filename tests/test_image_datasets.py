@@ -127,6 +127,12 @@ def test_fc100_splits_by_superclass_60_20_20(cifar):
     )
 
 
+def test_an_archive_without_a_held_out_class_is_refused(tmp_path):
+    write_cifar100(tmp_path, per_class=2, rename={"rocket": "spaceship"})
+    with pytest.raises(ConfigError, match="names no class 'rocket' of the cifar_fs split"):
+        CifarFS(str(tmp_path), download=False).split("train")
+
+
 def test_cub_splits_sorted_classes_by_remainder_and_crops_to_size(tmp_path):
     write_cub(tmp_path, classes=8, per_class=3, size=40)
     dataset = CUB(str(tmp_path), image_size=20, download=False)

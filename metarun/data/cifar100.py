@@ -73,14 +73,15 @@ FC100_HELD_OUT = {
 
 
 class Cifar100Split(ClassImages):
-    """A few-shot split of CIFAR-100: a subclass says which classes each split holds."""
+    """A few-shot split of CIFAR-100: a subclass names the classes (or, `by_superclass`, the
+    superclasses) it holds out for validation and test; the rest train."""
+
+    held_out: dict[str, tuple[str, ...]] = {}
+    by_superclass = False
 
     def __init__(self, root: str, image_size: int = 32, augment=None, download: bool = True):
         super().__init__(root, image_size, augment)
         self.download = download
-
-    def split_of(self, fine: str, coarse: str) -> str:
-        raise NotImplementedError
 
     def sources(self) -> list[Path]:
         folder = self.folder / FOLDER
@@ -107,24 +108,29 @@ class Cifar100Split(ClassImages):
         fine = np.concatenate([part["fine_labels"] for part in parts])
         coarse = np.concatenate([part["coarse_labels"] for part in parts])
         listing: dict[str, list] = {split: [] for split in SPLITS}
+        seen = set()
         for label, name in enumerate(meta["fine_label_names"]):
             rows = np.flatnonzero(fine == label)
             superclass = meta["coarse_label_names"][coarse[rows[0]]] if len(rows) else ""
-            listing[self.split_of(name, superclass)].append(
-                (name, [(images, int(row)) for row in rows])
+            key = superclass if self.by_superclass else name
+            split = next((s for s, keys in self.held_out.items() if key in keys), "train")
+            listing[split].append((name, [(images, int(row)) for row in rows]))
+            seen.add(key)
+        absent = sorted({key for keys in self.held_out.values() for key in keys} - seen)
+        if absent:
+            raise ConfigError(
+                f"{folder / 'meta'} names no class {absent[0]!r} of the {self.name} split: it is "
+                f"not the official CIFAR-100. Restore the official {ARCHIVE} in {self.folder}."
             )
         return listing
 
 
 class CifarFS(Cifar100Split):
     name = "cifar_fs"
-
-    def split_of(self, fine: str, coarse: str) -> str:
-        return next((s for s, names in CIFAR_FS_HELD_OUT.items() if fine in names), "train")
+    held_out = CIFAR_FS_HELD_OUT
 
 
 class FC100(Cifar100Split):
     name = "fc100"
-
-    def split_of(self, fine: str, coarse: str) -> str:
-        return next((s for s, names in FC100_HELD_OUT.items() if coarse in names), "train")
+    held_out = FC100_HELD_OUT
+    by_superclass = True

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarun.data.class_images import SPLITS, ClassImages, fit, read_pickle
+from metarun.data.class_images import SPLITS, ClassImages, read_pickle
 from metarun.errors import ConfigError
 
 WHERE = (
@@ -79,8 +79,7 @@ class TieredImageNet(ClassImages):
         if isinstance(images, np.ndarray):
             return super().decode(item)
         try:
-            image = Image.open(io.BytesIO(bytes(images[row])))
-            return fit(image, self.image_size)
+            return self.to_pixels(Image.open(io.BytesIO(bytes(images[row]))))
         except Exception:
             raise ConfigError(
                 f"Image {row} of a tieredImageNet png pickle in {self.folder} cannot be decoded: "
