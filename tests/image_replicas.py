@@ -189,12 +189,18 @@ def write_cub(
     return written
 
 
-def write_image_folder(root: Path, sizes: dict[str, int], size: int = 16, seed: int = 0) -> dict:
-    """root/<class>/<i>.png (lossless) with sizes[class] images each; returns the pixels."""
+def write_image_folder(root: Path, sizes: dict[str, int], size: int = 16, seed: int = 0,
+                       noise: int | None = None) -> dict:  # fmt: skip
+    """root/<class>/<i>.png (lossless) with sizes[class] images each; returns the pixels. With
+    `noise`, each class is a fixed random pattern (0..199) plus uniform noise below `noise`, so
+    the classes can be told apart; else every pixel is random."""
     written = {}
     for c, (name, count) in enumerate(sorted(sizes.items())):
         (root / name).mkdir(parents=True, exist_ok=True)
         pixels = random_images(count, size, seed * 1000 + c)
+        if noise is not None:
+            pattern = random_images(1, size, seed * 1000 + 500 + c).astype(np.int64) * 200 // 256
+            pixels = (pattern + pixels.astype(np.int64) * noise // 256).astype(np.uint8)
         for i, image in enumerate(pixels):
             Image.fromarray(image).save(root / name / f"{i:03d}.png")
         written[name] = pixels
