@@ -40,8 +40,13 @@ def test_resnet18_embeds_into_512_features():
 
 
 def test_images_too_small_for_four_poolings_are_refused():
-    with pytest.raises(ConfigError, match="dataset.image_size"):
+    with pytest.raises(ConfigError, match="raise dataset.image_size to 16"):
         ResNet12((3, 12, 12))
+
+
+def test_an_even_drop_block_size_is_refused():
+    with pytest.raises(ConfigError, match="backbone.drop_block_size=4"):
+        ResNet12((3, 84, 84), drop_rate=0.1, drop_block_size=4)
 
 
 def episode(tasks=2, ways=3, shots=1, queries=2, size=16):

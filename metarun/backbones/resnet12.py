@@ -71,10 +71,16 @@ class ResNet12(nn.Module):
     ) -> None:
         super().__init__()
         inputs, height, width = image_shape("resnet12", input_shape)
-        if min(height, width) < 16:
+        smallest = 2 ** len(channels)  # one 2x2 pooling per block
+        if min(height, width) < smallest:
             raise ConfigError(
-                f"Images of {tuple(input_shape)} are too small for ResNet-12's four "
-                "2x2 poolings; raise dataset.image_size to 16 or more."
+                f"Images of {tuple(input_shape)} are too small for ResNet-12's {len(channels)} "
+                f"2x2 poolings; raise dataset.image_size to {smallest} or more."
+            )
+        if drop_block_size % 2 == 0:
+            raise ConfigError(
+                f"backbone.drop_block_size={drop_block_size}: DropBlock's blocks are centred, so "
+                "their size must be odd. Use 5 (MetaOptNet) or another odd number."
             )
         blocks = []
         for index, planes in enumerate(channels):
