@@ -96,7 +96,11 @@ class Cifar100Split(ClassImages):
                 )
         return files
 
-    def listing(self) -> dict[str, list[tuple[str, list]]]:
+    def listing(self, split: str) -> list:
+        return self.listings()[split]
+
+    def listings(self) -> dict[str, list[tuple[str, list]]]:
+        """Every split's classes: one pass decides which split each class goes to."""
         folder = self.folder / FOLDER
         meta = read_pickle(folder / "meta", ("fine_label_names", "coarse_label_names"))
         parts = [

@@ -40,7 +40,7 @@ from metarun.data.sampler import (
 from metarun.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,8 @@ class ClassImages:
         """The files the images come from; raises a ConfigError saying where to get them."""
         raise NotImplementedError
 
-    def listing(self) -> dict[str, list[tuple[str, list[Any]]]]:
-        """{split: [(class name, [item, ...]), ...]}: every split's classes in label order."""
+    def listing(self, split: str) -> list[tuple[str, list[Any]]]:
+        """[(class name, [item, ...]), ...]: the split's classes in label order."""
         raise NotImplementedError
 
     def decode(self, item: Any) -> torch.Tensor:
@@ -240,53 +240,61 @@ def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
     index = _read_index(index_path, stamp)
     if index is None:
         index = _build(dataset, index_path, stamp)
-    raw, shape = index_path.with_name(index["raw"]), index["shape"]
-    flat = torch.from_file(str(raw), shared=False, size=math.prod(shape), dtype=torch.uint8)
-    flat = flat.view(*shape)
-    splits, start = {}, 0
+    splits = {}
     for split in SPLITS:
+        shape = _shape(dataset, index["counts"][split])
+        raw = str(index_path.with_name(index["raw"][split]))
+        flat = torch.from_file(raw, shared=False, size=math.prod(shape), dtype=torch.uint8)
         counts = torch.tensor(index["counts"][split], dtype=torch.long)
-        total = int(counts.sum())
-        splits[split] = SplitImages(flat[start : start + total], counts, index["names"][split])
-        start += total
+        splits[split] = SplitImages(flat.view(*shape), counts, index["names"][split])
     return splits
+
+
+def _shape(dataset: ClassImages, counts: list[int]) -> list[int]:
+    return [sum(counts), dataset.channels, dataset.image_size, dataset.image_size]
 
 
 def _read_index(path: Path, stamp: dict) -> dict | None:
     try:
         index = torch.load(path, weights_only=True)
-        raw, shape = path.with_name(index["raw"]), index["shape"]
-        complete = raw.stat().st_size == math.prod(shape)
-        if complete and all(index[key] == value for key, value in stamp.items()):
-            return index
+        if any(index[key] != value for key, value in stamp.items()):
+            return None
+        size = index["channels"] * stamp["image_size"] ** 2
+        for split in SPLITS:
+            raw = path.with_name(index["raw"][split])
+            if raw.stat().st_size != sum(index["counts"][split]) * size:
+                return None
+        return index
     except Exception:
         return None
-    return None
 
 
 def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
-    """Decodes every listed image straight into a new raw file (no second copy in memory), then
-    publishes its index atomically: an interrupted build publishes nothing, and processes that
-    build at once (torchrun's first run) each map the file they wrote."""
+    """Decodes every image straight into a new raw file per split (no second copy in memory; a
+    split's sources, such as a pickle, are read only while that split is cached), then publishes
+    the index atomically: an interrupted build publishes nothing, and processes that build at
+    once (torchrun's first run) each map the files they wrote."""
     started = time.time()
-    listing = dataset.listing()
-    counts = {split: [len(items) for _, items in listing[split]] for split in SPLITS}
-    names = {split: [name for name, _ in listing[split]] for split in SPLITS}
-    total = sum(sum(c) for c in counts.values())
-    shape = [total, dataset.channels, dataset.image_size, dataset.image_size]
     index_path.parent.mkdir(parents=True, exist_ok=True)
-    raw = index_path.with_name(f"{index_path.stem}-{uuid.uuid4().hex[:8]}.uint8")
-    pixels = torch.from_file(str(raw), shared=True, size=math.prod(shape), dtype=torch.uint8)
-    pixels = pixels.view(*shape)
-    items = [item for split in SPLITS for _, listed in listing[split] for item in listed]
-    for position, item in enumerate(
-        tqdm(items, desc=f"caching {dataset.name}", unit="image", leave=False)
-    ):
-        pixels[position] = dataset.decode(item)
-    del pixels
-    index = {**stamp, "raw": raw.name, "shape": shape, "counts": counts, "names": names}
+    index = {**stamp, "channels": dataset.channels, "raw": {}, "counts": {}, "names": {}}
+    for split in SPLITS:
+        listing = dataset.listing(split)
+        index["counts"][split] = [len(items) for _, items in listing]
+        index["names"][split] = [name for name, _ in listing]
+        raw = index_path.with_name(f"{index_path.stem}-{uuid.uuid4().hex[:8]}.uint8")
+        shape = _shape(dataset, index["counts"][split])
+        pixels = torch.from_file(str(raw), shared=True, size=math.prod(shape), dtype=torch.uint8)
+        pixels = pixels.view(*shape)
+        items = [item for _, listed in listing for item in listed]
+        for position, item in enumerate(
+            tqdm(items, desc=f"caching {dataset.name} {split}", unit="image", leave=False)
+        ):
+            pixels[position] = dataset.decode(item)
+        del pixels, listing, items
+        index["raw"][split] = raw.name
     atomic_save(index, index_path)
+    ours = {index_path.with_name(name) for name in index["raw"].values()}
     for stale in index_path.parent.glob(f"{index_path.stem}-*.uint8"):
-        if stale != raw and stale.stat().st_mtime < started:  # not another process's build
+        if stale not in ours and stale.stat().st_mtime < started:  # not another process's build
             stale.unlink(missing_ok=True)
     return index

@@ -42,7 +42,11 @@ class CUB(ClassImages):
             fetch_archive(self.folder, ARCHIVE, URL, MD5, self.download, "CUB-200-2011")
         return [path for path in self.images_folder.rglob("*") if path.is_file()]
 
-    def listing(self) -> dict[str, list[tuple[str, list[Path]]]]:
+    def listing(self, split: str) -> list:
+        return self.listings()[split]
+
+    def listings(self) -> dict[str, list[tuple[str, list[Path]]]]:
+        """Every split's classes: one pass decides which split each class goes to."""
         classes = sorted(path for path in self.images_folder.iterdir() if path.is_dir())
         listing: dict[str, list] = {split: [] for split in SPLITS}
         for index, folder in enumerate(classes):

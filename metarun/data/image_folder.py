@@ -52,7 +52,11 @@ class ImageFolder(ClassImages):
     def sources(self) -> list[Path]:
         return [Path(path) for path, _ in self._samples()[1]]
 
-    def listing(self) -> dict[str, list[tuple[str, list[Path]]]]:
+    def listing(self, split: str) -> list:
+        return self.listings()[split]
+
+    def listings(self) -> dict[str, list[tuple[str, list[Path]]]]:
+        """Every split's classes: one pass decides which split each class goes to."""
         classes, samples = self._samples()
         images: dict[str, list[Path]] = {name: [] for name in classes}
         for path, label in samples:

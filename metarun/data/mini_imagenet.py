@@ -46,9 +46,9 @@ class MiniImageNet(ClassImages):
                 raise ConfigError(f"{path} is missing. {WHERE}")
         return files
 
-    def listing(self) -> dict[str, list[tuple[str, list]]]:
+    def listing(self, split: str) -> list[tuple[str, list]]:
         read = self._csv_split if self._layout() == "csv" else self._pickled_split
-        return {split: read(split) for split in SPLITS}
+        return read(split)
 
     def _csv_split(self, split: str) -> list[tuple[str, list[Path]]]:
         path = self.folder / f"{split}.csv"

@@ -47,10 +47,7 @@ class TieredImageNet(ClassImages):
             files += [labels, self._images_file(split)]
         return files
 
-    def listing(self) -> dict[str, list[tuple[str, list]]]:
-        return {split: self._split(split) for split in SPLITS}
-
-    def _split(self, split: str) -> list[tuple[str, list]]:
+    def listing(self, split: str) -> list[tuple[str, list]]:
         labels = read_pickle(self.folder / f"{split}_labels.pkl", LABEL_KEYS)
         images = self._images(self._images_file(split))
         specific = np.asarray(labels["label_specific"])
