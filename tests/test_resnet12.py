@@ -70,6 +70,20 @@ def test_maml_meta_gradient_through_resnet12_matches_the_reference(mode):
         torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_maml_meta_gradient_through_resnet18_matches_the_reference(mode):
+    torch.manual_seed(0)
+    algo = MAML(ResNet18((3, 32, 32)), 3, inner_lr=0.1, inner_steps=1).double()
+    batch = episode(shots=2, size=32)
+    expected = maml_meta_gradient(algo, batch, 0.1, 1, first_order=False)
+    algo.zero_grad()
+    engine = Engine(mode)
+    engine.prepare(algo)
+    engine.meta_backward(algo, batch)
+    for name, parameter in algo.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
 RESNET = ["backbone=resnet12", "backbone.channels=[4,4,4,4]"]
 
 
@@ -77,10 +91,10 @@ RESNET = ["backbone=resnet12", "backbone.channels=[4,4,4,4]"]
 def tiny_cfg():
     """The tiny TinyImages config (tests/conftest.py) with ResNet-12 in place of Conv-4."""
 
-    def make(*overrides: str):
+    def make(*overrides: str, backbone: list[str] = RESNET):
         tiny = [o for o in TINY_IMAGES if not o.startswith("backbone.")]
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose("train", [*tiny, *RESNET, *overrides])
+            cfg = compose("train", [*tiny, *backbone, *overrides])
         with open_dict(cfg):
             cfg.dataset = {"_target_": "synthetic.TinyImages"}
         return cfg
@@ -93,6 +107,12 @@ def tiny_cfg():
 def test_resnet12_trains_and_tests_in_every_bn_mode(tiny_cfg, tmp_path, bn, algo):
     results = train(tiny_cfg(f"algo={algo}", f"bn={bn}"), tmp_path)
     assert 0.0 <= results["accuracy"]["mean"] <= 1.0
+
+
+@pytest.mark.parametrize("bn", ["transductive", "support", "support_plus_one", "running"])
+def test_resnet18_trains_and_tests_in_every_bn_mode(tiny_cfg, tmp_path, bn):
+    cfg = tiny_cfg("algo=protonet", f"bn={bn}", backbone=["backbone=resnet18"])
+    assert 0.0 <= train(cfg, tmp_path)["accuracy"]["mean"] <= 1.0
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
