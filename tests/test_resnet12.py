@@ -70,6 +70,7 @@ def test_maml_meta_gradient_through_resnet12_matches_the_reference(mode):
         torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
+@pytest.mark.slow  # torchvision's ResNet-18 has 11 M parameters at any input size
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_maml_meta_gradient_through_resnet18_matches_the_reference(mode):
     torch.manual_seed(0)
@@ -109,6 +110,7 @@ def test_resnet12_trains_and_tests_in_every_bn_mode(tiny_cfg, tmp_path, bn, algo
     assert 0.0 <= results["accuracy"]["mean"] <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn", ["transductive", "support", "support_plus_one", "running"])
 def test_resnet18_trains_and_tests_in_every_bn_mode(tiny_cfg, tmp_path, bn):
     cfg = tiny_cfg("algo=protonet", f"bn={bn}", backbone=["backbone=resnet18"])
