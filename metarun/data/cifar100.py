@@ -9,6 +9,7 @@ eb9058c3a382ffc7106e4002c42a8d85), downloaded from its official address when mis
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +97,7 @@ class Cifar100Split(ClassImages):
                 )
         return files
 
-    def listing(self, split: str) -> list:
-        return self.listings()[split]
-
-    def listings(self) -> dict[str, list[tuple[str, list]]]:
-        """Every split's classes: one pass decides which split each class goes to."""
+    def listings(self) -> Iterable[tuple[str, list[tuple[str, list]]]]:
         folder = self.folder / FOLDER
         meta = read_pickle(folder / "meta", ("fine_label_names", "coarse_label_names"))
         parts = [
@@ -126,7 +123,7 @@ class Cifar100Split(ClassImages):
                 f"{folder / 'meta'} names no class {absent[0]!r} of the {self.name} split: it is "
                 f"not the official CIFAR-100. Restore the official {ARCHIVE} in {self.folder}."
             )
-        return listing
+        return listing.items()
 
 
 class CifarFS(Cifar100Split):

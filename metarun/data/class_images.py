@@ -2,11 +2,11 @@
 episode, labelled-batch and online samplers over it.
 
 A format (mini_imagenet.py, cub.py, image_folder.py...) says which files it reads (`sources`),
-which classes each split has and where each image comes from (`listing`), and how one item
+which classes each split has and where each image comes from (`listings`), and how one item
 becomes pixels (`decode`). The first run decodes every image once at `image_size` into one raw
-uint8 file [images, C, H, W] (split after split, class after class) beside a small index (class
-names, counts, and a fingerprint of the source files' names, sizes and times). Later runs map
-that file (torch.from_file): pages are read on demand and shared by every process through the
+uint8 file per split [images, C, H, W] (class after class) beside a small index (class names,
+counts, and a fingerprint of the source files' names, sizes and times). Later runs map those
+files (torch.from_file): pages are read on demand and shared by every process through the
 page cache, so a 1.3 GB miniImageNet never sits in memory twice. A changed source file changes
 the fingerprint and the cache is rebuilt.
 """
@@ -20,6 +20,7 @@ import pickle
 import stat
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def fetch_archive(
 
 class ClassImages:
     """Base of the image benchmarks. A subclass sets `name` and `channels` and implements
-    `sources`, `listing` and `decode`; everything else (cache, samplers, augmentation) is here."""
+    `sources`, `listings` and `decode`; everything else (cache, samplers, augmentation) is here."""
 
     metric = "accuracy"
     pixel_range = (0.0, 1.0)  # what an attack's perturbed images are clipped to
@@ -155,13 +156,16 @@ class ClassImages:
         self.augment = augment  # a transform of one float [C, H, W] image, training split only
         self.input_shape = (self.channels, image_size, image_size)
         self._splits: dict[str, SplitImages] | None = None
+        self._on_device: dict[tuple[torch.device, str], torch.Tensor] = {}
 
     def sources(self) -> list[Path]:
         """The files the images come from; raises a ConfigError saying where to get them."""
         raise NotImplementedError
 
-    def listing(self, split: str) -> list[tuple[str, list[Any]]]:
-        """[(class name, [item, ...]), ...]: the split's classes in label order."""
+    def listings(self) -> Iterable[tuple[str, list[tuple[str, list[Any]]]]]:
+        """(split, [(class name, [item, ...]), ...]) for train, val and test in turn, each split's
+        classes in label order; a generator lets a format read a split's sources only while that
+        split is cached."""
         raise NotImplementedError
 
     def decode(self, item: Any) -> torch.Tensor:
@@ -202,22 +206,26 @@ class ClassImages:
     def num_classes(self, split: str) -> int:
         return len(self.split(split).names)
 
+    def _on(self, device: torch.device, split: str) -> tuple[torch.Tensor, SplitImages]:
+        """The split's images on `device`, copied there once however many samplers read them
+        (one per shot count when shots vary per batch)."""
+        key = (torch.device(device), split)
+        if key not in self._on_device:
+            self._on_device[key] = self.split(split).images.to(device)
+        return self._on_device[key], self.split(split)
+
     def sampler(self, split: str, ways: int, shots: int, queries: int, device: torch.device):
-        part = self.split(split)
-        sampler = ClassImageSampler(
-            part.images.to(device), split, ways, shots, queries, part.counts, part.names
-        )
+        images, part = self._on(device, split)
+        sampler = ClassImageSampler(images, split, ways, shots, queries, part.counts, part.names)
         return self._augmented(sampler, split)
 
     def labelled_batches(self, split: str, batch_size: int, device: torch.device):
-        part = self.split(split)
-        return self._augmented(
-            LabelledImageSampler(part.images.to(device), batch_size, part.counts), split
-        )
+        images, part = self._on(device, split)
+        return self._augmented(LabelledImageSampler(images, batch_size, part.counts), split)
 
     def online_sequences(self, split: str, ways: int, instances: int, device: torch.device):
-        part = self.split(split)
-        return OnlineSequenceSampler(part.images.to(device), split, ways, instances, part.counts)
+        images, part = self._on(device, split)
+        return OnlineSequenceSampler(images, split, ways, instances, part.counts)
 
     def _augmented(self, sampler, split: str):
         return Augmented(sampler, self.augment) if self.augment and split == "train" else sampler
@@ -237,7 +245,7 @@ def load_or_build(dataset: ClassImages) -> dict[str, SplitImages]:
     if settings:  # each split choice keeps its own cache
         name += "_" + hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:8]
     index_path = cache_location(dataset.folder, f"{name}.pt")
-    index = _read_index(index_path, stamp)
+    index = _read_index(dataset, index_path, stamp)
     if index is None:
         index = _build(dataset, index_path, stamp)
     splits = {}
@@ -254,15 +262,15 @@ def _shape(dataset: ClassImages, counts: list[int]) -> list[int]:
     return [sum(counts), dataset.channels, dataset.image_size, dataset.image_size]
 
 
-def _read_index(path: Path, stamp: dict) -> dict | None:
+def _read_index(dataset: ClassImages, path: Path, stamp: dict) -> dict | None:
+    """The index at `path` when it was built with `stamp` and its raw files are complete."""
     try:
         index = torch.load(path, weights_only=True)
         if any(index[key] != value for key, value in stamp.items()):
             return None
-        size = index["channels"] * stamp["image_size"] ** 2
         for split in SPLITS:
             raw = path.with_name(index["raw"][split])
-            if raw.stat().st_size != sum(index["counts"][split]) * size:
+            if raw.stat().st_size != math.prod(_shape(dataset, index["counts"][split])):
                 return None
         return index
     except Exception:
@@ -276,9 +284,8 @@ def _build(dataset: ClassImages, index_path: Path, stamp: dict) -> dict:
     once (torchrun's first run) each map the files they wrote."""
     started = time.time()
     index_path.parent.mkdir(parents=True, exist_ok=True)
-    index = {**stamp, "channels": dataset.channels, "raw": {}, "counts": {}, "names": {}}
-    for split in SPLITS:
-        listing = dataset.listing(split)
+    index = {**stamp, "raw": {}, "counts": {}, "names": {}}
+    for split, listing in dataset.listings():
         index["counts"][split] = [len(items) for _, items in listing]
         index["names"][split] = [name for name, _ in listing]
         raw = index_path.with_name(f"{index_path.stem}-{uuid.uuid4().hex[:8]}.uint8")

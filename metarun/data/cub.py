@@ -10,6 +10,7 @@ evaluation transform (84x84 by default). Reads the official archive CUB_200_2011
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -42,17 +43,13 @@ class CUB(ClassImages):
             fetch_archive(self.folder, ARCHIVE, URL, MD5, self.download, "CUB-200-2011")
         return [path for path in self.images_folder.rglob("*") if path.is_file()]
 
-    def listing(self, split: str) -> list:
-        return self.listings()[split]
-
-    def listings(self) -> dict[str, list[tuple[str, list[Path]]]]:
-        """Every split's classes: one pass decides which split each class goes to."""
+    def listings(self) -> Iterable[tuple[str, list[tuple[str, list[Path]]]]]:
         classes = sorted(path for path in self.images_folder.iterdir() if path.is_dir())
         listing: dict[str, list] = {split: [] for split in SPLITS}
         for index, folder in enumerate(classes):
             images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
             listing[SPLIT_OF_REMAINDER[index % 4]].append((folder.name, images))
-        return listing
+        return listing.items()
 
     def to_pixels(self, image: Image.Image) -> torch.Tensor:
         larger = fit(image, int(self.image_size * MARGIN))

@@ -4,6 +4,7 @@ random by fractions and a seed. Images are squashed to image_size x image_size."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -52,17 +53,13 @@ class ImageFolder(ClassImages):
     def sources(self) -> list[Path]:
         return [Path(path) for path, _ in self._samples()[1]]
 
-    def listing(self, split: str) -> list:
-        return self.listings()[split]
-
-    def listings(self) -> dict[str, list[tuple[str, list[Path]]]]:
-        """Every split's classes: one pass decides which split each class goes to."""
+    def listings(self) -> Iterable[tuple[str, list[tuple[str, list[Path]]]]]:
         classes, samples = self._samples()
         images: dict[str, list[Path]] = {name: [] for name in classes}
         for path, label in samples:
             images[classes[label]].append(Path(path))
         chosen = self._assign(classes)
-        return {split: [(name, images[name]) for name in chosen[split]] for split in SPLITS}
+        return [(split, [(name, images[name]) for name in chosen[split]]) for split in SPLITS]
 
     def _assign(self, classes: list[str]) -> dict[str, list[str]]:
         if self.split_files:

@@ -12,6 +12,7 @@ Classes are ordered by WordNet id in both, so both layouts give the same labels.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 from metarun.data.class_images import SPLITS, ClassImages, read_pickle
@@ -46,9 +47,10 @@ class MiniImageNet(ClassImages):
                 raise ConfigError(f"{path} is missing. {WHERE}")
         return files
 
-    def listing(self, split: str) -> list[tuple[str, list]]:
+    def listings(self) -> Iterator[tuple[str, list[tuple[str, list]]]]:
         read = self._csv_split if self._layout() == "csv" else self._pickled_split
-        return read(split)
+        for split in SPLITS:  # a split's pickle is read only while that split is cached
+            yield split, read(split)
 
     def _csv_split(self, split: str) -> list[tuple[str, list[Path]]]:
         path = self.folder / f"{split}.csv"

@@ -13,14 +13,15 @@ from metarun.data.base import EpisodeShapeError, check_shape
 from metarun.episode import Episode
 
 
-def class_layout(images: torch.Tensor, counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """(flat images [total, ...], examples per class, first flat index of each class) of images
-    stored as [classes, per_class, ...] (counts None) or as [total, ...] grouped by class."""
+def class_layout(
+    images: torch.Tensor, counts: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat images [total, ...], examples per class on the CPU) of images stored as
+    [classes, per_class, ...] (counts None) or as [total, ...] grouped by class."""
     if counts is None:
         counts = torch.full((images.shape[0],), images.shape[1], dtype=torch.long)
         images = images.flatten(0, 1)
-    offsets = torch.cumsum(counts, 0) - counts
-    return images, counts.long().cpu(), offsets.cpu()
+    return images, counts.long().cpu()
 
 
 def draw_images(
@@ -53,8 +54,7 @@ class ClassImageSampler:
         counts: torch.Tensor | None = None,
         names: list[str] | None = None,
     ) -> None:
-        self.images = images
-        self.flat, self.counts, _ = class_layout(images, counts)
+        self.flat, self.counts = class_layout(images, counts)
         smallest = int(self.counts.argmin())
         check_shape(
             split,
@@ -102,8 +102,8 @@ class LabelledImageSampler:
     def __init__(
         self, images: torch.Tensor, batch_size: int, counts: torch.Tensor | None = None
     ) -> None:
-        self.flat, self.counts, offsets = class_layout(images, counts)
-        self.class_ends = offsets + self.counts
+        self.flat, self.counts = class_layout(images, counts)
+        self.class_ends = self.counts.cumsum(0)
         self.batch_size = batch_size
 
     def draw(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
@@ -177,7 +177,7 @@ class OnlineSequenceSampler:
         instances: int,
         counts: torch.Tensor | None = None,
     ) -> None:
-        self.flat, self.counts, _ = class_layout(images, counts)
+        self.flat, self.counts = class_layout(images, counts)
         classes, per_class = len(self.counts), int(self.counts.min())
         if ways > classes or instances > per_class:
             raise EpisodeShapeError(split, ways, instances, 0, classes, per_class, online=True)

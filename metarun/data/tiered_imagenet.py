@@ -10,6 +10,7 @@ or compressed as `{split}_images.npz` (key `images`, uint8 [N, 84, 84, 3]).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,11 @@ class TieredImageNet(ClassImages):
             files += [labels, self._images_file(split)]
         return files
 
-    def listing(self, split: str) -> list[tuple[str, list]]:
+    def listings(self) -> Iterator[tuple[str, list[tuple[str, list]]]]:
+        for split in SPLITS:  # a split's arrays are read only while that split is cached
+            yield split, self._split(split)
+
+    def _split(self, split: str) -> list[tuple[str, list]]:
         labels = read_pickle(self.folder / f"{split}_labels.pkl", LABEL_KEYS)
         images = self._images(self._images_file(split))
         specific = np.asarray(labels["label_specific"])
