@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from metarun.checkpoint import atomic_save
-from metarun.data.class_images import cache_location
+from metarun.data.image_cache import cache_location
 from metarun.data.sampler import ClassImageSampler, LabelledImageSampler, OnlineSequenceSampler
 from metarun.errors import ConfigError
 
