@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from metarun import distributed, report, run
+from metarun import distributed, launch, report, run
 from metarun.build import CONFIG_DIR
 from metarun.distributed import World
 from metarun.errors import MetarunError, Preempted
@@ -52,12 +52,26 @@ def _train(cfg: DictConfig) -> float:
         if not cfg.trainer.resume:
             cfg.trainer.resume = "auto"
     try:
-        results = run.train(cfg, run_dir)
+        results = _train_here_or_with_workers(cfg, run_dir, hydra_cfg.mode != RunMode.MULTIRUN)
     except MetarunError as error:
         _report(error)
     if World.current().is_main:
         print(f"test {describe(results)}")
     return _best_validation(results)
+
+
+def _train_here_or_with_workers(cfg: DictConfig, run_dir: Path, start_workers: bool) -> dict:
+    """Trains in this process, or, when the run's plan asks for several processes, makes this
+    process rank 0 and trains with the workers it starts (this command's settings, same run
+    folder; their output in <run folder>/workers/)."""
+    try:
+        return run.train(cfg, run_dir, start_workers=start_workers)
+    except launch.StartWorkers as plan:  # raised before anything was trained or written
+        processes, threads = plan.processes, plan.threads
+    arguments = ["train", *HydraConfig.get().overrides.task, f"hydra.run.dir={run_dir}"]
+    with launch.workers(processes, threads, arguments, run_dir / "workers"):
+        distributed.start()
+        return run.train(cfg, run_dir)
 
 
 def _eval(cfg: DictConfig) -> None:

@@ -6,7 +6,8 @@ ships against a slow reference, with BatchNorm):
 - mode: `loop` runs tasks one after another and backpropagates each at once (low
   memory); `vmap` runs all tasks as one batched torch.func.vmap computation.
 - compile: the meta-gradient (one task's under loop, the meta-batch's under vmap) is
-  one torch.compile'd torch.func.grad; costs a compilation per episode shape.
+  one torch.compile'd torch.func.grad; costs a compilation per episode shape. compile_mode
+  reduce-overhead adds CUDA graphs on a GPU (episode shapes are fixed per run).
 - precision: fp32, or bf16 autocast (weights, optimiser state and losses stay fp32).
 - channels_last: images and convolution weights in NHWC memory order.
 - keep_freed_memory (CPU): glibc reuses freed activation memory (faster, higher peak RSS).
@@ -41,9 +42,10 @@ from metarun.runtime import keep_freed_memory
 MODES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "bf16")
 COMPILE = ("auto", True, False)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's mode
 
 
-def _has_convolutions(algo: nn.Module) -> bool:
+def has_convolutions(algo: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 
 
@@ -55,32 +57,42 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
         return mode
     if batchnorm.keeps_running_statistics(algo):
         return "loop"
-    return "vmap" if device.type == "cuda" or not _has_convolutions(algo) else "loop"
+    return "vmap" if device.type == "cuda" or not has_convolutions(algo) else "loop"
 
 
-def resolve_compile(compile: str | bool, mode: str, algo: nn.Module) -> bool:
-    """auto: compile the vmapped meta-batch of models without convolutions (5x plain vmap on
-    the sinusoid MLP), not convolutional models (minutes of compilation per episode shape
-    for 1.35x; ask for it with compile=true on long runs)."""
+# Meta-batches a run must plan before compile=auto compiles a convolutional meta-gradient.
+# Measured on 2 cores (docs/results.md): compiling cost 54 s (W1) / 149 s (W3) and saved 0.42 /
+# 0.95 s per meta-batch, so it paid after 130 / 157; the margin covers slower compilers and
+# shapes not measured, and keeps short and smoke runs uncompiled.
+COMPILE_PAYS_AFTER = 500
+
+
+def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations: int = 0) -> bool:
+    """auto: compile the vmapped meta-batch of a model without convolutions (5x plain vmap on the
+    sinusoid MLP, seconds to compile), and a convolutional meta-gradient checked compiled
+    (`algo.compiles`) when the run plans at least COMPILE_PAYS_AFTER meta-batches. Never with
+    running BatchNorm statistics, which only the uncompiled loop updates."""
     if compile not in COMPILE:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
         return compile
-    return (
-        mode == "vmap"
-        and not _has_convolutions(algo)
-        and not batchnorm.keeps_running_statistics(algo)
-    )
+    if batchnorm.keeps_running_statistics(algo):
+        return False
+    if not has_convolutions(algo):
+        return mode == "vmap"
+    return mode == "loop" and algo.compiles and iterations >= COMPILE_PAYS_AFTER
 
 
-def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None) -> Engine:
-    """The engine the runtime settings (configs/runtime/) ask for, `auto` resolved for this model
-    and device, with the model put in its memory format."""
+def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None,
+                iterations: int = 0) -> Engine:  # fmt: skip
+    """The engine the runtime settings (configs/runtime/) ask for, `auto` resolved for this model,
+    device and planned number of meta-batches, with the model put in its memory format."""
     mode = resolve_mode(cfg.engine, algo, device)
     engine = Engine(
         mode,
         precision=cfg.precision,
-        compile=resolve_compile(cfg.compile, mode, algo),
+        compile=resolve_compile(cfg.compile, mode, algo, iterations),
+        compile_mode=cfg.compile_mode,
         channels_last=cfg.channels_last,
         keep_freed_memory=cfg.keep_freed_memory,
         world=world,
@@ -115,21 +127,25 @@ class MetaStep(NamedTuple):
 
 class Engine:
     def __init__(self, mode: str, *, precision: str = "fp32", compile: bool = False,
-                 channels_last: bool = False, keep_freed_memory: bool = False,
-                 world: World | None = None) -> None:  # fmt: skip
+                 compile_mode: str = "default", channels_last: bool = False,
+                 keep_freed_memory: bool = False, world: World | None = None) -> None:  # fmt: skip
         if mode not in MODES[1:]:
             raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
         if precision not in PRECISIONS:
             known = ", ".join(PRECISIONS)
             raise ConfigError(f"precision={precision!r} is not known. Use one of: {known}.")
+        if compile_mode not in COMPILE_MODES:
+            known = ", ".join(COMPILE_MODES)
+            raise ConfigError(f"compile_mode={compile_mode!r} is not known. Use one of: {known}.")
         self.mode, self.precision, self.compile = mode, precision, compile
+        self.compile_mode = compile_mode
         self.channels_last, self.keep_freed_memory = channels_last, keep_freed_memory
         self.world = world or World()
         self._compiled: dict[tuple, object] = {}
 
     def describe(self) -> dict:
         """The settings as the run used them (`auto` resolved), for results.json's protocol."""
-        names = ("precision", "compile", "channels_last", "keep_freed_memory")
+        names = ("precision", "compile", "compile_mode", "channels_last", "keep_freed_memory")
         return {"engine": self.mode, **{name: getattr(self, name) for name in names}}
 
     @contextmanager
@@ -215,7 +231,9 @@ class Engine:
     ) -> tuple[float, float]:
         key, vmapped = (id(algo), batch.ways, steps), self.mode == "vmap"
         if key not in self._compiled:
-            self._compiled[key] = torch.compile(_meta_gradient(algo, vmapped, batch.ways, steps))
+            self._compiled[key] = torch.compile(
+                _meta_gradient(algo, vmapped, batch.ways, steps), mode=self.compile_mode
+            )
         meta_gradient, tensors = self._compiled[key], self._tasks(batch)
         params = {name: p.detach() for name, p in algo.named_parameters()}
         parts = (

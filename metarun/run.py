@@ -32,6 +32,7 @@ from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
+from metarun.launch import StartWorkers, plan_processes, plan_threads
 from metarun.protocol import (
     eval_sampler,
     evaluation_attack,
@@ -97,6 +98,41 @@ def _starting_model(cfg: DictConfig, dataset, device: torch.device, world: World
     return algo
 
 
+def _use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world: World,
+                     start_workers: bool) -> None:  # fmt: skip
+    """Sets this process's threads (metarun.launch's rule); a lone process whose plan asks for
+    several raises StartWorkers before anything is trained."""
+    environments = isinstance(dataset, EnvironmentDataset)
+    if world.size > 1:
+        processes = world.size  # torchrun's, or the workers this run started
+    elif not start_workers and cfg.processes == "auto":
+        processes = 1  # a sweep's job
+    else:
+        processes = plan_processes(
+            cfg.processes, device=device, algo=algo, input_shape=dataset.input_shape,
+            environments=environments, meta_batch_size=cfg.task.meta_batch_size,
+            iterations=cfg.trainer.iterations, threads_setting=cfg.threads,
+        )  # fmt: skip
+    threads = plan_threads(cfg.threads, processes)
+    if processes > world.size:
+        if environments or not algo.episodic:
+            kind = "environment tasks" if environments else "labelled batches"
+            raise ConfigError(
+                f"processes={processes} splits each meta-batch of episodes between processes, "
+                f"but {type(algo).__name__} trains on {kind}, in one process. Use processes=1 "
+                "(or auto)."
+            )
+        World(0, processes).check_divides(cfg.task.meta_batch_size, "task.meta_batch_size")
+        if not start_workers:
+            raise ConfigError(
+                f"processes={processes} starts worker processes for one run, but a sweep (-m) "
+                "runs each job in one process. Drop processes (auto keeps one per job), or run "
+                "the jobs one by one without -m."
+            )
+        raise StartWorkers(processes, threads)
+    torch.set_num_threads(threads)
+
+
 def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
     optimizer, scheduler = build_optimizer(cfg, algo)
     return TrainingState(
@@ -130,16 +166,18 @@ def _fit(cfg: DictConfig, run_dir: Path, state: TrainingState, engine: Engine, s
                       schedule=schedule, run_dir=run_dir, metric=metric, world=world,
                       logger=logger)  # fmt: skip
     try:
-        return {**trainer.fit(), "processes": world.size}
+        return {**trainer.fit(), "processes": world.size, "threads": torch.get_num_threads()}
     finally:
         if logger is not None:
             logger.close()
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     """Meta-trains, then tests the best-validation checkpoint; writes the run folder.
 
-    Under torchrun every process calls this with the same settings and run folder."""
+    Under torchrun every process calls this with the same settings and run folder.
+    start_workers: a lone process may raise StartWorkers when its plan asks for several
+    processes (the caller starts them and calls again as rank 0); else it trains alone."""
     check_settings(cfg)
     world, run_dir = World.current(), Path(run_dir)
     _absolute_paths(cfg)
@@ -151,7 +189,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
     algo = _starting_model(cfg, dataset, device, world)
-    engine = make_engine(cfg, algo, device, world)
+    _use_the_machine(cfg, dataset, algo, device, world, start_workers)
+    engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
     samplers["train"] = train_sampler(cfg, dataset, algo, device)
@@ -267,6 +306,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
         _switch_batchnorm(algo, run_cfg, cfg.bn)
     algo.to(device)
     world = World.current()
+    torch.set_num_threads(plan_threads(run_cfg.threads, world.size))
     engine = make_engine(run_cfg, algo, device, world)
     sampler = eval_sampler(run_cfg, dataset, "test", device)
     attack = evaluation_attack(run_cfg, dataset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.build import RUNTIME_SETTINGS
@@ -111,12 +112,14 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     if cfg.eval.get("attack", "none") != "none":
         test += f", also under {attack(cfg.eval)}"
     device = next(algo.parameters()).device
+    processes, threads = engine.world.size, torch.get_num_threads()
+    machine = f"{processes} process{'es' if processes > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
     resumed = f", resuming at {start}" if start else ""
     return (
         f"metarun train: {type(algo).__name__} on {data['dataset']}{split}: {training}\n"
         f"  {t.iterations} iterations{resumed}; validation every {t.val_every} on {t.val_episodes} "
         f"episodes; test: {test}\n"
-        f"  device {device}; {computing}\n"
+        f"  device {device}, {machine}; {computing}\n"
         f"  run folder {run_dir}: checkpoints/ (best.pt, last.pt every {t.ckpt_every}), "
         "metrics.jsonl, config.yaml; results.json at the end"
     )

@@ -47,6 +47,9 @@ class Algorithm(nn.Module):
     train_attack: Attack | None = None
     # True: the algorithm's meta-training is defined by its attack (ADML), so it needs one.
     needs_train_attack: bool = False
+    # True: its compiled meta-gradient is tested against the plain one, so compile=auto may
+    # compile it on long runs (metarun.engine.resolve_compile).
+    compiles: bool = False
 
     @classmethod
     def applies_train_attack(cls) -> bool:

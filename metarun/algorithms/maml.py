@@ -15,6 +15,8 @@ from metarun.metrics import task_loss_and_score
 
 
 class MAML(Algorithm):
+    compiles = True  # with ANIL and Meta-SGD (tests/test_maml.py)
+
     def __init__(
         self,
         backbone: nn.Module,

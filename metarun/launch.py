@@ -1,0 +1,151 @@
+"""How a run uses the machine: worker processes, threads per process, and starting the workers.
+
+The rule `processes=auto` and `threads=auto` follow, measured on a 2-core CPU
+(docs/results.md, "Using the whole machine"):
+- Conv-4 on 28x28 Omniglot: two processes of one thread, each computing half of the
+  meta-batch, ran MAML 5w1s 1.4x faster than one process whose two intra-op threads split
+  every (small) operation.
+- At 84x84 the convolutions are large enough for threads: two processes were 1.0x one
+  process of two threads (MAML and Relation Networks on miniImageNet-sized images).
+- The sinusoid MLP runs a whole vmapped, compiled meta-batch in under a millisecond, less
+  than one all-reduce between processes costs: one process.
+- Starting a second process (Python, torch, the dataset, joining the process group) added
+  4.3 s to a one-iteration run (9.5 s against 5.2 s); MAML 5w1s gains about 0.2 s per
+  iteration, so it pays after some 20 iterations and a run shorter than MIN_ITERATIONS keeps
+  one process.
+So on a CPU, auto gives one process per core (as many as divide the meta-batch) to episodic
+meta-training of a convolutional model on images of at most SMALL_IMAGE pixels a side, and
+one process with every core as threads otherwise. On CUDA it gives one process per visible
+GPU (each vmaps its share of the meta-batch). An explicit setting always wins; under torchrun
+the world torchrun started is kept.
+
+metarun starts the workers itself rather than through torchrun: after a stop signal torchrun
+gives its workers a fixed time before killing them and exits with its own traceback, while a
+stopped metarun run must finish its iteration, write its checkpoint and exit with status 75.
+Here the process the user started becomes rank 0: signals reach it as they would a single
+process, and the other ranks stop with it at the same iteration (World.any).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from metarun.engine import has_convolutions
+from metarun.errors import ConfigError
+
+SMALL_IMAGE = 32  # largest image side at which processes beat threads for a convolutional model
+MIN_ITERATIONS = 100  # shorter runs keep one process: starting workers would not pay
+
+
+class StartWorkers(Exception):
+    """Raised by a lone process whose plan asks for several: the caller starts the others."""
+
+    def __init__(self, processes: int, threads: int) -> None:
+        super().__init__(f"{processes} processes of {threads} threads")
+        self.processes, self.threads = processes, threads
+
+
+def cores() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroup cpusets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _count(setting: str, value) -> int | None:
+    """An explicit count, or None for auto."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{setting}={value!r} is not allowed. Use {setting}=auto or a count >= 1")
+    return value
+
+
+def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence[int],
+                   environments: bool, meta_batch_size: int, iterations: int,
+                   threads_setting="auto") -> int:  # fmt: skip
+    """How many processes meta-train this run (the rule in the module docstring)."""
+    explicit = _count("processes", setting)
+    if explicit is not None:
+        return explicit
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if device.index is None else 1
+    else:
+        threads = _count("threads", threads_setting) or int(os.environ.get("OMP_NUM_THREADS", 1))
+        small_images = len(input_shape) == 3 and max(input_shape[1:]) <= SMALL_IMAGE
+        worth_it = (algo.episodic and not environments and small_images
+                    and has_convolutions(algo) and iterations >= MIN_ITERATIONS)  # fmt: skip
+        available = cores() // threads if worth_it else 1
+    return max(p for p in range(1, max(available, 1) + 1) if meta_batch_size % p == 0)
+
+
+def plan_threads(setting, processes: int) -> int:
+    """Intra-op threads per process: explicit, else $OMP_NUM_THREADS, else cores / processes."""
+    explicit = _count("threads", setting)
+    if explicit is not None:
+        return explicit
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, cores() // processes)
+
+
+def _die_with_parent() -> None:
+    """In a worker before exec: the kernel kills it when rank 0 exits (Linux), so a worker never
+    outlives the run, even after a second signal ended rank 0 at once."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    pr_set_pdeathsig, sigkill = 1, 9
+    if hasattr(libc, "prctl"):
+        libc.prctl(pr_set_pdeathsig, sigkill)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def workers(processes: int, threads: int, arguments: Sequence[str],
+            log_dir: Path) -> Iterator[None]:  # fmt: skip
+    """Makes this process rank 0 of `processes` and starts ranks 1.. as
+    `python -m metarun <arguments>` (their output in log_dir/rank_<r>.log). torch.distributed's
+    env:// rendezvous, as torchrun sets it up. On exit, waits for the workers; one that failed
+    is reported with its log."""
+    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+             "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
+             "OMP_NUM_THREADS": str(threads)}  # fmt: skip
+    os.environ.update(world, RANK="0", LOCAL_RANK="0")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = []
+    for rank in range(1, processes):
+        log = log_dir / f"rank_{rank}.log"
+        with open(log, "w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "metarun", *arguments],
+                env={**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        started.append((process, log))
+    grace = 5  # after an error or a stop on rank 0, the others end within its iteration
+    try:
+        yield
+        grace = 60  # the others finish their share of the test
+    finally:
+        for process, log in started:
+            try:
+                status = process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                status = process.wait()
+            if status not in (0, 75):
+                print(f"metarun: a worker process exited with status {status}; its output is in "
+                      f"{log}", file=sys.stderr)  # fmt: skip
