@@ -2,6 +2,7 @@
 
     python scripts/bench.py                       # every workload, every implementation found
     python scripts/bench.py --workloads W1 W5 --repeats 5 --json bench.json
+    python scripts/bench.py --time-to-accuracy maml protonet --seeds 0 1 2
 
 Each (workload, implementation) runs in its own process on synthetic data of the
 workload's shapes (same seed, same initial weights for everyone), after one warm-up
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -426,10 +428,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="+", metavar="IMPL", help="run only these implementations")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--time-to-accuracy",
+        nargs="+",
+        metavar="TARGET",
+        choices=["maml", "protonet"],
+        help="wall time to a validation accuracy (scripts/time_to_accuracy.py)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--limit", type=float, default=3600, help="seconds per run to accuracy")
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(*args.one, args.repeats)))
+        return
+    if args.time_to_accuracy:
+        from time_to_accuracy import time_to_accuracy
+
+        results = time_to_accuracy(args.time_to_accuracy, args.seeds, args.limit)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     results = {}

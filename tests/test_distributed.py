@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,70 @@ def test_torchrun_training_equals_one_process(setting, cli_env, tmp_path):
     )  # 4 + 3 episodes gathered, none twice
     assert tested[2]["accuracy"]["mean"] == pytest.approx(tested[1]["accuracy"]["mean"], abs=1e-6)
     assert tested[2]["training"]["processes"] == 2
+
+
+def metarun_command(processes: int, run_dir: Path, *overrides: str) -> list[str]:
+    """`metarun train` starting its own processes (processes=N), as a user types it."""
+    return [sys.executable, *train_command(1, run_dir, *overrides)[1:], f"processes={processes}"]
+
+
+def assert_same_model(one: dict, two: dict) -> None:
+    for name in one["model"]:
+        torch.testing.assert_close(
+            two["model"][name], one["model"][name], rtol=1e-5, atol=1e-6, msg=name
+        )
+
+
+@pytest.mark.slow
+def test_processes_setting_trains_as_one_process(cli_env, tmp_path):
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"processes_{processes}"
+        done = subprocess.run(metarun_command(processes, run_dir, *MAML), capture_output=True,
+                              text=True, env=cli_env, cwd=REPO, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("test accuracy") == 1
+        assert f"{processes} process{'es' if processes > 1 else ''} x 1 thread" in done.stderr
+        runs[processes] = run_dir
+    one, two = (torch.load(runs[p] / "checkpoints" / "last.pt", weights_only=True) for p in (1, 2))
+    assert_same_model(one, two)
+    tested = {p: json.loads((runs[p] / "results.json").read_text()) for p in (1, 2)}
+    assert tested[2]["training"]["processes"] == 2 and tested[1]["training"]["processes"] == 1
+    assert tested[2]["accuracy"]["mean"] == pytest.approx(tested[1]["accuracy"]["mean"], abs=1e-6)
+    assert (runs[2] / "workers" / "rank_1.log").read_text() == ""  # rank 1 printed nothing
+
+
+@pytest.mark.slow
+def test_a_stop_signal_stops_every_process_and_resume_continues(cli_env, tmp_path):
+    longer = [*MAML, "trainer.iterations=30", "trainer.ckpt_every=10", "trainer.val_every=10"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    done = subprocess.run(metarun_command(2, straight, *longer), capture_output=True, text=True,
+                          env=cli_env, cwd=REPO, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    process = subprocess.Popen(metarun_command(2, stopped, *longer), cwd=REPO, env=cli_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr[-3000:]
+    assert stderr.count("Stopped by a signal") == 1
+    last = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)
+    assert 3 <= last["iteration"] < 30
+    resumed = subprocess.run(
+        [*metarun_command(2, stopped, *longer), "trainer.resume=auto"],
+        capture_output=True, text=True, env=cli_env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at iteration {last['iteration']}" in resumed.stderr
+    one, two = (torch.load(f / "checkpoints" / "last.pt", weights_only=True)["model"]
+                for f in (straight, stopped))  # fmt: skip
+    for name in one:  # as bit-identical as a resumed single process
+        assert torch.equal(one[name], two[name]), name
 
 
 def test_a_meta_batch_that_does_not_split_evenly_is_refused():

@@ -1,0 +1,134 @@
+"""How a run uses the machine: the processes, threads and compile rules `auto` follows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metarun import batchnorm, launch, run
+from metarun.algorithms.maml import MAML
+from metarun.algorithms.protonet import ProtoNet
+from metarun.backbones.conv4 import Conv4
+from metarun.backbones.mlp import MLP
+from metarun.engine import COMPILE_PAYS_AFTER, resolve_compile
+from metarun.errors import ConfigError
+
+CPU = torch.device("cpu")
+OMNIGLOT = (1, 28, 28)
+
+
+def conv_maml(shape=OMNIGLOT):
+    return MAML(Conv4(shape, hidden=4, blocks=2), 5, inner_lr=0.4, inner_steps=1)
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.setattr(launch, "cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+def processes(algo=None, *, setting="auto", device=CPU, shape=OMNIGLOT, environments=False,
+              meta_batch_size=32, iterations=60000, threads="auto") -> int:  # fmt: skip
+    return launch.plan_processes(
+        setting, device=device, algo=algo or conv_maml(shape), input_shape=shape,
+        environments=environments, meta_batch_size=meta_batch_size, iterations=iterations,
+        threads_setting=threads,
+    )  # fmt: skip
+
+
+def test_a_long_conv_run_on_small_images_takes_a_process_per_core(four_cores):
+    assert processes() == 4
+
+
+def test_the_process_count_divides_the_meta_batch(four_cores):
+    assert processes(meta_batch_size=6) == 3
+    assert processes(meta_batch_size=1) == 1
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shape=(3, 84, 84)),  # large images: threads use the cores as well
+        dict(iterations=launch.MIN_ITERATIONS - 1),  # starting workers would not pay
+        dict(algo=MAML(MLP((1,), [8]), 1, inner_lr=0.01, inner_steps=1), shape=(1,)),
+        dict(environments=True),
+    ],
+    ids=["large_images", "short_run", "mlp", "environments"],
+)
+def test_one_process_with_every_core_as_threads_otherwise(four_cores, case):
+    assert processes(**case) == 1
+    assert launch.plan_threads("auto", 1) == 4
+
+
+def test_threads_per_process_make_up_the_cores(four_cores, monkeypatch):
+    assert processes(threads=2) == 2 and launch.plan_threads("auto", 2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's thread count is an explicit one
+    assert processes() == 4 and launch.plan_threads("auto", 4) == 1
+
+
+def test_an_explicit_setting_always_wins(four_cores):
+    assert processes(setting=3, shape=(3, 84, 84), iterations=5) == 3
+    assert launch.plan_threads(3, 4) == 3
+
+
+def test_cuda_takes_one_process_per_gpu(four_cores, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert processes(device=torch.device("cuda"), shape=(3, 84, 84)) == 2
+    assert processes(device=torch.device("cuda:1")) == 1
+
+
+@pytest.mark.parametrize("setting", [0, -1, "two", True])
+def test_a_count_that_is_not_one_is_refused(setting):
+    with pytest.raises(ConfigError, match="Use processes=auto or a count >= 1"):
+        processes(setting=setting)
+
+
+def test_compile_auto_compiles_a_conv_maml_run_that_repays_it():
+    algo = conv_maml()
+    assert resolve_compile("auto", "loop", algo, COMPILE_PAYS_AFTER)
+    assert not resolve_compile("auto", "loop", algo, 20)  # a smoke run never compiles
+    assert not resolve_compile("auto", "loop", algo, 0)  # evaluation
+
+
+def test_compile_auto_leaves_untested_algorithms_and_running_statistics_alone():
+    protonet = ProtoNet(Conv4(OMNIGLOT, hidden=4, blocks=2), 5)
+    assert not resolve_compile("auto", "loop", protonet, 60000)
+    algo = conv_maml()
+    batchnorm.use_mode(algo, "running")
+    assert not resolve_compile("auto", "loop", algo, 60000)
+
+
+def test_compile_auto_compiles_vmap_without_convolutions_and_explicit_wins():
+    mlp = MAML(MLP((1,), [8]), 1, inner_lr=0.01, inner_steps=1)
+    assert resolve_compile("auto", "vmap", mlp, 0)
+    assert not resolve_compile(False, "loop", conv_maml(), 60000)
+    assert resolve_compile(True, "loop", conv_maml(), 1)
+
+
+def test_a_long_run_asks_for_workers_before_training(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cfg = tiny_cfg("trainer.iterations=1000")
+    with pytest.raises(launch.StartWorkers) as plan:
+        run.train(cfg, tmp_path, start_workers=True)
+    assert (plan.value.processes, plan.value.threads) == (2, 1)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["processes=2", "task.meta_batch_size=3"], "task.meta_batch_size=3 cannot be split"),
+        (["processes=2", "algo=baseline", "bn=running"], "Baseline trains on labelled batches"),
+        (["processes=2", "threads=0"], "threads=0 is not allowed"),
+    ],
+    ids=["uneven_meta_batch", "labelled_batches", "no_threads"],
+)
+def test_impossible_process_settings_are_named(tiny_cfg, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run.train(tiny_cfg(*overrides), tmp_path, start_workers=True)
+
+
+def test_a_sweep_job_does_not_start_workers(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="a sweep \\(-m\\) runs each job in one process"):
+        run.train(tiny_cfg("processes=2"), tmp_path, start_workers=False)
