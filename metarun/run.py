@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,7 +167,11 @@ def _fit(cfg: DictConfig, run_dir: Path, state: TrainingState, engine: Engine, s
                       schedule=schedule, run_dir=run_dir, metric=metric, world=world,
                       logger=logger)  # fmt: skip
     try:
-        return {**trainer.fit(), "processes": world.size, "threads": torch.get_num_threads()}
+        summary = trainer.fit()
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
+        peaks = [round(mb, 1) for mb in world.gather(peak).tolist()]  # each process's own, in MB
+        return {**summary, "processes": world.size, "threads": torch.get_num_threads(),
+                "peak_memory_mb": peaks}  # fmt: skip
     finally:
         if logger is not None:
             logger.close()

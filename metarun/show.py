@@ -113,7 +113,8 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
         test += f", also under {attack(cfg.eval)}"
     device = next(algo.parameters()).device
     processes, threads = engine.world.size, torch.get_num_threads()
-    machine = f"{processes} process{'es' if processes > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+    plural = lambda count, word, ending: f"{count} {word}{ending if count > 1 else ''}"
+    machine = f"{plural(processes, 'process', 'es')} x {plural(threads, 'thread', 's')}"
     resumed = f", resuming at {start}" if start else ""
     return (
         f"metarun train: {type(algo).__name__} on {data['dataset']}{split}: {training}\n"

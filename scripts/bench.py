@@ -10,7 +10,11 @@ meta-batch (for the -compiled rows it includes the compilation; its time is the 
 step" column, so first step minus a steady step is what compiling cost); it reports the median
 tasks/s over `--repeats` meta-batches, the peak resident memory the workload added,
 and the largest absolute difference between its meta-gradient and the plain loop's,
-so a speed-up can never come from computing something else. Peers (learn2learn, higher,
+so a speed-up can never come from computing something else. "metarun-default" is what
+`metarun train` does with every setting `auto` on a paper-length run of the workload's shape
+(processes, threads, engine and compile by metarun's rules; several processes each time their
+share of the meta-batch and the all-reduce; peak memory is their sum). Every implementation
+gets the machine's threads unless OMP_NUM_THREADS says otherwise. Peers (learn2learn, higher,
 torchopt) are used where installed (`pip install -e '.[bench]'` and
 `scripts/install_learn2learn.sh`); a missing one is reported as missing. The
 episode-sampling row uses the real Omniglot ($METARUN_DATA).
@@ -25,11 +29,14 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -37,8 +44,10 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
+from metarun.distributed import World
 from metarun.engine import Engine, resolve_compile, resolve_mode
 from metarun.episode import Episode
+from metarun.launch import plan_processes, plan_threads
 from metarun.runtime import keep_freed_memory
 
 
@@ -60,11 +69,13 @@ class Workload:
         if self.kind == "sampling":
             return ["metarun", "learn2learn"]
         if self.model == "mlp":
-            names = ["plain", "metarun-loop", "metarun-vmap", "metarun-vmap-compiled"]
+            names = ["plain", "metarun-default", "metarun-loop", "metarun-vmap",
+                     "metarun-vmap-compiled"]  # fmt: skip
         elif self.kind == "maml":
             names = [
                 "plain",
                 "plain-keep-freed-memory",
+                "metarun-default",
                 "metarun-loop",
                 "metarun-loop-system-allocator",
                 "metarun-loop-compiled",
@@ -76,6 +87,7 @@ class Workload:
             names = [
                 "plain",
                 "plain-keep-freed-memory",
+                "metarun-default",
                 "metarun-loop",
                 "metarun-loop-channels-last",
                 "metarun-loop-bf16",
@@ -94,6 +106,8 @@ ENGINES = {  # implementation name -> metarun Engine settings (the default keep_
     "metarun-loop-bf16": dict(mode="loop", precision="bf16", channels_last=True),
 }
 
+
+PAPER_ITERATIONS = 60000  # the run length the default row stands for (MAML's Omniglot presets)
 
 WORKLOADS = {
     "W1": Workload("MAML 2nd order, 5w1s 15q, Conv-4, 1 step, 32 tasks", "maml"),
@@ -259,6 +273,8 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
     w = WORKLOADS[workload]
     if w.kind == "sampling":
         return run_sampling(impl, repeats)
+    if impl == "metarun-default":
+        return run_default(workload, repeats)
     torch.manual_seed(0)
     model, batch = plain_model(w), synthetic_batch(w)
     initial = {name: value.clone() for name, value in model.state_dict().items()}
@@ -267,14 +283,7 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         engine = Engine(**{"keep_freed_memory": True, **ENGINES[impl]})
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
-        auto_mode = resolve_mode("auto", algo, torch.device("cpu"))
-        auto = Engine(
-            auto_mode, compile=resolve_compile("auto", auto_mode, algo), keep_freed_memory=True
-        )
-        default = engine.describe() == auto.describe()
-        detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items()) + (
-            " (auto)" if default else ""
-        )
+        detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items())
     elif impl.startswith("plain"):
         if impl == "plain-keep-freed-memory":
             keep_freed_memory()
@@ -284,15 +293,20 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         )
     else:
         target, step, detail = model, peer_step(impl, w, model, batch), ""
-    torch.func.grad(torch.sum)(
-        torch.ones(1)
-    )  # its one-off lazy imports (~160 MB) are not the workload's
+    timed = time_steps(target, step, repeats)
+    timed["grad_max_abs_diff"] = difference_from_plain(w, initial, batch, timed.pop("gradient"))
+    return {**timed, "tasks_per_s": w.tasks / timed.pop("median_s"), "detail": detail}
+
+
+def time_steps(target: nn.Module, step, repeats: int) -> dict:
+    """A warm-up meta-batch (with any compilation), then `repeats` timed ones."""
+    torch.func.grad(torch.sum)(torch.ones(1))  # its one-off lazy imports (~160 MB) are not timed
     baseline_kb = rss_kb()
     target.zero_grad()
     start = time.perf_counter()
-    step()  # warm-up (with any compilation); its meta-gradient is checked below
+    step()
     first_step_s = time.perf_counter() - start
-    first_gradient = gradients(target)
+    gradient = gradients(target)
     times = []
     for _ in range(repeats):
         target.zero_grad()
@@ -300,17 +314,63 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         step()
         times.append(time.perf_counter() - start)
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
-    reference_model = plain_model(w)  # after timing, so it does not count in the peak
+    return {"median_s": statistics.median(times), "first_step_s": first_step_s,
+            "peak_mb": peak_mb, "gradient": gradient}  # fmt: skip
+
+
+def difference_from_plain(w: Workload, initial: dict, batch: Episode, gradient) -> float:
+    """Largest absolute difference from the plain loop's meta-gradient (computed after timing,
+    so it does not count in the peak)."""
+    reference_model = plain_model(w)
     reference_model.load_state_dict(initial)
     plain_step(w, reference_model, batch)
-    difference = (first_gradient - gradients(reference_model)).abs().max().item()
-    return {
-        "tasks_per_s": w.tasks / statistics.median(times),
-        "first_step_s": first_step_s,
-        "peak_mb": peak_mb,
-        "grad_max_abs_diff": difference,
-        "detail": detail,
-    }
+    return (gradient - gradients(reference_model)).abs().max().item()
+
+
+def run_default(workload: str, repeats: int) -> dict:
+    """metarun as `metarun train` runs a paper-length run of this shape on this machine: processes
+    and threads by metarun.launch's rule, engine and compile by metarun.engine's (60,000 planned
+    iterations), each process timing its share of the meta-batch and the all-reduce."""
+    w = WORKLOADS[workload]
+    algo = metarun_algorithm(w, plain_model(w))
+    shape = (1,) if w.model == "mlp" else (1, 28, 28)
+    processes = plan_processes("auto", device=torch.device("cpu"), algo=algo, input_shape=shape,
+                               environments=False, meta_batch_size=w.tasks,
+                               iterations=PAPER_ITERATIONS)  # fmt: skip
+    threads = plan_threads("auto", processes)
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_default_rank, args=(workload, repeats, processes, threads, folder),
+                 nprocs=processes)  # fmt: skip
+        ranks = [json.loads((Path(folder) / f"{r}.json").read_text()) for r in range(processes)]
+    result = ranks[0]
+    result["peak_mb"] = sum(rank["peak_mb"] for rank in ranks)
+    result["detail"] = f"{processes} processes x {threads} threads, " + result["detail"]
+    return result
+
+
+def _default_rank(rank: int, workload: str, repeats: int, processes: int, threads: int,
+                  folder: str) -> None:  # fmt: skip
+    torch.set_num_threads(threads)
+    if processes > 1:
+        dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                                world_size=processes)  # fmt: skip
+    w = WORKLOADS[workload]
+    torch.manual_seed(0)
+    model, batch = plain_model(w), synthetic_batch(w)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    algo = metarun_algorithm(w, model)
+    mode = resolve_mode("auto", algo, torch.device("cpu"))
+    engine = Engine(mode, compile=resolve_compile("auto", mode, algo, PAPER_ITERATIONS),
+                    keep_freed_memory=True, world=World(rank, processes))  # fmt: skip
+    engine.prepare(algo)
+    timed = time_steps(algo, lambda: engine.meta_backward(algo, batch), repeats)
+    timed["grad_max_abs_diff"] = difference_from_plain(w, initial, batch, timed.pop("gradient"))
+    detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items())
+    result = {**timed, "tasks_per_s": w.tasks / timed.pop("median_s"), "detail": detail}
+    (Path(folder) / f"{rank}.json").write_text(json.dumps(result))
+    if processes > 1:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rss_kb() -> int:

@@ -1,8 +1,9 @@
-"""Wall time of meta-training with 1 and with K processes (torchrun) on this machine.
+"""Wall time of meta-training with 1 and with K processes on this machine.
 
 Runs the same short training (default: the MAML Omniglot 5-way 1-shot preset, 32 tasks per
 meta-batch) as one process with 1 thread, one process with K threads, and K processes of
-1 thread each, and prints the meta-training throughput of each. Run it on an idle machine:
+1 thread each (metarun's `processes` and `threads` settings), and prints the meta-training
+throughput and each process's peak memory. Run it on an idle machine:
 
     python scripts/distributed_scaling.py --processes 2 --iterations 40
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,13 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 def train(
     processes: int, threads: int, iterations: int, overrides: list[str], run_dir: Path
 ) -> dict:
-    launcher = (
-        [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={processes}"]
-        if processes > 1
-        else [sys.executable]
-    )
     command = [
-        *launcher,
+        sys.executable,
         "-m",
         "metarun",
         "train",
@@ -42,9 +37,12 @@ def train(
         f"trainer.ckpt_every={iterations}",
         "eval.episodes=32",
         "device=cpu",
+        f"processes={processes}",
+        f"threads={threads}",
+        "compile=false",
         f"hydra.run.dir={run_dir}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     subprocess.run(
         command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -52,12 +50,9 @@ def train(
     timed = [row["tasks_per_s"] for row in rows if "tasks_per_s" in row][
         1:
     ]  # the first window warms up
-    return {
-        "tasks_per_s": sum(timed) / len(timed),
-        "wall_time_s": json.loads((run_dir / "results.json").read_text())["training"][
-            "wall_time_s"
-        ],
-    }
+    training = json.loads((run_dir / "results.json").read_text())["training"]
+    return {"tasks_per_s": sum(timed) / len(timed), "wall_time_s": training["wall_time_s"],
+            "peak_memory_mb": training["peak_memory_mb"]}  # fmt: skip
 
 
 def main() -> None:
@@ -72,19 +67,19 @@ def main() -> None:
     settings = [
         (1, 1, "1 process, 1 thread"),
         (1, k, f"1 process, {k} threads"),
-        (k, 1, f"{k} processes (torchrun, gloo), 1 thread each"),
+        (k, 1, f"{k} processes (gloo), 1 thread each"),
     ]
     print(f"{' '.join(args.overrides)}, {args.iterations} iterations")
-    print("| setting | meta-training tasks/s | training wall time (s) |\n|---|---|---|")
+    print("| setting | meta-training tasks/s | training wall time (s) | peak MB per process |")
+    print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for index, (processes, threads, name) in enumerate(settings):
             result = train(
                 processes, threads, args.iterations, args.overrides, Path(folder) / str(index)
             )
-            print(
-                f"| {name} | {result['tasks_per_s']:.1f} | {result['wall_time_s']:.1f} |",
-                flush=True,
-            )
+            memory = ", ".join(f"{m:.0f}" for m in result["peak_memory_mb"])
+            print(f"| {name} | {result['tasks_per_s']:.1f} | {result['wall_time_s']:.1f} | "
+                  f"{memory} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ def test_processes_setting_trains_as_one_process(cli_env, tmp_path):
     assert_same_model(one, two)
     tested = {p: json.loads((runs[p] / "results.json").read_text()) for p in (1, 2)}
     assert tested[2]["training"]["processes"] == 2 and tested[1]["training"]["processes"] == 1
+    assert len(tested[2]["training"]["peak_memory_mb"]) == 2  # each process's own peak
     assert tested[2]["accuracy"]["mean"] == pytest.approx(tested[1]["accuracy"]["mean"], abs=1e-6)
     assert (runs[2] / "workers" / "rank_1.log").read_text() == ""  # rank 1 printed nothing
 

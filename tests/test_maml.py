@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from reference import maml_meta_gradient
 from torch.func import functional_call
 
+from metarun.algorithms.anil import ANIL
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.meta_sgd import MetaSGD
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
 from metarun.engine import Engine
@@ -140,6 +142,34 @@ def test_compiled_loop_matches_reference_loop(first_order):
     actual = engine_gradient(algo, batch, "loop", compile=True)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", [ANIL, MetaSGD])
+def test_algorithms_compile_auto_may_compile_match_their_plain_loop(algorithm):
+    assert algorithm.compiles
+    torch.manual_seed(0)
+    algo = algorithm(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1)
+    batch = classification_batch()
+    expected = engine_gradient(algo.double(), batch, "loop")
+    actual = engine_gradient(algo, batch, "loop", compile=True)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graphs_match_the_plain_vmapped_meta_gradient():
+    torch.manual_seed(0)
+    algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=1).cuda()
+    batch = classification_batch()
+    batch = Episode(*(t.cuda() for t in batch.tensors), batch.ways)
+    batch = Episode(batch.support_x.float(), batch.support_y, batch.query_x.float(),
+                    batch.query_y, batch.ways)  # fmt: skip
+    expected = engine_gradient(algo, batch, "vmap")
+    for _ in range(3):  # recorded on an early call, replayed after
+        actual = engine_gradient(algo, batch, "vmap", compile=True, compile_mode="reduce-overhead")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
