@@ -39,7 +39,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
+from metarun.data.environments import EnvironmentDataset
+from metarun.distributed import World
 from metarun.engine import has_convolutions
 from metarun.errors import ConfigError
 
@@ -65,8 +68,16 @@ def _count(setting: str, value) -> int | None:
     if value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{setting}={value!r} is not allowed. Use {setting}=auto or a count >= 1")
+        raise ConfigError(
+            f"{setting}={value!r} is not allowed. Use {setting}=auto or a count >= 1."
+        )
     return value
+
+
+def _omp_threads() -> int | None:
+    """$OMP_NUM_THREADS, the thread count a user or a launcher set for this process, if any."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence[int],
@@ -79,7 +90,7 @@ def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence
     if device.type == "cuda":
         available = torch.cuda.device_count() if device.index is None else 1
     else:
-        threads = _count("threads", threads_setting) or int(os.environ.get("OMP_NUM_THREADS", 1))
+        threads = _count("threads", threads_setting) or _omp_threads() or 1
         small_images = len(input_shape) == 3 and max(input_shape[1:]) <= SMALL_IMAGE
         worth_it = (algo.episodic and not environments and small_images
                     and has_convolutions(algo) and iterations >= MIN_ITERATIONS)  # fmt: skip
@@ -89,12 +100,42 @@ def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence
 
 def plan_threads(setting, processes: int) -> int:
     """Intra-op threads per process: explicit, else $OMP_NUM_THREADS, else cores / processes."""
-    explicit = _count("threads", setting)
-    if explicit is not None:
-        return explicit
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return int(os.environ["OMP_NUM_THREADS"])
-    return max(1, cores() // processes)
+    return _count("threads", setting) or _omp_threads() or max(1, cores() // processes)
+
+
+def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world: World,
+                    start_workers: bool) -> None:  # fmt: skip
+    """Sets this process's threads by the rule above; a lone process whose plan asks for several
+    raises StartWorkers before anything is trained."""
+    environments = isinstance(dataset, EnvironmentDataset)
+    if world.size > 1:
+        processes = world.size  # torchrun's, or the workers this run started
+    elif not start_workers and cfg.processes == "auto":
+        processes = 1  # a sweep's job
+    else:
+        processes = plan_processes(
+            cfg.processes, device=device, algo=algo, input_shape=dataset.input_shape,
+            environments=environments, meta_batch_size=cfg.task.meta_batch_size,
+            iterations=cfg.trainer.iterations, threads_setting=cfg.threads,
+        )  # fmt: skip
+    threads = plan_threads(cfg.threads, processes)
+    if processes > world.size:
+        if environments or not algo.episodic:
+            kind = "environment tasks" if environments else "labelled batches"
+            raise ConfigError(
+                f"processes={processes} splits each meta-batch of episodes between processes, "
+                f"but {type(algo).__name__} trains on {kind}, in one process. Use processes=1 "
+                "(or auto)."
+            )
+        World(0, processes).check_divides(cfg.task.meta_batch_size, "task.meta_batch_size")
+        if not start_workers:
+            raise ConfigError(
+                f"processes={processes} starts worker processes for one run, but a sweep (-m) "
+                "runs each job in one process. Drop processes (auto keeps one per job), or run "
+                "the jobs one by one without -m."
+            )
+        raise StartWorkers(processes, threads)
+    torch.set_num_threads(threads)
 
 
 def _die_with_parent() -> None:

@@ -33,7 +33,7 @@ from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
-from metarun.launch import StartWorkers, plan_processes, plan_threads
+from metarun.launch import plan_threads, use_the_machine
 from metarun.protocol import (
     eval_sampler,
     evaluation_attack,
@@ -99,41 +99,6 @@ def _starting_model(cfg: DictConfig, dataset, device: torch.device, world: World
     return algo
 
 
-def _use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world: World,
-                     start_workers: bool) -> None:  # fmt: skip
-    """Sets this process's threads (metarun.launch's rule); a lone process whose plan asks for
-    several raises StartWorkers before anything is trained."""
-    environments = isinstance(dataset, EnvironmentDataset)
-    if world.size > 1:
-        processes = world.size  # torchrun's, or the workers this run started
-    elif not start_workers and cfg.processes == "auto":
-        processes = 1  # a sweep's job
-    else:
-        processes = plan_processes(
-            cfg.processes, device=device, algo=algo, input_shape=dataset.input_shape,
-            environments=environments, meta_batch_size=cfg.task.meta_batch_size,
-            iterations=cfg.trainer.iterations, threads_setting=cfg.threads,
-        )  # fmt: skip
-    threads = plan_threads(cfg.threads, processes)
-    if processes > world.size:
-        if environments or not algo.episodic:
-            kind = "environment tasks" if environments else "labelled batches"
-            raise ConfigError(
-                f"processes={processes} splits each meta-batch of episodes between processes, "
-                f"but {type(algo).__name__} trains on {kind}, in one process. Use processes=1 "
-                "(or auto)."
-            )
-        World(0, processes).check_divides(cfg.task.meta_batch_size, "task.meta_batch_size")
-        if not start_workers:
-            raise ConfigError(
-                f"processes={processes} starts worker processes for one run, but a sweep (-m) "
-                "runs each job in one process. Drop processes (auto keeps one per job), or run "
-                "the jobs one by one without -m."
-            )
-        raise StartWorkers(processes, threads)
-    torch.set_num_threads(threads)
-
-
 def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
     optimizer, scheduler = build_optimizer(cfg, algo)
     return TrainingState(
@@ -194,7 +159,7 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
     algo = _starting_model(cfg, dataset, device, world)
-    _use_the_machine(cfg, dataset, algo, device, world, start_workers)
+    use_the_machine(cfg, dataset, algo, device, world, start_workers)
     engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
