@@ -7,8 +7,9 @@ The rule `processes=auto` and `threads=auto` follow, measured on a 2-core CPU
   every (small) operation.
 - At 84x84 the convolutions are large enough for threads: two processes were 1.0x one
   process of two threads (MAML and Relation Networks on miniImageNet-sized images).
-- The sinusoid MLP runs a whole vmapped, compiled meta-batch in under a millisecond, less
-  than one all-reduce between processes costs: one process.
+- Models without convolutions are left to one process: the sinusoid MLP's whole compiled,
+  vmapped meta-batch takes about half a millisecond (W5), too little to share (not measured
+  with processes).
 - Starting a second process (Python, torch, the dataset, joining the process group) added
   4.3 s to a one-iteration run (9.5 s against 5.2 s); MAML 5w1s gains about 0.2 s per
   iteration, so it pays after some 20 iterations and a run shorter than MIN_ITERATIONS keeps

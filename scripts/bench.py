@@ -120,6 +120,9 @@ WORKLOADS = {
         steps=5,
         inner_lr=0.1,
     ),
+    "W6": Workload(
+        "MAML 2nd order, 5w1s 1q (the preset's training episodes), 32 tasks", "maml", queries=1
+    ),  # fmt: skip
     "W4": Workload(
         "ProtoNet 60w5s 5q, Conv-4, 1 episode", "protonet", ways=60, shots=5, queries=5, tasks=1
     ),
