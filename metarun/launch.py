@@ -112,7 +112,7 @@ def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world:
     if world.size > 1:
         processes = world.size  # torchrun's, or the workers this run started
     elif not start_workers and cfg.processes == "auto":
-        processes = 1  # a sweep's job
+        processes = 1  # a caller that cannot start workers: a sweep's job, the Python API
     else:
         processes = plan_processes(
             cfg.processes, device=device, algo=algo, input_shape=dataset.input_shape,

@@ -146,16 +146,20 @@ def plain_model(w: Workload) -> nn.Module:
         return nn.Sequential(
             nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1)
         )
+    return stock_conv4(w.ways if w.kind == "maml" else None)
+
+
+def stock_conv4(ways: int | None, running_statistics: bool = False) -> nn.Sequential:
+    """Conv-4 from stock layers, as the peers' examples build it; a linear head if `ways`."""
     layers: list[nn.Module] = []
     for index in range(4):
         layers += [
             nn.Conv2d(1 if index == 0 else 64, 64, 3, padding=1),
-            nn.BatchNorm2d(64, track_running_stats=False),
+            nn.BatchNorm2d(64, track_running_stats=running_statistics),
             nn.ReLU(),
             nn.MaxPool2d(2),
         ]
-    head = [nn.Linear(64, w.ways)] if w.kind == "maml" else []
-    return nn.Sequential(*layers, nn.Flatten(), *head)
+    return nn.Sequential(*layers, nn.Flatten(), *([nn.Linear(64, ways)] if ways else []))
 
 
 def metarun_algorithm(w: Workload, weights: nn.Module):

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,22 +126,10 @@ def run_learn2learn(target: Target, seed: int, limit: float, folder: Path) -> di
     return result
 
 
-def _conv4(ways: int | None, running_statistics: bool) -> nn.Sequential:
-    """Conv-4 from stock layers, as learn2learn's examples build it; a linear head for MAML."""
-    layers: list[nn.Module] = []
-    for index in range(4):
-        layers += [
-            nn.Conv2d(1 if index == 0 else 64, 64, 3, padding=1),
-            nn.BatchNorm2d(64, track_running_stats=running_statistics),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-    return nn.Sequential(*layers, nn.Flatten(), *([nn.Linear(64, ways)] if ways else []))
-
-
 def learn2learn_training(preset: str, seed: int, output: Path) -> None:
     """Trains with learn2learn, writing each validation as a JSON line (the parent times it)."""
     import learn2learn as l2l
+    from bench import stock_conv4
     from hydra import compose, initialize_config_dir
 
     from metarun.build import CONFIG_DIR, build, build_algorithm
@@ -156,7 +143,7 @@ def learn2learn_training(preset: str, seed: int, output: Path) -> None:
     dataset = build("dataset", cfg.dataset)
     algo = build_algorithm(cfg, dataset)  # metarun's initial weights for this seed
     maml = cfg.algo._target_.endswith("MAML")
-    model = _conv4(cfg.task.ways if maml else None, running_statistics=cfg.bn == "running")
+    model = stock_conv4(cfg.task.ways if maml else None, running_statistics=cfg.bn == "running")
     with torch.no_grad():
         for mine, theirs in zip(model.parameters(), algo.parameters(), strict=True):
             mine.copy_(theirs)

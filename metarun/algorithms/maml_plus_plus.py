@@ -27,7 +27,7 @@ from metarun.metrics import task_loss_and_score
 
 
 class MAMLPlusPlus(MAML):
-    compiles = False  # not tested compiled; its schedules change the graph as training goes on
+    compiles = False  # not tested compiled (loss weights, derivative order change as it trains)
 
     def __init__(
         self,
