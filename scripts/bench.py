@@ -290,7 +290,7 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         engine = Engine(**{"keep_freed_memory": True, **ENGINES[impl]})
         engine.prepare(algo)
         target, step = algo, lambda: engine.meta_backward(algo, batch)
-        detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items())
+        detail = _describe(engine)
     elif impl.startswith("plain"):
         if impl == "plain-keep-freed-memory":
             keep_freed_memory()
@@ -300,9 +300,20 @@ def run_one(workload: str, impl: str, repeats: int) -> dict:
         )
     else:
         target, step, detail = model, peer_step(impl, w, model, batch), ""
-    timed = time_steps(target, step, repeats)
-    timed["grad_max_abs_diff"] = difference_from_plain(w, initial, batch, timed.pop("gradient"))
-    return {**timed, "tasks_per_s": w.tasks / timed.pop("median_s"), "detail": detail}
+    return _cell(w, time_steps(target, step, repeats), initial, batch, detail)
+
+
+def _describe(engine: Engine) -> str:
+    return ", ".join(f"{k}={v}" for k, v in engine.describe().items())
+
+
+def _cell(w: Workload, timed: dict, initial: dict, batch: Episode, detail: str) -> dict:
+    """One table cell from time_steps' measurements: throughput, first step, peak memory, the
+    difference from the plain loop's meta-gradient, and what ran."""
+    gradient, median_s = timed.pop("gradient"), timed.pop("median_s")
+    difference = difference_from_plain(w, initial, batch, gradient)
+    return {**timed, "tasks_per_s": w.tasks / median_s, "grad_max_abs_diff": difference,
+            "detail": detail}  # fmt: skip
 
 
 def time_steps(target: nn.Module, step, repeats: int) -> dict:
@@ -371,9 +382,7 @@ def _default_rank(rank: int, workload: str, repeats: int, processes: int, thread
                     keep_freed_memory=True, world=World(rank, processes))  # fmt: skip
     engine.prepare(algo)
     timed = time_steps(algo, lambda: engine.meta_backward(algo, batch), repeats)
-    timed["grad_max_abs_diff"] = difference_from_plain(w, initial, batch, timed.pop("gradient"))
-    detail = ", ".join(f"{k}={v}" for k, v in engine.describe().items())
-    result = {**timed, "tasks_per_s": w.tasks / timed.pop("median_s"), "detail": detail}
+    result = _cell(w, timed, initial, batch, _describe(engine))
     (Path(folder) / f"{rank}.json").write_text(json.dumps(result))
     if processes > 1:
         dist.barrier()

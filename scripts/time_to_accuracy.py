@@ -113,8 +113,7 @@ def run_metarun(target: Target, seed: int, limit: float, folder: Path) -> dict:
     log = folder.with_suffix(".log")
     result = _timed(command, folder / "metrics.jsonl", target, limit, log, env)
     banner = [line for line in log.read_text().splitlines() if line.startswith("  device ")]
-    result["setting"] = banner[0].strip().split(";")[0:2] if banner else "?"
-    result["setting"] = "; ".join(result["setting"])
+    result["setting"] = "; ".join(banner[0].strip().split(";")[:2]) if banner else "?"
     return result
 
 
@@ -158,7 +157,7 @@ def learn2learn_training(preset: str, seed: int, output: Path) -> None:
         step, accuracy = _maml_step(learner, cfg.algo.inner_steps), _maml_accuracy(learner, cfg)
     else:
         learner = model
-        step, accuracy = _protonet_step(model, cfg.task.shots), _protonet_accuracy(model, cfg)
+        step, accuracy = _protonet_step(model), _protonet_accuracy(model, cfg)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.optimizer.lr)
     schedule = (
         torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler.step_size, cfg.scheduler.gamma)
@@ -207,7 +206,7 @@ def _prototype_logits(model, support_x, support_y, query_x, ways: int) -> torch.
     return -torch.cdist(model(query_x), prototypes).pow(2)
 
 
-def _protonet_step(model, shots: int):
+def _protonet_step(model):
     def step(batch) -> None:
         logits = _prototype_logits(
             model, batch.support_x[0], batch.support_y[0], batch.query_x[0], batch.ways
