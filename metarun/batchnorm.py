@@ -227,6 +227,9 @@ class TaskBatchNorm2d(nn.Module):
         if weight.dim() == 2:
             index = min(flags.step, weight.shape[0] - 1)
             weight, bias = weight[index], bias[index]
+        rows = flags.statistics_rows
+        fused = not flags.vmap_safe and rows is None
+        batch_statistics = None, None  # buffers the fused call fills while it normalises
         if self.uses_running_statistics:
             index = min(flags.step, self.running_mean.shape[0] - 1)
             if not self.training:
@@ -240,11 +243,17 @@ class TaskBatchNorm2d(nn.Module):
                     eps=self.eps,
                 )
             if id(self) in flags.recording:
-                var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=True)
+                if fused:  # statistics from the normalising pass itself, not a second pass
+                    mean, var = self.running_mean.new_zeros(2, x.shape[1])
+                    batch_statistics = mean, var
+                else:
+                    var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=True)
                 self._recorded.append((index, mean, var))
-        rows = flags.statistics_rows
-        if not flags.vmap_safe and rows is None:
-            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+        if fused:
+            # With momentum 1, F.batch_norm writes the batch's mean and unbiased variance into
+            # the buffers it is given (as torch's BatchNorm updates running statistics).
+            return F.batch_norm(x, *batch_statistics, weight, bias, training=True, momentum=1.0,
+                                eps=self.eps)  # fmt: skip
         reference = x if rows is None else x[:rows]
         var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
         scale = torch.rsqrt(var + self.eps) * weight.view(1, -1, 1, 1)
