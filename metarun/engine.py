@@ -115,6 +115,18 @@ def _meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None)
     return torch.func.grad(objective, has_aux=True)
 
 
+def _compile_options(mode: str, device: torch.device) -> dict:
+    """torch.compile's options for `mode`. On a CPU, convolutions keep the NCHW layout: inductor's
+    switch to NHWC (layout_optimization) made compiled second-order MAML 1.18x slower on W1 and
+    about 1.1x on W3, one thread (scripts/bench.py shapes, docs/results.md)."""
+    from torch._inductor import list_mode_options  # inductor loads only when compiling
+
+    options = dict(list_mode_options(mode))
+    if device.type == "cpu":
+        options["layout_optimization"] = False
+    return options
+
+
 class MetaStep(NamedTuple):
     """What one meta-batch gave: mean loss and score, the closure an optimiser that re-evaluates
     the objective needs (TRPO; None for episodes) and further statistics to log."""
@@ -231,8 +243,9 @@ class Engine:
     ) -> tuple[float, float]:
         key, vmapped = (id(algo), batch.ways, steps), self.mode == "vmap"
         if key not in self._compiled:
+            options = _compile_options(self.compile_mode, batch.support_x.device)
             self._compiled[key] = torch.compile(
-                _meta_gradient(algo, vmapped, batch.ways, steps), mode=self.compile_mode
+                _meta_gradient(algo, vmapped, batch.ways, steps), options=options
             )
         meta_gradient, tensors = self._compiled[key], self._tasks(batch)
         params = {name: p.detach() for name, p in algo.named_parameters()}
