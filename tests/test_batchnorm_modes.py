@@ -98,6 +98,18 @@ def test_running_statistics_follow_torch_batchnorm():
     torch.testing.assert_close(ours(batches[0]), torchs(batches[0]))
 
 
+def test_fused_and_vmap_safe_formulations_record_the_same_statistics():
+    torch.manual_seed(0)
+    fused, safe = TaskBatchNorm2d(3), TaskBatchNorm2d(3)
+    fused.use_running_statistics(True), safe.use_running_statistics(True)
+    batches = [torch.randn(4, 3, 5, 5) * 3 - 2 for _ in range(3)]
+    recorded_batches(fused, batches)
+    with batchnorm.vmap_safe():
+        recorded_batches(safe, batches)
+    torch.testing.assert_close(fused.running_mean, safe.running_mean)
+    torch.testing.assert_close(fused.running_var, safe.running_var)
+
+
 def test_running_statistics_change_only_inside_the_recording_block():
     norm = TaskBatchNorm2d(3)
     norm.use_running_statistics(True)
