@@ -362,7 +362,8 @@ def run_default(workload: str, repeats: int) -> dict:
         ranks = [json.loads((Path(folder) / f"{r}.json").read_text()) for r in range(processes)]
     result = ranks[0]
     result["peak_mb"] = sum(rank["peak_mb"] for rank in ranks)
-    result["detail"] = f"{processes} processes x {threads} threads, " + result["detail"]
+    machine = f"{processes} process{'es' * (processes > 1)} x {threads} thread{'s' * (threads > 1)}"
+    result["detail"] = f"{machine}, " + result["detail"]
     return result
 
 
