@@ -33,6 +33,8 @@ from torch.func import vmap
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.backbones import has_convolutions
+from metarun.compiling import COMPILE_MODES, compile_options, meta_gradient, resolve_compile
 from metarun.data.environments import EnvironmentTasks
 from metarun.distributed import World
 from metarun.episode import Episode
@@ -41,12 +43,6 @@ from metarun.runtime import keep_freed_memory
 
 MODES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "bf16")
-COMPILE = ("auto", True, False)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's mode
-
-
-def has_convolutions(algo: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 
 
 def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
@@ -58,29 +54,6 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
     if batchnorm.keeps_running_statistics(algo):
         return "loop"
     return "vmap" if device.type == "cuda" or not has_convolutions(algo) else "loop"
-
-
-# Meta-batches a run must plan before compile=auto compiles a convolutional meta-gradient.
-# Measured on 2 cores (docs/results.md): compiling cost 54 s (W1) / 149 s (W3) and saved 0.42 /
-# 0.95 s per meta-batch, so it paid after 130 / 157; the margin covers slower compilers and
-# shapes not measured, and keeps short and smoke runs uncompiled.
-COMPILE_PAYS_AFTER = 500
-
-
-def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations: int = 0) -> bool:
-    """auto: compile the vmapped meta-batch of a model without convolutions (5x plain vmap on the
-    sinusoid MLP, seconds to compile), and a convolutional meta-gradient checked compiled
-    (`algo.compiles`) when the run plans at least COMPILE_PAYS_AFTER meta-batches. Never with
-    running BatchNorm statistics, which only the uncompiled loop updates."""
-    if compile not in COMPILE:
-        raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
-    if compile != "auto":
-        return compile
-    if batchnorm.keeps_running_statistics(algo):
-        return False
-    if not has_convolutions(algo):
-        return mode == "vmap"
-    return mode == "loop" and algo.compiles and iterations >= COMPILE_PAYS_AFTER
 
 
 def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None,
@@ -99,32 +72,6 @@ def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None 
     )
     engine.prepare(algo)
     return engine
-
-
-def _meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None):
-    """grad of the mean task loss over one task (or, vmapped, a meta-batch) with respect to the
-    parameters; returns (gradients, (loss, score)). Compiled by the engine once per shape."""
-
-    def objective(params, *task_tensors):
-        fn = partial(algo.task_loss, params, ways=ways, steps=steps)
-        losses, scores = (
-            vmap(fn, randomness="different")(*task_tensors) if vmapped else fn(*task_tensors)
-        )
-        return losses.mean(), (losses.detach().mean(), scores.mean())
-
-    return torch.func.grad(objective, has_aux=True)
-
-
-def _compile_options(mode: str, device: torch.device) -> dict:
-    """torch.compile's options for `mode`. On a CPU, convolutions keep the NCHW layout: inductor's
-    switch to NHWC (layout_optimization) made compiled second-order MAML 1.18x slower on W1 and
-    about 1.1x on W3, one thread (scripts/bench.py shapes, docs/results.md)."""
-    from torch._inductor import list_mode_options  # inductor loads only when compiling
-
-    options = dict(list_mode_options(mode))
-    if device.type == "cpu":
-        options["layout_optimization"] = False
-    return options
 
 
 class MetaStep(NamedTuple):
@@ -243,18 +190,18 @@ class Engine:
     ) -> tuple[float, float]:
         key, vmapped = (id(algo), batch.ways, steps), self.mode == "vmap"
         if key not in self._compiled:
-            options = _compile_options(self.compile_mode, batch.support_x.device)
+            options = compile_options(self.compile_mode, batch.support_x.device)
             self._compiled[key] = torch.compile(
-                _meta_gradient(algo, vmapped, batch.ways, steps), options=options
+                meta_gradient(algo, vmapped, batch.ways, steps), options=options
             )
-        meta_gradient, tensors = self._compiled[key], self._tasks(batch)
+        compiled, tensors = self._compiled[key], self._tasks(batch)
         params = {name: p.detach() for name, p in algo.named_parameters()}
         parts = (
             [tensors] if vmapped else [tuple(t[i] for t in tensors) for i in range(batch.num_tasks)]
         )
         losses, scores = [], []
         for part in parts:
-            grads, (loss, score) = meta_gradient(params, *part)
+            grads, (loss, score) = compiled(params, *part)
             for name, p in algo.named_parameters():
                 g = grads[name] / len(parts)
                 p.grad = g if p.grad is None else p.grad + g

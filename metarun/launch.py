@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from metarun.backbones import has_convolutions
 from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
-from metarun.engine import has_convolutions
 from metarun.errors import ConfigError
 
 SMALL_IMAGE = 32  # largest image side at which processes beat threads for a convolutional model

@@ -44,8 +44,9 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
+from metarun.compiling import resolve_compile
 from metarun.distributed import World
-from metarun.engine import Engine, resolve_compile, resolve_mode
+from metarun.engine import Engine, resolve_mode
 from metarun.episode import Episode
 from metarun.launch import plan_processes, plan_threads
 from metarun.runtime import keep_freed_memory

@@ -10,7 +10,7 @@ from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
-from metarun.engine import COMPILE_PAYS_AFTER, resolve_compile
+from metarun.compiling import COMPILE_PAYS_AFTER, resolve_compile
 from metarun.errors import ConfigError
 
 CPU = torch.device("cpu")

@@ -48,7 +48,7 @@ class Algorithm(nn.Module):
     # True: the algorithm's meta-training is defined by its attack (ADML), so it needs one.
     needs_train_attack: bool = False
     # True: its compiled meta-gradient is tested against the plain one, so compile=auto may
-    # compile it on long runs (metarun.engine.resolve_compile).
+    # compile it on long runs (metarun.compiling.resolve_compile).
     compiles: bool = False
 
     @classmethod

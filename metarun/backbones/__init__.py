@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from metarun.errors import ConfigError
+
+
+def has_convolutions(algo: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 
 
 def image_shape(backbone: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
