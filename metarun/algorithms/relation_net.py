@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, params_under
+from metarun.backbones.pooling import MaxPool2x2
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
@@ -30,7 +31,7 @@ def _relation_module(
             TaskBatchNorm2d(hidden),
         ]
         if min(height, width) >= 2:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2x2())
             height, width = height // 2, width // 2
         layers.append(nn.ReLU())
     return nn.Sequential(

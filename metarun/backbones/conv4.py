@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from metarun.backbones import image_shape
+from metarun.backbones.pooling import MaxPool2x2
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
@@ -35,7 +36,7 @@ class Conv4(nn.Module):
                 TaskBatchNorm2d(hidden),
             ]
             if index < pooled_blocks:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
                 height, width = height // 2, width // 2
             layers.append(nn.ReLU())
         if height < 1 or width < 1:

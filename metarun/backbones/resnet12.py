@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.backbones import image_shape
+from metarun.backbones.pooling import MaxPool2x2
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
@@ -54,7 +55,7 @@ class Block(nn.Module):
         self.shortcut = nn.Sequential(
             nn.Conv2d(channels, planes, 1, bias=False), TaskBatchNorm2d(planes)
         )
-        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2), drop)
+        self.out = nn.Sequential(nn.LeakyReLU(0.1), MaxPool2x2(), drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x) + self.shortcut(x))
