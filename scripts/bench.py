@@ -2,6 +2,7 @@
 
     python scripts/bench.py                       # every workload, every implementation found
     python scripts/bench.py --workloads W1 W5 --repeats 5 --json bench.json
+    python scripts/bench.py --workloads W1 W3 --rounds 3   # interleaved, median round
     python scripts/bench.py --time-to-accuracy maml protonet --seeds 0 1 2
 
 Each (workload, implementation) runs in its own process on synthetic data of the
@@ -17,7 +18,10 @@ share of the meta-batch and the all-reduce; peak memory is their sum). Every imp
 gets the machine's threads unless OMP_NUM_THREADS says otherwise. Peers (learn2learn, higher,
 torchopt) are used where installed (`pip install -e '.[bench]'` and
 `scripts/install_learn2learn.sh`); a missing one is reported as missing. The
-episode-sampling row uses the real Omniglot ($METARUN_DATA).
+episode-sampling row uses the real Omniglot ($METARUN_DATA). A shared or virtual machine's
+speed drifts over minutes; `--rounds R` measures every implementation R times, interleaved,
+reports each one's median round with the range, and metarun-default's ratio to the fastest
+peer round by round.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class Workload:
                 "metarun-loop-bf16",
                 "metarun-vmap",
             ]
-        return names + (["learn2learn", "higher", "torchopt"] if self.kind == "maml" else [])
+        return names + (list(PEERS) if self.kind == "maml" else [])
 
 
 ENGINES = {  # implementation name -> metarun Engine settings (the default keep_freed_memory=true)
@@ -108,6 +112,7 @@ ENGINES = {  # implementation name -> metarun Engine settings (the default keep_
 }
 
 
+PEERS = ("learn2learn", "higher", "torchopt")
 PAPER_ITERATIONS = 60000  # the run length the default row stands for (MAML's Omniglot presets)
 
 WORKLOADS = {
@@ -467,6 +472,35 @@ def measure(workload: str, impl: str, repeats: int) -> dict:
     return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def measure_rounds(workload: str, chosen: list[str], repeats: int, rounds: int) -> dict:
+    """Every implementation `rounds` times, interleaved (each round in a rotated order), so a
+    slow or fast spell of the machine touches every implementation alike. Each keeps the
+    round of its median speed, plus every round's tasks/s."""
+    cells: dict[str, list[dict]] = {impl: [] for impl in chosen}
+    for turn in range(rounds):
+        for impl in chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]:
+            cells[impl].append(measure(workload, impl, repeats))
+    return {impl: _median_round(runs) for impl, runs in cells.items()}
+
+
+def _median_round(runs: list[dict]) -> dict:
+    failed = [run for run in runs if run["status"] != "ok"]
+    if failed:
+        return failed[0]
+    ranked = sorted(runs, key=lambda run: run["tasks_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "rounds": [run["tasks_per_s"] for run in runs]}
+
+
+def paired_ratios(cells: dict) -> list[float]:
+    """metarun-default over the fastest peer, round by round."""
+    peers = [c for n, c in cells.items() if n in PEERS and c["status"] == "ok"]
+    default = cells.get("metarun-default", {})
+    if not peers or default.get("status") != "ok" or "rounds" not in default:
+        return []
+    fastest = [max(column) for column in zip(*(c["rounds"] for c in peers))]
+    return [mine / theirs for mine, theirs in zip(default["rounds"], fastest)]
+
+
 def table(results: dict) -> str:
     lines = [
         "| workload | implementation | tasks/s | first step s | peak MB | vs fastest peer | "
@@ -474,11 +508,7 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for workload, cells in results.items():
-        peers = [
-            c["tasks_per_s"]
-            for n, c in cells.items()
-            if n in ("learn2learn", "higher", "torchopt") and c["status"] == "ok"
-        ]
+        peers = [c["tasks_per_s"] for n, c in cells.items() if n in PEERS and c["status"] == "ok"]
         plain = cells.get("plain", {}).get("tasks_per_s")
         for name, cell in cells.items():
             if cell["status"] != "ok":
@@ -491,10 +521,20 @@ def table(results: dict) -> str:
             ratio_plain = f"{speed / plain:.2f}x" if plain else "-"
             diff = "-" if cell["grad_max_abs_diff"] is None else f"{cell['grad_max_abs_diff']:.1e}"
             first = f"{cell['first_step_s']:.1f}" if "first_step_s" in cell else "-"
+            spread = cell.get("rounds", [])
+            if len(spread) > 1:
+                speed_text = f"{speed:.1f} ({min(spread):.1f}-{max(spread):.1f})"
+            else:
+                speed_text = f"{speed:.1f}"
             lines.append(
-                f"| {workload} | {name} | {speed:.1f} | {first} | {cell['peak_mb']:.0f} | "
+                f"| {workload} | {name} | {speed_text} | {first} | {cell['peak_mb']:.0f} | "
                 f"{ratio_peer} | {ratio_plain} | {diff} | {cell['detail']} |"
             )
+    for workload, cells in results.items():
+        ratios = paired_ratios(cells)
+        if len(ratios) > 1:
+            lines.append(f"\n{workload}: metarun-default over the fastest peer, round by round: "
+                         + ", ".join(f"{r:.2f}x" for r in ratios))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -504,6 +544,10 @@ def main() -> None:
     )
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every implementation this many times, "
+        "interleaved; report each one's median round and the spread",
+    )  # fmt: skip
     parser.add_argument("--only", nargs="+", metavar="IMPL", help="run only these implementations")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
@@ -533,7 +577,7 @@ def main() -> None:
         w = WORKLOADS[workload]
         print(f"{workload}: {w.title}", flush=True)
         chosen = [impl for impl in w.implementations if not args.only or impl in args.only]
-        results[workload] = {impl: measure(workload, impl, args.repeats) for impl in chosen}
+        results[workload] = measure_rounds(workload, chosen, args.repeats, args.rounds)
     print(table(results))
     if args.json:
         with open(args.json, "w") as handle:
