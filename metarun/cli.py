@@ -32,8 +32,10 @@ USAGE = """usage: metarun train [overrides...]    meta-train (algo=<name> datase
 
 
 def _report(error: MetarunError) -> None:
-    kind = "stopped" if isinstance(error, Preempted) else "error"
-    print(f"metarun: {kind}: {error}", file=sys.stderr)
+    """An error from any process; a stop (which every process reaches together) from rank 0."""
+    stopped = isinstance(error, Preempted)
+    if not stopped or World.current().is_main:
+        print(f"metarun: {'stopped' if stopped else 'error'}: {error}", file=sys.stderr)
     sys.exit(error.exit_status)
 
 

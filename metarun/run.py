@@ -65,24 +65,20 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.init_from = str(Path(cfg.init_from).expanduser().resolve())
 
 
-def _resume(state: TrainingState, resume: str, run_dir: Path) -> None:
-    """trainer.resume=auto: this run folder's newest valid checkpoint, if any; else a folder or
-    file."""
+def _checkpoint_to_resume(resume: str, run_dir: Path) -> tuple[dict, Path] | None:
+    """trainer.resume=auto: this run folder's newest valid checkpoint (None if it has none);
+    else a folder's or a file's, which must exist."""
     source = run_dir if resume == "auto" else Path(resume)
     if source.is_dir():
         found = newest_valid_checkpoint(source / "checkpoints")
     else:
         found = (load_checkpoint(source), source) if source.exists() else None
-    if found is None:
-        if resume == "auto":
-            return
+    if found is None and resume != "auto":
         raise ConfigError(
             f"trainer.resume={resume} has no valid checkpoint to resume from. Pass a run "
             "folder or .pt file written by `metarun train`, or trainer.resume=auto."
         )
-    checkpoint, path = found
-    state.restore(checkpoint, path)
-    print(f"metarun: resuming from {path} at iteration {checkpoint['iteration']}", file=sys.stderr)
+    return found
 
 
 def _starting_model(cfg: DictConfig, dataset, device: torch.device, world: World):
@@ -159,16 +155,22 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     seed_everything(cfg.seed)
     dataset = build("dataset", cfg.dataset)
     algo = _starting_model(cfg, dataset, device, world)
-    use_the_machine(cfg, dataset, algo, device, world, start_workers)
-    engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
+    resumed = _checkpoint_to_resume(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    # Processes and compilation are planned for the meta-batches this run has left to train.
+    remaining = cfg.trainer.iterations - (resumed[0]["iteration"] if resumed else 0)
+    use_the_machine(cfg, dataset, algo, device, world, start_workers, remaining)
+    engine = make_engine(cfg, algo, device, world, iterations=remaining)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
     samplers["train"] = train_sampler(cfg, dataset, algo, device)
     attack = evaluation_attack(cfg, dataset)
     state = _training_state(cfg, algo, dataset.metric)
-    if cfg.trainer.resume:
-        _resume(state, cfg.trainer.resume, run_dir)
+    if resumed:
+        state.restore(*resumed)
     if world.is_main:
+        if resumed:
+            print(f"metarun: resuming from {resumed[1]} at iteration {resumed[0]['iteration']}",
+                  file=sys.stderr)  # fmt: skip
         record_code(run_dir, code, state.progress.iteration)
         print(
             banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration), file=sys.stderr

@@ -75,9 +75,10 @@ class StopRequest:
 
 
 @contextmanager
-def stoppable() -> Iterator[StopRequest]:
+def stoppable(announce: bool = True) -> Iterator[StopRequest]:
     """First SIGTERM/SIGINT: noted, so the loop can finish its iteration, checkpoint and stop.
-    A second: the process exits at once with the signal's default action."""
+    A second: the process exits at once with the signal's default action. announce: say so on
+    stderr (rank 0 alone, as torchrun signals every rank)."""
     request = StopRequest()
 
     def note(signum, frame) -> None:
@@ -85,7 +86,8 @@ def stoppable() -> Iterator[StopRequest]:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         request.signal = signum
-        os.write(2, STOP_NOTICE.encode())  # os.write: safe even if the signal cut a print short
+        if announce:  # os.write: safe even if the signal cut a print short
+            os.write(2, STOP_NOTICE.encode())
 
     try:
         previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}

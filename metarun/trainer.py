@@ -85,7 +85,7 @@ class Trainer:
         started = time.perf_counter() - elapsed_before  # wall time carries over a resume
         bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,
                    initial=first, total=s.iterations, disable=not self.world.is_main)  # fmt: skip
-        with stoppable() as stop:
+        with stoppable(announce=self.world.is_main) as stop:
             for iteration in bar:
                 step_start = time.perf_counter()
                 self._step(iteration)

@@ -17,7 +17,7 @@ from conftest import METARUN, REPO, TINY_OMNIGLOT, metarun
 from metarun import checkpoint, run
 from metarun.checkpoint import restore_rng
 from metarun.errors import TrainingError
-from metarun.runtime import STOP_NOTICE
+from metarun.runtime import STOP_NOTICE, stoppable
 
 LONG = [
     *TINY_OMNIGLOT,
@@ -123,6 +123,14 @@ def test_a_second_signal_exits_at_once(cli_env, tmp_path):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=120)
     assert process.returncode == -signal.SIGINT
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["rank_0", "other_rank"])
+def test_a_stop_is_announced_by_rank_0_alone(announce, capfd):
+    with stoppable(announce=announce) as stop:
+        signal.raise_signal(signal.SIGTERM)
+    assert stop.requested
+    assert (STOP_NOTICE.strip() in capfd.readouterr().err) == announce
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_cfg, tmp_path, capsys):

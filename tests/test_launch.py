@@ -115,6 +115,44 @@ def test_a_long_run_asks_for_workers_before_training(tiny_cfg, tmp_path, monkeyp
     assert not (tmp_path / "checkpoints").exists()
 
 
+class Planned(Exception):
+    """Raised in place of training, carrying the engine the run planned."""
+
+
+def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int, start_workers: bool):
+    """Trains 2 iterations, then resumes the same folder as a run of `iterations`."""
+    monkeypatch.setattr(launch, "cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run.train(tiny_cfg("trainer.iterations=2"), run_dir)
+
+    def planned(cfg, run_dir, state, engine, *rest):
+        raise Planned(engine)
+
+    monkeypatch.setattr(run, "_fit", planned)
+    resumed = tiny_cfg(f"trainer.iterations={iterations}", "trainer.resume=auto")
+    with pytest.raises(Planned) as plan:
+        run.train(resumed, run_dir, start_workers=start_workers)
+    return plan.value.args[0]
+
+
+def test_a_resumed_run_starts_workers_only_for_the_iterations_it_has_left(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    engine = plan_of_resumed_run(
+        tiny_cfg, tmp_path, monkeypatch, launch.MIN_ITERATIONS + 1, start_workers=True
+    )
+    assert engine.world.size == 1
+
+
+def test_a_resumed_run_compiles_only_for_the_iterations_it_has_left(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    engine = plan_of_resumed_run(
+        tiny_cfg, tmp_path, monkeypatch, COMPILE_PAYS_AFTER + 1, start_workers=False
+    )
+    assert engine.mode == "loop" and not engine.compile
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
