@@ -77,6 +77,6 @@ def test_learns_a_tiny_image_problem():
     torch.manual_seed(0)
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
     algo = MetaNet(Conv4((1, 16, 16), hidden=16), 3, width=16)
-    engine = meta_train(algo, sampler, updates=150, tasks=4, clip=10.0)
+    engine = meta_train(algo, sampler, updates=150, tasks=4, clip=10.0, mode="vmap")
     test = sampler.sample(32, torch.Generator().manual_seed(1))
     assert engine.scores(algo, test).mean() > 0.7  # chance: 1/3
