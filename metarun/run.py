@@ -156,8 +156,9 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     dataset = build("dataset", cfg.dataset)
     algo = _starting_model(cfg, dataset, device, world)
     resumed = _checkpoint_to_resume(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    done = resumed[0]["iteration"] if resumed else 0
     # Processes and compilation are planned for the meta-batches this run has left to train.
-    remaining = cfg.trainer.iterations - (resumed[0]["iteration"] if resumed else 0)
+    remaining = cfg.trainer.iterations - done
     use_the_machine(cfg, dataset, algo, device, world, start_workers, remaining)
     engine = make_engine(cfg, algo, device, world, iterations=remaining)
     # Every split is checked before training starts, so an impossible test episode fails now.
@@ -169,8 +170,7 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
         state.restore(*resumed)
     if world.is_main:
         if resumed:
-            print(f"metarun: resuming from {resumed[1]} at iteration {resumed[0]['iteration']}",
-                  file=sys.stderr)  # fmt: skip
+            print(f"metarun: resuming from {resumed[1]} at iteration {done}", file=sys.stderr)
         record_code(run_dir, code, state.progress.iteration)
         print(
             banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration), file=sys.stderr
