@@ -484,11 +484,13 @@ def measure_rounds(workload: str, chosen: list[str], repeats: int, rounds: int) 
 
 
 def _median_round(runs: list[dict]) -> dict:
-    failed = [run for run in runs if run["status"] != "ok"]
-    if failed:
-        return failed[0]
-    ranked = sorted(runs, key=lambda run: run["tasks_per_s"])
-    return {**ranked[(len(ranked) - 1) // 2], "rounds": [run["tasks_per_s"] for run in runs]}
+    """The round of median speed among those that ran; `rounds` keeps every round in order
+    (None where one failed, so rounds still pair up across implementations)."""
+    ok = sorted((run for run in runs if run["status"] == "ok"), key=lambda run: run["tasks_per_s"])
+    if not ok:
+        return runs[0]
+    speeds = [run["tasks_per_s"] if run["status"] == "ok" else None for run in runs]
+    return {**ok[(len(ok) - 1) // 2], "rounds": speeds}
 
 
 def paired_ratios(cells: dict) -> list[float]:
@@ -497,8 +499,10 @@ def paired_ratios(cells: dict) -> list[float]:
     default = cells.get("metarun-default", {})
     if not peers or default.get("status") != "ok" or "rounds" not in default:
         return []
-    fastest = [max(column) for column in zip(*(c["rounds"] for c in peers))]
-    return [mine / theirs for mine, theirs in zip(default["rounds"], fastest)]
+    ran = lambda column: [speed for speed in column if speed is not None]
+    fastest = [max(ran(column), default=None) for column in zip(*(c["rounds"] for c in peers))]
+    pairs = zip(default["rounds"], fastest)
+    return [mine / theirs for mine, theirs in pairs if mine is not None and theirs is not None]
 
 
 def table(results: dict) -> str:
@@ -521,11 +525,13 @@ def table(results: dict) -> str:
             ratio_plain = f"{speed / plain:.2f}x" if plain else "-"
             diff = "-" if cell["grad_max_abs_diff"] is None else f"{cell['grad_max_abs_diff']:.1e}"
             first = f"{cell['first_step_s']:.1f}" if "first_step_s" in cell else "-"
-            spread = cell.get("rounds", [])
+            spread = [s for s in cell.get("rounds", []) if s is not None]
+            failed = len(cell.get("rounds", [])) - len(spread)
+            speed_text = f"{speed:.1f}"
             if len(spread) > 1:
-                speed_text = f"{speed:.1f} ({min(spread):.1f}-{max(spread):.1f})"
-            else:
-                speed_text = f"{speed:.1f}"
+                speed_text += f" ({min(spread):.1f}-{max(spread):.1f})"
+            if failed:
+                speed_text += f", {failed} round(s) failed"
             lines.append(
                 f"| {workload} | {name} | {speed_text} | {first} | {cell['peak_mb']:.0f} | "
                 f"{ratio_peer} | {ratio_plain} | {diff} | {cell['detail']} |"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import shutil
 import signal
@@ -46,6 +47,7 @@ def meta_gradient(cfg, world: World) -> dict[str, torch.Tensor]:
 
 
 def _rank_meta_gradient(rank: int, cfg, rendezvous: str, output: str) -> None:
+    faulthandler.enable()  # a rank that aborts in C++ (seen once in a full run) shows where
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         result = meta_gradient(cfg, World.current())

@@ -1,4 +1,5 @@
-"""Short real runs must learn: the algorithms beat chance on real data within seconds."""
+"""Short real runs must learn: on real data, within seconds, each algorithm beats its own
+untrained model on the same test episodes."""
 
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
         ("protonet", 60, []),
         ("matching_net", 60, []),
         ("relation_net", 60, ["backbone.pooled_blocks=2"]),
-        ("baseline", 60, ["bn=running"]),
-        ("baseline_plus_plus", 60, ["bn=running"]),
+        ("baseline", 60, ["bn=running", "algo.finetune_steps=10"]),
+        (
+            "baseline_plus_plus",
+            60,
+            ["bn=running", "algo.finetune_steps=10", "optimizer.lr=0.003"],
+        ),
         ("maml", 60, []),
         ("anil", 60, []),
         ("meta_sgd", 60, []),
@@ -47,14 +52,18 @@ def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
                 "algo.inner_lr=0.003",
                 "task.shots=5",
                 "eval.shots=1",
-                "eval.inner_steps=10",
+                "eval.inner_steps=3",
                 "optimizer=sgd",
                 "optimizer.lr=1.0",
                 "optimizer.momentum=0",
             ],
         ),
-        ("imaml", 30, ["algo.inner_steps=3", "algo.cg_steps=2"]),
-        ("lstm_meta_learner", 40, ["algo.inner_steps=3"]),
+        (
+            "imaml",
+            30,
+            ["algo.inner_steps=3", "algo.cg_steps=2", "eval.inner_steps=1", "optimizer.lr=0.003"],
+        ),
+        ("lstm_meta_learner", 25, ["algo.inner_steps=3"]),
         (
             "maml_plus_plus",
             60,
@@ -62,23 +71,31 @@ def test_sinusoid_maml_lowers_post_adaptation_mse(make_cfg, tmp_path):
         ),
     ],
 )
-def test_short_omniglot_run_is_clearly_above_chance(
+def test_short_omniglot_run_beats_the_untrained_model(
     make_cfg, tmp_path, algo, iterations, overrides
 ):
-    cfg = make_cfg(
-        f"algo={algo}",
-        "task.queries=1",
-        "task.meta_batch_size=8",
-        "backbone.hidden=32",
-        f"trainer.iterations={iterations}",
-        "trainer.log_every=20",
-        "trainer.val_every=60",
-        "trainer.val_episodes=40",
-        "trainer.ckpt_every=60",
-        "eval.episodes=100",
-        "eval.queries=5",
-        "device=cpu",
-        *overrides,
-    )
-    results = run.train(cfg, tmp_path)
-    assert results["accuracy"]["mean"] > 0.5, results  # chance is 0.2 for 5-way
+    """Trained and untrained share the seed (so the initial weights) and the test episodes
+    (eval.seed), so the gap is what the iterations learned. Untrained, half of these already
+    reach 0.35-0.55 by fine-tuning random features, so chance (0.2) is no bar; the gaps measured
+    at seeds 0 and 1 were 0.10-0.53."""
+
+    def accuracy_after(iterations: int) -> float:
+        cfg = make_cfg(
+            f"algo={algo}",
+            "task.queries=1",
+            "task.meta_batch_size=8",
+            "backbone.hidden=32",
+            f"trainer.iterations={iterations}",
+            "trainer.log_every=20",
+            "trainer.val_every=60",
+            "trainer.val_episodes=10",
+            "trainer.ckpt_every=60",
+            "eval.episodes=100",
+            "eval.queries=5",
+            "device=cpu",
+            *overrides,
+        )
+        return run.train(cfg, tmp_path / str(iterations))["accuracy"]["mean"]
+
+    untrained, trained = accuracy_after(0), accuracy_after(iterations)
+    assert trained >= untrained + 0.08, (untrained, trained)
