@@ -525,8 +525,9 @@ def table(results: dict) -> str:
             ratio_plain = f"{speed / plain:.2f}x" if plain else "-"
             diff = "-" if cell["grad_max_abs_diff"] is None else f"{cell['grad_max_abs_diff']:.1e}"
             first = f"{cell['first_step_s']:.1f}" if "first_step_s" in cell else "-"
-            spread = [s for s in cell.get("rounds", []) if s is not None]
-            failed = len(cell.get("rounds", [])) - len(spread)
+            rounds = cell.get("rounds", [])
+            spread = [round_speed for round_speed in rounds if round_speed is not None]
+            failed = len(rounds) - len(spread)
             speed_text = f"{speed:.1f}"
             if len(spread) > 1:
                 speed_text += f" ({min(spread):.1f}-{max(spread):.1f})"
