@@ -41,8 +41,9 @@ TINY_IMAGES = [
 
 def pytest_configure(config) -> None:
     """Under pytest-xdist (`-n auto`) each worker computes on one thread: a worker per core with
-    every core as threads oversubscribes the machine (on 2 cores the not-slow tests took 3 min 57 s
-    so, 2 min 52 s with one thread per worker, 4 min 19 s in one process)."""
+    every core as threads oversubscribes the machine. On 2 cores the not-slow tests took 3 min
+    57 s with 2 workers of 2 threads, 2 min 52 s with 2 workers of 1 thread and 4 min 19 s in
+    one process."""
     if "PYTEST_XDIST_WORKER" in os.environ:
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
