@@ -15,7 +15,8 @@ Under torchrun each process computes its share of the meta-batch and the shares'
 gradients are averaged (metarun.distributed); evaluation episodes are split the same way.
 Measured with scripts/bench.py on a 2-core CPU (docs/results.md): for Conv-4 the loop is about
 2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
-cache); for the sinusoid MLP vmap is 7x and compiled vmap about 40x the fastest peer;
+cache), except for tiny tasks compiled (SMALL_TASK_IMAGES); for the sinusoid MLP vmap is 7x
+and compiled vmap about 40x the fastest peer;
 channels_last speeds first-order convolutional training (ProtoNet) 1.5x but slows
 MAML's double backward. `auto` encodes that.
 """
@@ -45,24 +46,40 @@ MODES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_mode(mode: str, algo: nn.Module, device: torch.device) -> str:
-    """The concrete batching mode for this model and device."""
+# Largest meta-training task (support + query images) whose meta-batch a CPU vmaps. Measured
+# with 2 processes x 1 thread, both compiled (docs/results.md, issue 19's eighth session): 10
+# images (5-way 1-shot, 1 query: the MAML presets' training tasks) vmap 1.15-1.55x the loop;
+# 20 (3 queries) even; 40 (20-way, 1 query, 5 steps) and 80 (15 queries) loop 1.15-1.4x.
+SMALL_TASK_IMAGES = 16
+
+
+def resolve_mode(mode: str, algo: nn.Module, device: torch.device, task_images: int = 0,
+                 iterations: int = 0) -> str:  # fmt: skip
+    """The concrete batching mode for this model, device and run: vmap on CUDA and for models
+    without convolutions; on a CPU a convolutional meta-batch is vmapped only when it will be
+    compiled (`iterations` planned) and its tasks are small (`task_images`), else looped."""
     if mode not in MODES:
         raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
     if batchnorm.keeps_running_statistics(algo):
         return "loop"
-    return "vmap" if device.type == "cuda" or not has_convolutions(algo) else "loop"
+    if device.type == "cuda" or not has_convolutions(algo):
+        return "vmap"
+    small = 0 < task_images <= SMALL_TASK_IMAGES
+    return "vmap" if small and resolve_compile("auto", "vmap", algo, iterations) else "loop"
 
 
 def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None,
                 iterations: int = 0) -> Engine:  # fmt: skip
     """The engine the runtime settings (configs/runtime/) ask for, `auto` resolved for this model,
-    device and planned number of meta-batches, with the model put in its memory format."""
-    mode = resolve_mode(cfg.engine, algo, device)
+    device, meta-training tasks and planned number of meta-batches, with the model put in its
+    memory format."""
+    task_images = cfg.task.train_ways * (cfg.task.shots + cfg.task.queries)
+    mode = resolve_mode(cfg.engine, algo, device, task_images, iterations)
     engine = Engine(
         mode,
+        evaluation_mode=resolve_mode(cfg.engine, algo, device),  # test tasks are not small
         precision=cfg.precision,
         compile=resolve_compile(cfg.compile, mode, algo, iterations),
         compile_mode=cfg.compile_mode,
@@ -85,18 +102,25 @@ class MetaStep(NamedTuple):
 
 
 class Engine:
-    def __init__(self, mode: str, *, precision: str = "fp32", compile: bool = False,
-                 compile_mode: str = "default", channels_last: bool = False,
+    def __init__(self, mode: str, *, evaluation_mode: str | None = None, precision: str = "fp32",
+                 compile: bool = False, compile_mode: str = "default", channels_last: bool = False,
                  keep_freed_memory: bool = False, world: World | None = None) -> None:  # fmt: skip
-        if mode not in MODES[1:]:
-            raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
+        """`evaluation_mode` batches the tasks of validation and test (uncompiled, 15 queries
+        a class): on a CPU a convolutional meta-training batch of tiny tasks is vmapped but its
+        evaluation looped (vmap took 104-110 ms per 5-way 15-query episode, the loop 68-75)."""
+        evaluation_mode = evaluation_mode or mode
+        for name in (mode, evaluation_mode):
+            if name not in MODES[1:]:
+                known = ", ".join(MODES)
+                raise ConfigError(f"engine={name!r} is not known. Use one of: {known}.")
         if precision not in PRECISIONS:
             known = ", ".join(PRECISIONS)
             raise ConfigError(f"precision={precision!r} is not known. Use one of: {known}.")
         if compile_mode not in COMPILE_MODES:
             known = ", ".join(COMPILE_MODES)
             raise ConfigError(f"compile_mode={compile_mode!r} is not known. Use one of: {known}.")
-        self.mode, self.precision, self.compile = mode, precision, compile
+        self.mode, self.evaluation_mode = mode, evaluation_mode
+        self.precision, self.compile = precision, compile
         self.compile_mode = compile_mode
         self.channels_last, self.keep_freed_memory = channels_last, keep_freed_memory
         self.world = world or World()
@@ -105,12 +129,13 @@ class Engine:
     def describe(self) -> dict:
         """The settings as the run used them (`auto` resolved), for results.json's protocol."""
         names = ("precision", "compile", "compile_mode", "channels_last", "keep_freed_memory")
-        return {"engine": self.mode, **{name: getattr(self, name) for name in names}}
+        return {"engine": self.mode, "evaluation_engine": self.evaluation_mode,
+                **{name: getattr(self, name) for name in names}}  # fmt: skip
 
     @contextmanager
-    def _computing(self, device: torch.device) -> Iterator[None]:
+    def _computing(self, device: torch.device, mode: str) -> Iterator[None]:
         with ExitStack() as stack:
-            if self.mode == "vmap":
+            if mode == "vmap":
                 stack.enter_context(batchnorm.vmap_safe())
             if self.precision == "bf16":
                 stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
@@ -143,7 +168,7 @@ class Engine:
             return self._interactive_backward(algo, batch)
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
         mine = Episode(*map(self.world.my_share, batch.tensors), batch.ways)
-        with self._computing(batch.support_x.device):
+        with self._computing(batch.support_x.device, self.mode):
             if self.mode == "loop" and not self.compile:
                 with batchnorm.recording(algo, self.world.gather):
                     loss, score = self._backward(algo, mine, steps)
@@ -237,8 +262,8 @@ class Engine:
         was_training = algo.training
         algo.eval()
         try:
-            with self._computing(batch.support_x.device):
-                if self.mode == "vmap":
+            with self._computing(batch.support_x.device, self.evaluation_mode):
+                if self.evaluation_mode == "vmap":
                     return vmap(fn, randomness="different")(*tensors)
                 each = [fn(*(t[i] for t in tensors)) for i in range(batch.num_tasks)]
                 if isinstance(each[0], tuple):

@@ -85,7 +85,10 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     t, task, data, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
     split = f" ({data['split']} split)" if "split" in data else ""
     compiled = "on" if e["compile"] else "off"
-    computing = f"engine {e['engine']}, compile {compiled}, {e['precision']}, bn={cfg.bn}"
+    engine_used = e["engine"]
+    if e["evaluation_engine"] != e["engine"]:
+        engine_used += f" (evaluation {e['evaluation_engine']})"
+    computing = f"engine {engine_used}, compile {compiled}, {e['precision']}, bn={cfg.bn}"
     test = f"{episode(cfg.eval.ways, cfg.eval.shots, cfg.eval.queries, cfg.eval.protocol)}, "
     test += f"{cfg.eval.episodes} episodes"
     if isinstance(dataset, EnvironmentDataset):  # shots and queries count trajectories

@@ -67,7 +67,7 @@ class Workload:
     steps: int = 1
     inner_lr: float = 0.4
     first_order: bool = False
-    model: str = "conv4"  # conv4 | mlp
+    model: str = "conv4"  # conv4 | conv4-strided (MAML's Omniglot model) | mlp
 
     @property
     def implementations(self) -> list[str]:
@@ -129,6 +129,17 @@ WORKLOADS = {
     "W6": Workload(
         "MAML 2nd order, 5w1s 1q (the preset's training episodes), 32 tasks", "maml", queries=1
     ),  # fmt: skip
+    "W1s": Workload(
+        "MAML 2nd order, 5w1s 15q, MAML's Omniglot Conv-4 (stride 2), 1 step, 32 tasks",
+        "maml",
+        model="conv4-strided",
+    ),
+    "W6s": Workload(
+        "MAML 2nd order, 5w1s 1q, MAML's Omniglot Conv-4 (stride 2), 32 tasks",
+        "maml",
+        queries=1,
+        model="conv4-strided",
+    ),
     "W4": Workload(
         "ProtoNet 60w5s 5q, Conv-4, 1 episode", "protonet", ways=60, shots=5, queries=5, tasks=1
     ),
@@ -152,24 +163,34 @@ def plain_model(w: Workload) -> nn.Module:
         return nn.Sequential(
             nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1)
         )
-    return stock_conv4(w.ways if w.kind == "maml" else None)
+    return stock_conv4(w.ways if w.kind == "maml" else None, strided=w.model == "conv4-strided")
 
 
-def stock_conv4(ways: int | None, running_statistics: bool = False) -> nn.Sequential:
-    """Conv-4 from stock layers, as the peers' examples build it; a linear head if `ways`."""
+def stock_conv4(
+    ways: int | None, running_statistics: bool = False, strided: bool = False
+) -> nn.Sequential:
+    """Conv-4 from stock layers, as the peers' examples build it; a linear head if `ways`.
+    `strided`: convolutions of stride 2 and the last map averaged, as learn2learn's
+    `OmniglotCNN` (MAML's Omniglot model), instead of max-pooling."""
     layers: list[nn.Module] = []
     for index in range(4):
         layers += [
-            nn.Conv2d(1 if index == 0 else 64, 64, 3, padding=1),
+            nn.Conv2d(1 if index == 0 else 64, 64, 3, 2 if strided else 1, padding=1),
             nn.BatchNorm2d(64, track_running_stats=running_statistics),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            *([] if strided else [nn.MaxPool2d(2)]),
         ]
-    return nn.Sequential(*layers, nn.Flatten(), *([nn.Linear(64, ways)] if ways else []))
+    average = [nn.AdaptiveAvgPool2d(1)] if strided else []
+    return nn.Sequential(*layers, *average, nn.Flatten(), *([nn.Linear(64, ways)] if ways else []))
 
 
 def metarun_algorithm(w: Workload, weights: nn.Module):
-    backbone = MLP((1,), [40, 40]) if w.model == "mlp" else Conv4((1, 28, 28))
+    if w.model == "mlp":
+        backbone = MLP((1,), [40, 40])
+    elif w.model == "conv4-strided":
+        backbone = Conv4((1, 28, 28), downsample="stride", average_pool=True)
+    else:
+        backbone = Conv4((1, 28, 28))
     if w.kind == "maml":
         ways = 1 if w.model == "mlp" else w.ways
         algo = MAML(
@@ -384,7 +405,8 @@ def _default_rank(rank: int, workload: str, repeats: int, processes: int, thread
     model, batch = plain_model(w), synthetic_batch(w)
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     algo = metarun_algorithm(w, model)
-    mode = resolve_mode("auto", algo, torch.device("cpu"))
+    task_images = w.ways * (w.shots + w.queries) if w.model != "mlp" else 0
+    mode = resolve_mode("auto", algo, torch.device("cpu"), task_images, PAPER_ITERATIONS)
     engine = Engine(mode, compile=resolve_compile("auto", mode, algo, PAPER_ITERATIONS),
                     keep_freed_memory=True, world=World(rank, processes))  # fmt: skip
     engine.prepare(algo)

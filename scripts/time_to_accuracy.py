@@ -142,7 +142,12 @@ def learn2learn_training(preset: str, seed: int, output: Path) -> None:
     dataset = build("dataset", cfg.dataset)
     algo = build_algorithm(cfg, dataset)  # metarun's initial weights for this seed
     maml = cfg.algo._target_.endswith("MAML")
-    model = stock_conv4(cfg.task.ways if maml else None, running_statistics=cfg.bn == "running")
+    strided = cfg.backbone.downsample == "stride"
+    if cfg.backbone.average_pool != strided:
+        raise SystemExit("learn2learn's model here is max-pooled, or strided and averaged")
+    model = stock_conv4(
+        cfg.task.ways if maml else None, running_statistics=cfg.bn == "running", strided=strided
+    )
     with torch.no_grad():
         for mine, theirs in zip(model.parameters(), algo.parameters(), strict=True):
             mine.copy_(theirs)

@@ -80,6 +80,7 @@ TRAIN_MISTAKES = [
     (["dataset=mini_imagenet", "dataset.root=/nonexistent/mini"], "cannot download it"),
     (["dataset=cub", "dataset.root=/nonexistent/cub", "dataset.download=false"], "CUB-200-2011"),
     (["backbone=resnet12", "dataset.image_size=12"], "too small for ResNet-12"),
+    (["backbone.downsample=avgpool"], "backbone.downsample='avgpool' is not one of"),
     (
         ["trainer.resume=/nonexistent/run"],
         "trainer.resume=/nonexistent/run has no valid checkpoint",

@@ -11,6 +11,7 @@ from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
 from metarun.compiling import COMPILE_PAYS_AFTER, resolve_compile
+from metarun.engine import resolve_mode
 from metarun.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -101,8 +102,20 @@ def test_compile_auto_leaves_untested_algorithms_and_running_statistics_alone():
 def test_compile_auto_compiles_vmap_without_convolutions_and_explicit_wins():
     mlp = MAML(MLP((1,), [8]), 1, inner_lr=0.01, inner_steps=1)
     assert resolve_compile("auto", "vmap", mlp, 0)
+    assert resolve_compile("auto", "vmap", conv_maml(), COMPILE_PAYS_AFTER)
     assert not resolve_compile(False, "loop", conv_maml(), 60000)
     assert resolve_compile(True, "loop", conv_maml(), 1)
+
+
+def test_engine_auto_vmaps_small_conv_tasks_on_a_cpu_only_when_compiled():
+    cpu, tiny_task, large_task = torch.device("cpu"), 5 * (1 + 1), 5 * (1 + 15)
+    assert resolve_mode("auto", conv_maml(), cpu, tiny_task, COMPILE_PAYS_AFTER) == "vmap"
+    assert resolve_mode("auto", conv_maml(), cpu, large_task, COMPILE_PAYS_AFTER) == "loop"
+    assert resolve_mode("auto", conv_maml(), cpu, tiny_task, 20) == "loop"  # not compiled
+    protonet = ProtoNet(Conv4(OMNIGLOT, hidden=4, blocks=2), 5)  # not checked compiled
+    assert resolve_mode("auto", protonet, cpu, tiny_task, 60000) == "loop"
+    assert resolve_mode("auto", conv_maml(), torch.device("cuda"), large_task, 0) == "vmap"
+    assert resolve_mode("loop", conv_maml(), cpu, tiny_task, 60000) == "loop"
 
 
 def test_a_long_run_asks_for_workers_before_training(tiny_cfg, tmp_path, monkeypatch):

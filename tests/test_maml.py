@@ -44,12 +44,19 @@ def engine_gradient(algo, batch, mode, **options):
     return {name: p.grad.clone() for name, p in algo.named_parameters()}
 
 
+MAX_POOLED = {}
+STRIDED = {"downsample": "stride", "average_pool": True}  # MAML's Omniglot model
+
+
 @pytest.mark.parametrize("mode, channels_last", [("loop", False), ("vmap", False), ("loop", True)])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_conv4_with_batchnorm_matches_reference_loop(mode, channels_last, first_order):
+@pytest.mark.parametrize("downsampling", [MAX_POOLED, STRIDED], ids=["maxpool", "stride"])
+def test_conv4_with_batchnorm_matches_reference_loop(
+    mode, channels_last, first_order, downsampling
+):
     torch.manual_seed(0)
     algo = MAML(
-        Conv4((1, 12, 12), hidden=4, blocks=2),
+        Conv4((1, 12, 12), hidden=4, blocks=2, **downsampling),
         3,
         inner_lr=0.4,
         inner_steps=2,
@@ -127,11 +134,13 @@ def test_bf16_precision_stays_close_to_the_fp32_meta_gradient():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_compiled_loop_matches_reference_loop(first_order):
+@pytest.mark.parametrize("downsampling", [MAX_POOLED, STRIDED], ids=["maxpool", "stride"])
+def test_compiled_engine_matches_reference_loop(mode, first_order, downsampling):
     torch.manual_seed(0)
     algo = MAML(
-        Conv4((1, 12, 12), hidden=4, blocks=1),
+        Conv4((1, 12, 12), hidden=4, blocks=1, **downsampling),
         3,
         inner_lr=0.4,
         inner_steps=1,
@@ -139,20 +148,21 @@ def test_compiled_loop_matches_reference_loop(first_order):
     ).double()
     batch = classification_batch()
     expected = maml_meta_gradient(algo, batch, 0.4, 1, first_order)
-    actual = engine_gradient(algo, batch, "loop", compile=True)
+    actual = engine_gradient(algo, batch, mode, compile=True)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
 @pytest.mark.parametrize("algorithm", [ANIL, MetaSGD])
-def test_algorithms_compile_auto_may_compile_match_their_plain_loop(algorithm):
+def test_algorithms_compile_auto_may_compile_match_their_plain_loop(algorithm, mode):
     assert algorithm.compiles
     torch.manual_seed(0)
     algo = algorithm(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1)
     batch = classification_batch()
     expected = engine_gradient(algo.double(), batch, "loop")
-    actual = engine_gradient(algo, batch, "loop", compile=True)
+    actual = engine_gradient(algo, batch, mode, compile=True)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-7, atol=1e-9, msg=name)
 
@@ -191,3 +201,19 @@ def test_conv4_pools_before_relu_without_changing_the_function():
     for conv, norm in ((net.features[0], net.features[1]), (net.features[4], net.features[5])):
         conventional = F.max_pool2d(F.relu(norm(conv(conventional))), 2)
     torch.testing.assert_close(net(x), conventional.flatten(1), rtol=0, atol=0)
+
+
+def test_strided_conv4_is_the_maml_papers_omniglot_model():
+    """Stride-2 convolutions, BatchNorm on the batch, ReLU, the last map averaged: 28 -> 14 ->
+    7 -> 4 -> 2 -> one value per channel, as the paper's code (and learn2learn's OmniglotCNN)."""
+    torch.manual_seed(0)
+    net = Conv4((1, 28, 28), hidden=4, **STRIDED)
+    x = torch.randn(5, 1, 28, 28)
+    conventional, sides = x, []
+    for index in range(4):
+        conv, norm = net.features[3 * index], net.features[3 * index + 1]
+        conventional = F.relu(norm(conv(conventional)))
+        sides.append(conventional.shape[-1])
+    assert sides == [14, 7, 4, 2]
+    assert net.out_features == 4
+    torch.testing.assert_close(net(x), conventional.mean(dim=(2, 3)))
