@@ -47,9 +47,10 @@ PRECISIONS = ("fp32", "bf16")
 
 
 # Largest meta-training task (support + query images) whose meta-batch a CPU vmaps. Measured
-# with 2 processes x 1 thread, both compiled (docs/results.md, issue 19's eighth session): 10
-# images (5-way 1-shot, 1 query: the MAML presets' training tasks) vmap 1.15-1.55x the loop;
-# 20 (3 queries) even; 40 (20-way, 1 query, 5 steps) and 80 (15 queries) loop 1.15-1.4x.
+# with 2 processes x 1 thread, both compiled (docs/results.md, issue 19's eighth and ninth
+# sessions): 10 images (5-way 1-shot, 1 query: the MAML, ANIL and Meta-SGD presets' training
+# tasks) vmap 1.15-1.55x the loop for MAML, 1.4x for ANIL, 1.2x for Meta-SGD; 20 (3 queries)
+# even; 40 (20-way, 1 query, 5 steps) and 80 (15 queries) loop 1.15-1.4x.
 SMALL_TASK_IMAGES = 16
 
 

@@ -406,8 +406,10 @@ def _default_rank(rank: int, workload: str, repeats: int, processes: int, thread
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     algo = metarun_algorithm(w, model)
     task_images = w.ways * (w.shots + w.queries) if w.model != "mlp" else 0
-    mode = resolve_mode("auto", algo, torch.device("cpu"), task_images, PAPER_ITERATIONS)
-    engine = Engine(mode, compile=resolve_compile("auto", mode, algo, PAPER_ITERATIONS),
+    cpu = torch.device("cpu")
+    mode = resolve_mode("auto", algo, cpu, task_images, PAPER_ITERATIONS)
+    engine = Engine(mode, evaluation_mode=resolve_mode("auto", algo, cpu),  # as make_engine
+                    compile=resolve_compile("auto", mode, algo, PAPER_ITERATIONS),
                     keep_freed_memory=True, world=World(rank, processes))  # fmt: skip
     engine.prepare(algo)
     timed = time_steps(algo, lambda: engine.meta_backward(algo, batch), repeats)
