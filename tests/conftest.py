@@ -110,10 +110,14 @@ def make_cfg(data_root):
     return make
 
 
-@pytest.fixture
-def cli_env(data_root) -> dict:
+def command_env(data_root: Path) -> dict:
     """Environment for running the real `metarun` command in a subprocess."""
     return {**os.environ, "METARUN_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def cli_env(data_root) -> dict:
+    return command_env(data_root)
 
 
 METARUN = shutil.which("metarun", path=str(Path(sys.executable).parent)) or "metarun"
@@ -150,8 +154,7 @@ def metarun_in_process(data_root, capsys, monkeypatch):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, data_root) -> Path:
     """A tiny Omniglot run folder made by the real command, shared by the CLI tests."""
-    env = {**os.environ, "METARUN_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path_factory.mktemp("run")
-    done = metarun("train", *TINY_OMNIGLOT, f"hydra.run.dir={run_dir}", env=env)
+    done = metarun("train", *TINY_OMNIGLOT, f"hydra.run.dir={run_dir}", env=command_env(data_root))
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
