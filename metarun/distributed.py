@@ -14,6 +14,7 @@ has one path.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 
@@ -29,7 +30,8 @@ def launched_by_torchrun() -> bool:
 
 
 def start() -> None:
-    """Joins the process group torchrun set up: gloo for CPU tensors, NCCL for CUDA ones."""
+    """Joins the process group torchrun set up: gloo for CPU tensors, NCCL for CUDA ones; the
+    process leaves it when it exits."""
     if dist.is_initialized():
         return
     if torch.cuda.is_available():
@@ -37,6 +39,15 @@ def start() -> None:
         dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group("gloo")
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Destroys the process group while the interpreter is still whole: left to interpreter
+    shutdown, gloo's worker threads were torn down with it and a rank could abort after a
+    finished run ("terminate called without an active exception", SIGABRT; pytorch#190489)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class World:

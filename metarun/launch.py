@@ -149,7 +149,8 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, sigkill)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on this machine free at the moment, for a rendezvous."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -162,7 +163,7 @@ def workers(processes: int, threads: int, arguments: Sequence[str],
     `python -m metarun <arguments>` (their output in log_dir/rank_<r>.log). torch.distributed's
     env:// rendezvous, as torchrun sets it up. On exit, waits for the workers; one that failed
     is reported with its log."""
-    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
              "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
              "OMP_NUM_THREADS": str(threads)}  # fmt: skip
     os.environ.update(world, RANK="0", LOCAL_RANK="0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from metarun.build import build, build_algorithm
 from metarun.distributed import World
 from metarun.engine import make_engine
 from metarun.errors import ConfigError
+from metarun.launch import free_port
 from metarun.runtime import seed_everything
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
@@ -215,6 +217,24 @@ def test_each_rank_takes_a_contiguous_share():
     shares = [World(rank, 2).my_share(items) for rank in range(2)]
     assert torch.equal(torch.cat(shares), items)
     assert [len(s) for s in shares] == [4, 3]
+
+
+def test_a_process_leaves_the_group_before_the_interpreter_shuts_down(tmp_path):
+    """atexit runs the last registered first: a check registered before joining runs after the
+    process has left."""
+    script = (
+        "import atexit, torch.distributed as dist\n"
+        "from metarun import distributed\n"
+        "atexit.register(lambda: print('still joined' if dist.is_initialized() else 'left'))\n"
+        "distributed.start()\n"
+        "print('joined' if dist.is_initialized() else 'not joined')\n"
+    )
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                  "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, **rendezvous}, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["joined", "left"]
 
 
 def test_one_process_is_a_world_of_one():
