@@ -106,9 +106,8 @@ def plan_threads(setting, processes: int) -> int:
 
 def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world: World,
                     start_workers: bool, iterations: int) -> None:  # fmt: skip
-    """Sets this process's threads by the rule above for a run with `iterations` meta-batches
-    left; a lone process whose plan asks for several raises StartWorkers before anything is
-    trained."""
+    """Sets this process's threads by the rule above for a run of `iterations` meta-batches; a
+    lone process whose plan asks for several raises StartWorkers before anything is trained."""
     environments = isinstance(dataset, EnvironmentDataset)
     if world.size > 1:
         processes = world.size  # torchrun's, or the workers this run started

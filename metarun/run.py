@@ -157,10 +157,11 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     algo = _starting_model(cfg, dataset, device, world)
     resumed = _checkpoint_to_resume(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
     done = resumed[0]["iteration"] if resumed else 0
-    # Processes and compilation are planned for the meta-batches this run has left to train.
-    remaining = cfg.trainer.iterations - done
-    use_the_machine(cfg, dataset, algo, device, world, start_workers, remaining)
-    engine = make_engine(cfg, algo, device, world, iterations=remaining)
+    # Processes, engine and compilation are planned for the whole run, not for what a resumed
+    # run has left: a resumed run then computes as the run it continues, bit for bit.
+    planned = cfg.trainer.iterations
+    use_the_machine(cfg, dataset, algo, device, world, start_workers, planned)
+    engine = make_engine(cfg, algo, device, world, iterations=planned)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
     samplers["train"] = train_sampler(cfg, dataset, algo, device)

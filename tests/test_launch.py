@@ -132,8 +132,9 @@ class Planned(Exception):
     """Raised in place of training, carrying the engine the run planned."""
 
 
-def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int, start_workers: bool):
-    """Trains 2 iterations, then resumes the same folder as a run of `iterations`."""
+def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int):
+    """Trains 2 iterations, then resumes the same folder as a run of `iterations` on 2 cores,
+    so that fewer than `iterations` are left."""
     monkeypatch.setattr(launch, "cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     run.train(tiny_cfg("trainer.iterations=2"), run_dir)
@@ -143,27 +144,21 @@ def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int, start_w
 
     monkeypatch.setattr(run, "_fit", planned)
     resumed = tiny_cfg(f"trainer.iterations={iterations}", "trainer.resume=auto")
+    return lambda start_workers: run.train(resumed, run_dir, start_workers=start_workers)
+
+
+def test_a_resumed_run_starts_the_workers_of_the_whole_run(tiny_cfg, tmp_path, monkeypatch):
+    resume = plan_of_resumed_run(tiny_cfg, tmp_path, monkeypatch, launch.MIN_ITERATIONS + 1)
+    with pytest.raises(launch.StartWorkers) as plan:
+        resume(start_workers=True)
+    assert plan.value.processes == 2
+
+
+def test_a_resumed_run_compiles_as_the_whole_run(tiny_cfg, tmp_path, monkeypatch):
+    resume = plan_of_resumed_run(tiny_cfg, tmp_path, monkeypatch, COMPILE_PAYS_AFTER + 1)
     with pytest.raises(Planned) as plan:
-        run.train(resumed, run_dir, start_workers=start_workers)
-    return plan.value.args[0]
-
-
-def test_a_resumed_run_starts_workers_only_for_the_iterations_it_has_left(
-    tiny_cfg, tmp_path, monkeypatch
-):
-    engine = plan_of_resumed_run(
-        tiny_cfg, tmp_path, monkeypatch, launch.MIN_ITERATIONS + 1, start_workers=True
-    )
-    assert engine.world.size == 1
-
-
-def test_a_resumed_run_compiles_only_for_the_iterations_it_has_left(
-    tiny_cfg, tmp_path, monkeypatch
-):
-    engine = plan_of_resumed_run(
-        tiny_cfg, tmp_path, monkeypatch, COMPILE_PAYS_AFTER + 1, start_workers=False
-    )
-    assert engine.mode == "loop" and not engine.compile
+        resume(start_workers=False)
+    assert plan.value.args[0].compile
 
 
 @pytest.mark.parametrize(
