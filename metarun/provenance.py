@@ -1,5 +1,5 @@
 """Which code made a result: package version, git commit and whether the tree was clean, torch,
-device."""
+device, and how each start of a run computed (processes, threads, engine)."""
 
 from __future__ import annotations
 
@@ -42,10 +42,31 @@ def code_stamp(device: torch.device) -> dict:
     }
 
 
-def record_code(run_dir: Path, stamp: dict, iteration: int) -> None:
-    """Appends this process's stamp to the run folder's code.json (one entry per start or
-    resume, with the iteration it started from)."""
+def record_code(run_dir: Path, stamp: dict, iteration: int, computation: dict) -> None:
+    """Appends this process's stamp and `computation` (processes, threads and the engine's
+    settings) to the run folder's code.json: one entry per start or resume, with the iteration
+    it started from."""
     path = Path(run_dir) / "code.json"
     entries = json.loads(path.read_text()) if path.is_file() else []
-    entries.append({"started_at_iteration": iteration, **stamp})
+    entries.append({"started_at_iteration": iteration, **stamp, "computation": computation})
     path.write_text(json.dumps(entries, indent=2))
+
+
+def changed_computation(run_dir: Path, computation: dict) -> str | None:
+    """A warning when a resumed run computes otherwise than its last start did (another machine,
+    or other runtime settings): its results can then no longer be bit-identical to an
+    uninterrupted run's. None when nothing changed or nothing was recorded."""
+    path = Path(run_dir) / "code.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    before = entries[-1].get("computation") if entries else None
+    if before is None or before == computation:
+        return None
+    changed = [key for key in before if computation.get(key) != before[key]]
+    was = ", ".join(f"{key}={before[key]}" for key in changed)
+    now = ", ".join(f"{key}={computation.get(key)}" for key in changed)
+    return (
+        f"metarun: warning: this run computed with {was} and resumes with {now}, so it will not "
+        "be bit-identical to an uninterrupted run (float rounding differs). To match, resume "
+        "with those settings given explicitly on the command line (engine for "
+        "evaluation_engine), on a machine with as many cores."
+    )

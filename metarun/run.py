@@ -42,7 +42,7 @@ from metarun.protocol import (
     train_sampler,
     validation_seed,
 )
-from metarun.provenance import code_stamp, record_code
+from metarun.provenance import changed_computation, code_stamp, record_code
 from metarun.runtime import resolve_device, seed_everything
 from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
@@ -170,9 +170,13 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     if resumed:
         state.restore(*resumed)
     if world.is_main:
+        computation = {"processes": world.size, "threads": torch.get_num_threads(),
+                       **engine.describe()}  # fmt: skip
         if resumed:
             print(f"metarun: resuming from {resumed[1]} at iteration {done}", file=sys.stderr)
-        record_code(run_dir, code, state.progress.iteration)
+            if warning := changed_computation(run_dir, computation):
+                print(warning, file=sys.stderr)
+        record_code(run_dir, code, state.progress.iteration, computation)
         print(
             banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration), file=sys.stderr
         )

@@ -53,6 +53,22 @@ def test_each_start_and_resume_appends_to_code_json(tiny_cfg, tmp_path):
     run.train(tiny_cfg("algo=protonet", "trainer.resume=auto"), tmp_path)
     entries = json.loads((tmp_path / "code.json").read_text())
     assert [entry["started_at_iteration"] for entry in entries] == [0, 2]
+    assert entries[0]["computation"] == entries[1]["computation"]
+    assert {"processes", "threads", "engine", "compile"} <= set(entries[0]["computation"])
+
+
+def test_a_run_resumed_with_other_threads_warns_that_it_is_not_bit_identical(
+    tiny_cfg, tmp_path, capsys
+):
+    run.train(tiny_cfg("algo=protonet", "trainer.iterations=2", "threads=1"), tmp_path)
+    run.train(tiny_cfg("algo=protonet", "trainer.iterations=3", "trainer.resume=auto",
+                       "threads=1"), tmp_path)  # fmt: skip
+    assert "bit-identical" not in capsys.readouterr().err
+    run.train(tiny_cfg("algo=protonet", "trainer.iterations=4", "trainer.resume=auto",
+                       "threads=2"), tmp_path)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "computed with threads=1 and resumes with threads=2" in err
+    assert "will not be bit-identical" in err
 
 
 def test_eval_keeps_the_runs_engine_unless_the_command_line_sets_it(tiny_cfg, tmp_path):
