@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from metarun.launch import cores
+from metarun.launch import cores, memory
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -57,8 +57,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
     with little memory does not swap: with two workers the suite's Python processes (workers
     and the training processes some tests start) peaked at 6.7 GB together, 2.0 GB the
     largest."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(1, min(cores(), memory // 2**32))
+    return max(1, min(cores(), memory() // 2**32))
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -22,10 +22,16 @@ def conv_maml(shape=OMNIGLOT):
     return MAML(Conv4(shape, hidden=4, blocks=2), 5, inner_lr=0.4, inner_steps=1)
 
 
+def a_machine(monkeypatch, cores: int) -> None:
+    """This process sees `cores` cores, memory enough for a process on each, no OMP_NUM_THREADS."""
+    monkeypatch.setattr(launch, "cores", lambda: cores)
+    monkeypatch.setattr(launch, "memory", lambda: cores * launch.MEMORY_PER_PROCESS)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
 @pytest.fixture
 def four_cores(monkeypatch):
-    monkeypatch.setattr(launch, "cores", lambda: 4)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    a_machine(monkeypatch, 4)
 
 
 def processes(algo=None, *, setting="auto", device=CPU, shape=OMNIGLOT, environments=False,
@@ -39,6 +45,20 @@ def processes(algo=None, *, setting="auto", device=CPU, shape=OMNIGLOT, environm
 
 def test_a_long_conv_run_on_small_images_takes_a_process_per_core(four_cores):
     assert processes() == 4
+
+
+def test_processes_are_capped_by_the_memory_they_may_use(four_cores, monkeypatch):
+    monkeypatch.setattr(launch, "memory", lambda: 2 * launch.MEMORY_PER_PROCESS + 2**30)
+    assert processes() == 2  # of the 4 cores
+
+
+def test_a_cgroup_limit_below_the_machines_memory_is_what_a_run_may_use(tmp_path):
+    machine = launch.memory(limits=[])
+    limited, unlimited = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    limited.write_text(f"{2**30}\n")
+    unlimited.write_text("max\n")
+    assert launch.memory([limited, unlimited]) == min(2**30, machine)
+    assert launch.memory([unlimited, tmp_path / "absent"]) == machine
 
 
 def test_the_process_count_divides_the_meta_batch(four_cores):
@@ -119,8 +139,7 @@ def test_engine_auto_vmaps_small_conv_tasks_on_a_cpu_only_when_compiled():
 
 
 def test_a_long_run_asks_for_workers_before_training(tiny_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(launch, "cores", lambda: 2)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    a_machine(monkeypatch, 2)
     cfg = tiny_cfg("trainer.iterations=1000")
     with pytest.raises(launch.StartWorkers) as plan:
         run.train(cfg, tmp_path, start_workers=True)
@@ -135,8 +154,7 @@ class Planned(Exception):
 def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int):
     """Trains 2 iterations, then resumes the same folder as a run of `iterations` on 2 cores,
     so that fewer than `iterations` are left."""
-    monkeypatch.setattr(launch, "cores", lambda: 2)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    a_machine(monkeypatch, 2)
     run.train(tiny_cfg("trainer.iterations=2"), run_dir)
 
     def planned(cfg, run_dir, state, engine, *rest):
