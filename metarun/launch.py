@@ -19,9 +19,9 @@ The rule `processes=auto` and `threads=auto` follow, measured on a 2-core CPU
 So on a CPU, auto gives one process per core (as many as divide the meta-batch, and at most
 one per MEMORY_PER_PROCESS of the memory this process may use) to episodic meta-training of
 a convolutional model on images of at most SMALL_IMAGE pixels a side, and one process with
-every core as threads otherwise. On CUDA it gives one process per visible
-GPU (each vmaps its share of the meta-batch). An explicit setting always wins; under torchrun
-the world torchrun started is kept.
+every core as threads otherwise. On CUDA it gives one process per visible GPU (each vmaps its
+share of the meta-batch). An explicit setting always wins; under torchrun the world torchrun
+started is kept.
 
 metarun starts the workers itself rather than through torchrun: after a stop signal torchrun
 gives its workers a fixed time before killing them and exits with its own traceback, while a

@@ -53,10 +53,10 @@ def pytest_configure(config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: a worker per core, but at most one per 4 GiB of memory, so a many-core machine
-    with little memory does not swap: with two workers the suite's Python processes (workers
-    and the training processes some tests start) peaked at 6.7 GB together, 2.0 GB the
-    largest."""
+    """`-n auto`: a worker per core, but at most one per 4 GiB of the memory it may use (the
+    machine's or its cgroup limit), so a many-core machine with little memory does not swap:
+    with two workers the suite's Python processes (workers and the training processes some
+    tests start) peaked at 6.7 GB together, 2.0 GB the largest."""
     return max(1, min(cores(), memory() // 2**32))
 
 
