@@ -52,6 +52,11 @@ def record_code(run_dir: Path, stamp: dict, iteration: int, computation: dict) -
     path.write_text(json.dumps(entries, indent=2))
 
 
+def _override(value) -> str:
+    """A recorded setting as a command-line override writes it (booleans in lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def changed_computation(run_dir: Path, computation: dict) -> str | None:
     """A warning when a resumed run computes otherwise than its last start did (another machine,
     or other runtime settings): its results can then no longer be bit-identical to an
@@ -64,9 +69,10 @@ def changed_computation(run_dir: Path, computation: dict) -> str | None:
     changed = [key for key in before if computation.get(key) != before[key]]
     was = ", ".join(f"{key}={before[key]}" for key in changed)
     now = ", ".join(f"{key}={computation.get(key)}" for key in changed)
+    settings = dict.fromkeys("engine" if key == "evaluation_engine" else key for key in changed)
+    fix = " ".join(f"{key}={_override(before[key])}" for key in settings)
     return (
         f"metarun: warning: this run computed with {was} and resumes with {now}, so it will not "
-        "be bit-identical to an uninterrupted run (float rounding differs). To match, resume "
-        "with those settings given explicitly on the command line (engine for "
-        "evaluation_engine), on a machine with as many cores."
+        f"be bit-identical to an uninterrupted run (float rounding differs). To match, add {fix} "
+        "to the resume command."
     )

@@ -68,7 +68,7 @@ def test_a_run_resumed_with_other_threads_warns_that_it_is_not_bit_identical(
                        "threads=2"), tmp_path)  # fmt: skip
     err = capsys.readouterr().err
     assert "computed with threads=1 and resumes with threads=2" in err
-    assert "will not be bit-identical" in err
+    assert "will not be bit-identical" in err and "add threads=1 to the resume command" in err
 
 
 def test_eval_keeps_the_runs_engine_unless_the_command_line_sets_it(tiny_cfg, tmp_path):
