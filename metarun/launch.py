@@ -128,9 +128,10 @@ def plan_threads(setting, processes: int) -> int:
 
 
 def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world: World,
-                    start_workers: bool, iterations: int) -> None:  # fmt: skip
-    """Sets this process's threads by the rule above for a run of `iterations` meta-batches; a
-    lone process whose plan asks for several raises StartWorkers before anything is trained."""
+                    start_workers: bool) -> None:  # fmt: skip
+    """Sets this process's threads by the rule above for the whole run (a resumed run plans as
+    the run it continues, so it computes bit for bit as that run); a lone process whose plan
+    asks for several raises StartWorkers before anything is trained."""
     environments = isinstance(dataset, EnvironmentDataset)
     if world.size > 1:
         processes = world.size  # torchrun's, or the workers this run started
@@ -140,7 +141,7 @@ def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world:
         processes = plan_processes(
             cfg.processes, device=device, algo=algo, input_shape=dataset.input_shape,
             environments=environments, meta_batch_size=cfg.task.meta_batch_size,
-            iterations=iterations, threads_setting=cfg.threads,
+            iterations=cfg.trainer.iterations, threads_setting=cfg.threads,
         )  # fmt: skip
     threads = plan_threads(cfg.threads, processes)
     if processes > world.size:

@@ -46,10 +46,15 @@ def record_code(run_dir: Path, stamp: dict, iteration: int, computation: dict) -
     """Appends this process's stamp and `computation` (processes, threads and the engine's
     settings) to the run folder's code.json: one entry per start or resume, with the iteration
     it started from."""
-    path = Path(run_dir) / "code.json"
-    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries = _entries(run_dir)
     entries.append({"started_at_iteration": iteration, **stamp, "computation": computation})
-    path.write_text(json.dumps(entries, indent=2))
+    (Path(run_dir) / "code.json").write_text(json.dumps(entries, indent=2))
+
+
+def _entries(run_dir: Path) -> list[dict]:
+    """code.json's entries, oldest first; none before the run's first start."""
+    path = Path(run_dir) / "code.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _override(value) -> str:
@@ -61,8 +66,7 @@ def changed_computation(run_dir: Path, computation: dict) -> str | None:
     """A warning when a resumed run computes otherwise than its last start did (another machine,
     or other runtime settings): its results can then no longer be bit-identical to an
     uninterrupted run's. None when nothing changed or nothing was recorded."""
-    path = Path(run_dir) / "code.json"
-    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries = _entries(run_dir)
     before = entries[-1].get("computation") if entries else None
     if before is None or before == computation:
         return None

@@ -159,9 +159,8 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     done = resumed[0]["iteration"] if resumed else 0
     # Processes, engine and compilation are planned for the whole run, not for what a resumed
     # run has left: a resumed run then computes as the run it continues, bit for bit.
-    planned = cfg.trainer.iterations
-    use_the_machine(cfg, dataset, algo, device, world, start_workers, planned)
-    engine = make_engine(cfg, algo, device, world, iterations=planned)
+    use_the_machine(cfg, dataset, algo, device, world, start_workers)
+    engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
     samplers["train"] = train_sampler(cfg, dataset, algo, device)
