@@ -221,12 +221,44 @@ class TaskBatchNorm2d(nn.Module):
                 self.running_mean[step].lerp_(row[:channels], self.momentum)
                 self.running_var[step].lerp_(row[channels:], self.momentum)
 
+    def _scale_and_shift(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.weight.dim() == 1:
+            return self.weight, self.bias
+        index = min(step, self.weight.shape[0] - 1)
+        return self.weight[index], self.bias[index]
+
+    def folded_into(
+        self, conv: nn.Conv2d, patches: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight [C_out, K] and bias [C_out] of the product `weight @ patches + bias` that equals
+        this layer applied to `conv`'s output, where `patches` [N, K, P] are conv's input patches
+        (F.unfold). Batch statistics come from the patches' mean and K x K covariance (the
+        convolution is linear in them), so the output map is neither normalised nor measured
+        in passes of its own: for a few input channels (K small) that is cheaper than the map."""
+        flags = _flags.get()
+        weight, bias = self._scale_and_shift(flags.step)
+        kernel = conv.weight.flatten(1)
+        conv_bias = conv.bias if conv.bias is not None else kernel.new_zeros(kernel.shape[0])
+        if self.uses_running_statistics and not self.training:
+            index = min(flags.step, self.running_mean.shape[0] - 1)
+            mean, var = self.running_mean[index], self.running_var[index]
+        else:
+            rows = patches if flags.statistics_rows is None else patches[: flags.statistics_rows]
+            count = rows.shape[0] * rows.shape[2]
+            centre = rows.sum((0, 2)) / count
+            centred = rows - centre[:, None]
+            covariance = torch.bmm(centred, centred.transpose(1, 2)).sum(0) / count
+            mean = kernel @ centre + conv_bias
+            var = ((kernel @ covariance) * kernel).sum(1)
+            if self.uses_running_statistics and id(self) in flags.recording:
+                index = min(flags.step, self.running_mean.shape[0] - 1)
+                self._recorded.append((index, mean.detach(), var.detach() * count / (count - 1)))
+        scale = weight * torch.rsqrt(var + self.eps)
+        return kernel * scale[:, None], bias + scale * (conv_bias - mean)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
         flags = _flags.get()
-        weight, bias = self.weight, self.bias
-        if weight.dim() == 2:
-            index = min(flags.step, weight.shape[0] - 1)
-            weight, bias = weight[index], bias[index]
+        weight, bias = self._scale_and_shift(flags.step)
         rows = flags.statistics_rows
         fused = not flags.vmap_safe and rows is None
         batch_statistics = None, None  # buffers the fused call fills while it normalises

@@ -12,18 +12,32 @@ quarter of the convolutions' arithmetic and no pooling.
 ReLU runs after the pooling: max-pooling and ReLU commute (ReLU is monotone), so the
 function and its gradients are the same, and ReLU and its backward touch a quarter of
 the values (13% faster second-order MAML on a CPU).
+
+Compiled on a CPU, a first block over few input channels (Omniglot's one) is computed as one
+batched product of the image patches with BatchNorm folded into the weights, its statistics
+taken from the patches (`TaskBatchNorm2d.folded_into`), and the patches ordered by their place
+in the 2x2 pooling window, so max-pooling is a selection among four contiguous maps
+(`max_of_window`). The same function and gradients (ties included), without a normalising
+pass or the max-pooling backward's scatter over the largest map: 1.2x second-order MAML's
+compiled meta-gradient on Omniglot 5w1s (15 queries), 1.35x vmapped with 1 query. Uncompiled,
+torch's fused BatchNorm and pooling kernels are as fast or faster, so that path stays.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metarun.backbones import image_shape
-from metarun.backbones.pooling import MaxPool2x2
+from metarun.backbones.pooling import MaxPool2x2, max_of_window
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
 DOWNSAMPLING = ("maxpool", "stride")
+# Most values in a patch (input channels x 9) for which the first block is one product when
+# compiled on a CPU: statistics cost a K x K covariance, the product K multiply-adds a value.
+PATCH_VALUES_FOR_PRODUCT = 9
 
 
 class Conv4(nn.Module):
@@ -69,6 +83,40 @@ class Conv4(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.out_shape = (hidden, height, width)
         self.out_features = hidden * height * width
+        self.pools_first_block = pooled_blocks > 0 and downsample == "maxpool"
+        self.first_block_can_be_product = blocks > 0 and channels * 9 <= PATCH_VALUES_FOR_PRODUCT
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._first_block_is_one_product(x):
+            return self.features[3 if self.pools_first_block else 2 :](self._first_block(x))
         return self.features(x)
+
+    def _first_map_size(self, x: torch.Tensor) -> tuple[int, int]:
+        conv = self.features[0]
+        pad, stride = conv.padding[0], conv.stride[0]
+        return tuple((size + 2 * pad - 3) // stride + 1 for size in x.shape[-2:])
+
+    def _first_block_is_one_product(self, x: torch.Tensor) -> bool:
+        return (
+            self.first_block_can_be_product
+            and x.device.type == "cpu"
+            and torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu")
+            and not (self.pools_first_block and any(size % 2 for size in self._first_map_size(x)))
+        )
+
+    def _first_block(self, x: torch.Tensor) -> torch.Tensor:
+        """conv -> BatchNorm (-> 2x2 max-pooling) of the first block, as one batched product."""
+        conv, norm = self.features[0], self.features[1]
+        height, width = self._first_map_size(x)
+        patches = F.unfold(x, 3, padding=conv.padding, stride=conv.stride)  # [N, K, H * W]
+        count, values = patches.shape[:2]
+        if self.pools_first_block:  # order the positions by their place in the pooling window
+            patches = patches.view(count, values, height // 2, 2, width // 2, 2)
+            patches = patches.permute(0, 1, 3, 5, 2, 4).reshape(count, values, -1)
+        weight, bias = norm.folded_into(conv, patches)
+        maps = torch.baddbmm(bias.view(1, -1, 1), weight.expand(count, -1, -1), patches)
+        if not self.pools_first_block:
+            return maps.view(count, -1, height, width)
+        window = maps.view(count, -1, 4, (height // 2) * (width // 2)).unbind(2)
+        return max_of_window(window).view(count, -1, height // 2, width // 2)
