@@ -227,6 +227,9 @@ class TaskBatchNorm2d(nn.Module):
         index = min(step, self.weight.shape[0] - 1)
         return self.weight[index], self.bias[index]
 
+    def _statistics_index(self, step: int) -> int:
+        return min(step, self.running_mean.shape[0] - 1)
+
     def folded_into(
         self, conv: nn.Conv2d, patches: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +243,7 @@ class TaskBatchNorm2d(nn.Module):
         kernel = conv.weight.flatten(1)
         conv_bias = conv.bias if conv.bias is not None else kernel.new_zeros(kernel.shape[0])
         if self.uses_running_statistics and not self.training:
-            index = min(flags.step, self.running_mean.shape[0] - 1)
+            index = self._statistics_index(flags.step)
             mean, var = self.running_mean[index], self.running_var[index]
         else:
             rows = patches if flags.statistics_rows is None else patches[: flags.statistics_rows]
@@ -251,8 +254,8 @@ class TaskBatchNorm2d(nn.Module):
             mean = kernel @ centre + conv_bias
             var = ((kernel @ covariance) * kernel).sum(1)
             if self.uses_running_statistics and id(self) in flags.recording:
-                index = min(flags.step, self.running_mean.shape[0] - 1)
-                self._recorded.append((index, mean.detach(), var.detach() * count / (count - 1)))
+                unbiased = var.detach() * count / (count - 1)
+                self._recorded.append((self._statistics_index(flags.step), mean.detach(), unbiased))
         scale = weight * torch.rsqrt(var + self.eps)
         return kernel * scale[:, None], bias + scale * (conv_bias - mean)
 
@@ -263,7 +266,7 @@ class TaskBatchNorm2d(nn.Module):
         fused = not flags.vmap_safe and rows is None
         batch_statistics = None, None  # buffers the fused call fills while it normalises
         if self.uses_running_statistics:
-            index = min(flags.step, self.running_mean.shape[0] - 1)
+            index = self._statistics_index(flags.step)
             if not self.training:
                 return F.batch_norm(
                     x,

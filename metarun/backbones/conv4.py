@@ -84,11 +84,12 @@ class Conv4(nn.Module):
         self.out_shape = (hidden, height, width)
         self.out_features = hidden * height * width
         self.pools_first_block = pooled_blocks > 0 and downsample == "maxpool"
+        self.first_block_layers = 3 if self.pools_first_block else 2  # conv, BN(, pool); ReLU
         self.first_block_can_be_product = blocks > 0 and channels * 9 <= PATCH_VALUES_FOR_PRODUCT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._first_block_is_one_product(x):
-            return self.features[3 if self.pools_first_block else 2 :](self._first_block(x))
+            return self.features[self.first_block_layers :](self._first_block(x))
         return self.features(x)
 
     def _first_map_size(self, x: torch.Tensor) -> tuple[int, int]:
