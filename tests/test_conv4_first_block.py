@@ -96,7 +96,7 @@ def test_first_block_as_one_product_records_and_uses_running_statistics(monkeypa
     [(3, 12, False), (1, 9, False), (1, 12, True)],
     ids=["three-channels", "odd-first-map", "bf16-autocast"],
 )
-def test_first_block_stays_layered_where_the_product_is_not_measured(
+def test_first_block_stays_layered_for_three_channels_an_odd_map_or_autocast(
     channels, size, autocast, monkeypatch
 ):
     net = Conv4((channels, size, size), hidden=5, blocks=1)

@@ -13,7 +13,7 @@ ReLU runs after the pooling: max-pooling and ReLU commute (ReLU is monotone), so
 function and its gradients are the same, and ReLU and its backward touch a quarter of
 the values (13% faster second-order MAML on a CPU).
 
-Compiled on a CPU, a first block over few input channels (Omniglot's one) is computed as one
+Compiled on a CPU, a first block over one input channel (Omniglot's) is computed as one
 batched product of the image patches with BatchNorm folded into the weights, its statistics
 taken from the patches (`TaskBatchNorm2d.folded_into`), and the patches ordered by their place
 in the 2x2 pooling window, so max-pooling is a selection among four contiguous maps
@@ -36,7 +36,7 @@ from metarun.errors import ConfigError
 
 DOWNSAMPLING = ("maxpool", "stride")
 # Most values in a patch (input channels x 9) for which the first block is one product when
-# compiled on a CPU: statistics cost a K x K covariance, the product K multiply-adds a value.
+# compiled on a CPU: one channel measured 1.21x (Omniglot), three 0.97x (84x84, miniImageNet).
 PATCH_VALUES_FOR_PRODUCT = 9
 
 
