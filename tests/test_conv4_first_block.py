@@ -55,8 +55,14 @@ def test_first_block_as_one_product_is_the_layers_function(model, monkeypatch):
     torch.manual_seed(0)
     net = Conv4((1, 12, 12), hidden=5, blocks=2, **model).double()
     x = images()
+    products, first_block = [], Conv4._first_block
+    monkeypatch.setattr(
+        Conv4, "_first_block", lambda *args: products.append(1) or first_block(*args)
+    )
     product = outputs_and_gradients(net, x, monkeypatch, compiled=True)
+    assert products, "the compiled forward took the product"
     assert_same(product, outputs_and_gradients(net, x, monkeypatch, compiled=False))
+    assert len(products) == 1, "the uncompiled forward kept the layers"
 
 
 def test_first_block_as_one_product_normalises_with_the_support_rows_at_each_step(monkeypatch):
