@@ -1,5 +1,6 @@
-"""MANN: least-recently-used writes and content reads against hand computations, the LSTM
-baseline without memory, engines that agree, and a tiny problem it must solve."""
+"""MANN: least-recently-used writes (two heads worked by hand) and content reads against hand
+computations, the LSTM baseline without memory, engines that agree, and a tiny problem it must
+solve."""
 
 from __future__ import annotations
 
@@ -18,26 +19,44 @@ def memory(usage, read_weights) -> Memory:
     return Memory(contents, torch.tensor([read_weights]), torch.tensor([usage]))
 
 
-def test_least_used_marks_as_many_slots_as_heads():
+def test_head_i_is_given_the_i_th_least_used_slot():
     usage = torch.tensor([[0.5, 0.1, 0.9, 0.2]])
-    assert least_used(usage, 2).tolist() == [[0.0, 1.0, 0.0, 1.0]]
+    assert least_used(usage, 2).tolist() == [[[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]]
 
 
 @pytest.mark.parametrize("gate, slot", [(1.0, 2), (0.0, 1)])  # last read slot 2, least used 1
 def test_write_lands_in_the_last_read_or_the_least_used_slot(gate, slot):
     before = memory([0.5, 0.1, 0.9, 0.2], [[0.0, 0.0, 1.0, 0.0]])
-    key = torch.tensor([[[1.0, -1.0, 2.0]]])
-    after, _ = memory_step(before, key, torch.tensor([[gate]]), decay=0.9)
+    key, add = torch.tensor([[[1.0, -1.0, 2.0]]]), torch.tensor([[[0.5, 0.25, -0.5]]])
+    after, _ = memory_step(before, key, add, torch.tensor([[gate]]), decay=0.9)
     expected = before.contents.clone()
     expected[0, 1] = 0.0  # the least used slot is cleared before writing
-    expected[0, slot] += key[0, 0]
+    expected[0, slot] += add[0, 0]  # the add vector is written, not the key
     torch.testing.assert_close(after.contents, expected)
+
+
+def test_two_heads_write_their_own_add_vectors_into_their_own_slots():
+    """Worked by hand: usage ranks the slots 1, 3, 0, 2, so head 0's least used slot is 1
+    (cleared first) and head 1's is 3; head 0 last read slot 2, head 1 slot 0."""
+    before = memory([0.5, 0.1, 0.9, 0.2], [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    adds = torch.tensor([[[1.0, 2.0, 3.0], [-1.0, -2.0, -4.0]]])
+    gates = torch.tensor([[0.25, 0.75]])
+    after, _ = memory_step(before, torch.ones(1, 2, 3), adds, gates, decay=0.9)
+    expected = torch.tensor(
+        [
+            [1.0 + 0.75 * -1.0, 2.0 + 0.75 * -2.0, 3.0 + 0.75 * -4.0],  # head 1's last read
+            [0.75 * 1.0, 0.75 * 2.0, 0.75 * 3.0],  # cleared, then head 0's least used
+            [7.0 + 0.25 * 1.0, 8.0 + 0.25 * 2.0, 9.0 + 0.25 * 3.0],  # head 0's last read
+            [10.0 + 0.25 * -1.0, 11.0 + 0.25 * -2.0, 12.0 + 0.25 * -4.0],  # head 1's least used
+        ]
+    )
+    torch.testing.assert_close(after.contents[0], expected)
 
 
 def test_read_is_the_softmax_of_cosine_similarities_weighted_sum():
     before = memory([0.5, 0.1, 0.9, 0.2], [[0.0, 0.0, 1.0, 0.0]])
     key, gate = torch.tensor([[[0.3, -0.2, 0.5]]]), torch.tensor([[0.7]])
-    after, read = memory_step(before, key, gate, decay=0.9)
+    after, read = memory_step(before, key, torch.tensor([[[1.0, 0.0, -1.0]]]), gate, decay=0.9)
     rows = after.contents[0]
     cosine = torch.stack([F.cosine_similarity(key[0, 0], row, dim=0) for row in rows])
     weights = cosine.exp() / cosine.exp().sum()
@@ -48,6 +67,13 @@ def test_read_is_the_softmax_of_cosine_similarities_weighted_sum():
     torch.testing.assert_close(after.usage[0], usage)
 
 
+def test_reads_and_usage_start_one_hot_at_the_first_slot():
+    start = mann(read_heads=2).initial_memory(3, torch.zeros(1))
+    assert start.read_weights.shape == (3, 2, 5) and start.usage.shape == (3, 5)
+    assert (start.read_weights.argmax(-1) == 0).all() and (start.read_weights.sum(-1) == 1).all()
+    assert (start.usage.argmax(-1) == 0).all() and (start.usage.sum(-1) == 1).all()
+
+
 def mann(read_heads=2) -> MANN:
     torch.manual_seed(0)
     return MANN(Pixels((1, 2, 2)), 3, hidden=6, memory_slots=5, memory_width=4,
@@ -56,7 +82,7 @@ def mann(read_heads=2) -> MANN:
 
 def test_lstm_baseline_has_no_memory_weights():
     names = {name for name, _ in mann(read_heads=0).named_parameters()}
-    assert not any(name.startswith(("keys", "gates")) for name in names)
+    assert not any(name.startswith(("keys", "adds", "gates")) for name in names)
     assert mann(read_heads=0).controller.input_size == 4 + 3
 
 

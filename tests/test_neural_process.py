@@ -6,7 +6,7 @@ import pytest
 import torch
 from synthetic import SHORT_REGRESSION_RUN, train_runs
 
-from metarun.algorithms.functional import gaussian_log_prob
+from metarun.algorithms.functional import gaussian_kl, gaussian_log_prob
 from metarun.algorithms.neural_process import NeuralProcess
 from metarun.backbones.pixels import Pixels
 from metarun.errors import ConfigError
@@ -54,6 +54,31 @@ def test_the_loss_is_the_targets_nll_when_they_add_nothing_to_the_contexts():
     row = torch.cat([model.encode(params, "encoder", x, y, 1).mean(0), z]).unsqueeze(0)
     mean, std = model.bounded(model.decode(params, row, x, x)[:, 0]).chunk(2, -1)
     torch.testing.assert_close(loss, -gaussian_log_prob(mean, std.log(), y).mean())
+
+
+def test_the_posterior_pools_a_target_that_repeats_a_context_once():
+    """gp_1d's training targets contain its contexts: the posterior is then q(z | targets), as in
+    the authors' notebook, not a pool in which the contexts count twice."""
+    model, x, y = neural_process(), torch.randn(7, 1).double(), torch.randn(7, 1).double()
+    params = model.params()
+    torch.manual_seed(4)
+    loss, _ = model.task_loss(params, x[:3], y[:3], x, y, ways=1)
+    torch.manual_seed(4)
+    prior, posterior = model.latent(params, x[:3], y[:3]), model.latent(params, x, y)
+    z = posterior[0] + posterior[1] * torch.randn(4, dtype=torch.float64)
+    row = torch.cat([model.encode(params, "encoder", x[:3], y[:3], 1).mean(0), z]).unsqueeze(0)
+    mean, std = model.bounded(model.decode(params, row, x[:3], x)[:, 0]).chunk(2, -1)
+    kl = gaussian_kl(posterior[0], posterior[1].log(), prior[0], prior[1].log())
+    expected = -gaussian_log_prob(mean, std.log(), y).mean() + kl / 7
+    torch.testing.assert_close(loss, expected)
+
+
+def test_the_posterior_pools_contexts_and_targets_when_they_are_apart():
+    model, x, y = neural_process(), torch.randn(7, 1).double(), torch.randn(7, 1).double()
+    params = model.params()
+    torch.testing.assert_close(
+        model.posterior(params, x[:3], y[:3], x[3:], y[3:]), model.latent(params, x, y)
+    )
 
 
 def test_classification_is_a_clear_error(tiny_cfg, tmp_path):

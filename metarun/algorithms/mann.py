@@ -1,11 +1,20 @@
 """Memory-augmented neural network (Santoro, Bartunov, Botvinick, Wierstra, Lillicrap 2016,
 arXiv:1605.06065): an LSTM controller reads an external memory by content (softmax over cosine
-similarities, several read heads) and writes each step's key by least-recently-used access, an
-interpolation, gated by the controller, between the slots read last step and the least used.
+similarities, several read heads) and writes by least-recently-used access: head i adds its own
+add vector at an interpolation, gated by the controller, between the slots it read last step and
+the i-th least used slot.
 
 Each step's input is the example, a label and the previous step's reads; the prediction reads
 the controller's output and this step's reads. `read_heads=0` is the paper's LSTM baseline: the
 controller alone. All tasks of a meta-batch run as one batched recurrence under the vmap engine.
+
+The memory follows the reimplementation of tristandeleu/ntm-one-shot (`mann/model.py`), written to
+reproduce the paper: keys and add vectors are separate tanh outputs per head, the one least used
+slot is cleared before the write (the paper's Sec. 3.2 and both public reimplementations clear one
+slot, not one per head), and the first step's read and usage weights are one-hot at slot 0. Ties
+in usage go to the lower slot (a stable sort); the reference's Theano argsort leaves them to its
+sorting algorithm. Deviation: the reference trains with Adam 1e-3, the paper (and our preset) with
+RMSprop 1e-4.
 """
 
 from __future__ import annotations
@@ -29,27 +38,28 @@ class Memory(NamedTuple):
     usage: torch.Tensor  # [B, slots]
 
 
-def least_used(usage: torch.Tensor, count: int) -> torch.Tensor:
-    """1 at the `count` least used slots, 0 elsewhere: [B, slots]."""
-    smallest = usage.topk(count, dim=-1, largest=False).indices
-    return torch.zeros_like(usage).scatter(-1, smallest, 1.0)
+def least_used(usage: torch.Tensor, heads: int) -> torch.Tensor:
+    """Row i one-hot at the i-th least used slot (ties to the lower slot): [B, heads, slots]."""
+    order = usage.argsort(dim=-1, stable=True)[..., :heads]  # [B, heads]
+    return F.one_hot(order, usage.shape[-1]).to(usage.dtype)
 
 
 def memory_step(
-    memory: Memory, keys: torch.Tensor, gates: torch.Tensor, decay: float
+    memory: Memory, keys: torch.Tensor, adds: torch.Tensor, gates: torch.Tensor, decay: float
 ) -> tuple[Memory, torch.Tensor]:
-    """Writes `keys` [B, heads, width] by LRU access with write gates [B, heads] in (0, 1), then
-    reads by content with the same keys; returns the new memory and the reads [B, heads, width].
+    """Writes the add vectors `adds` [B, heads, width] by LRU access with write gates [B, heads]
+    in (0, 1), then reads by content with `keys` [B, heads, width]; returns the new memory and
+    the reads [B, heads, width].
 
-    Write weights sigma*w_read(t-1) + (1 - sigma)*w_least_used(t-1); the least used slot is
-    cleared before the write; usage decays by `decay` and adds this step's read and write weights.
+    Head i's write weights are sigma_i*w_read_i(t-1) + (1 - sigma_i)*w_lu_i(t-1), w_lu_i one-hot
+    at the i-th least used slot; the least used slot is cleared before the write; usage decays
+    by `decay` and adds this step's read and write weights.
     """
-    heads = keys.shape[1]
-    unused = least_used(memory.usage, heads)  # from the previous step's usage
+    unused = least_used(memory.usage, keys.shape[1])  # from the previous step's usage
     gate = gates.unsqueeze(-1)
-    write = gate * memory.read_weights + (1 - gate) * unused.unsqueeze(1)  # [B, heads, slots]
-    cleared = 1 - F.one_hot(memory.usage.argmin(-1), memory.usage.shape[-1]).to(keys.dtype)
-    contents = memory.contents * cleared.unsqueeze(-1) + write.transpose(1, 2) @ keys
+    write = gate * memory.read_weights + (1 - gate) * unused  # [B, heads, slots]
+    cleared = 1 - unused[:, 0]  # [B, slots]
+    contents = memory.contents * cleared.unsqueeze(-1) + write.transpose(1, 2) @ adds
     similarity = F.normalize(keys, dim=-1) @ F.normalize(contents, dim=-1).transpose(1, 2)
     read_weights = torch.softmax(similarity, dim=-1)  # [B, heads, slots]
     usage = decay * memory.usage + read_weights.sum(1) + write.sum(1)
@@ -82,14 +92,18 @@ class MANN(SequenceLearner):
         reads = read_heads * memory_width
         self.controller = nn.LSTMCell(backbone.out_features + out_features + reads, hidden)
         self.keys = nn.Linear(hidden, reads) if read_heads else None
+        self.adds = nn.Linear(hidden, reads) if read_heads else None
         self.gates = nn.Linear(hidden, read_heads) if read_heads else None
         self.output = nn.Linear(hidden + reads, out_features)
 
     def initial_memory(self, batch: int, like: torch.Tensor) -> Memory:
+        """Contents a small constant; read and usage weights one-hot at slot 0, as in the
+        reference, so the first write's gated half lands in slot 0."""
+        first = F.one_hot(like.new_zeros(batch, dtype=torch.long), self.slots).to(like.dtype)
         return Memory(
             like.new_full((batch, self.slots, self.width), INITIAL_MEMORY),
-            like.new_zeros(batch, self.heads, self.slots),
-            like.new_zeros(batch, self.slots),
+            first.unsqueeze(1).expand(-1, self.heads, -1),
+            first,
         )
 
     def read(self, params: Params, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -112,11 +126,13 @@ class MANN(SequenceLearner):
             hidden, cell = lstm_update(gates, cell)
             if self.heads:
                 keys = torch.tanh(F.linear(hidden, params["keys.weight"], params["keys.bias"]))
+                adds = torch.tanh(F.linear(hidden, params["adds.weight"], params["adds.bias"]))
                 writing = torch.sigmoid(  # [B, heads]: how much each head writes where it read
                     F.linear(hidden, params["gates.weight"], params["gates.bias"])
                 )
+                shape = (batch, self.heads, self.width)
                 memory, read = memory_step(
-                    memory, keys.view(batch, self.heads, self.width), writing, self.decay
+                    memory, keys.view(shape), adds.view(shape), writing, self.decay
                 )
                 reads = read.flatten(1)
             states.append(torch.cat([hidden, reads], dim=-1))

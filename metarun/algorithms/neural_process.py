@@ -7,6 +7,11 @@ mean and variance. Trained on the evidence lower bound: targets' log-likelihood 
 from q(z | contexts and targets), minus KL(q(z | contexts and targets) || q(z | contexts)) per
 target, the posterior from all points standing in for the intractable conditional prior.
 
+The posterior pools every point once. The notebook builds it from the targets, which contain the
+contexts there (as in dataset=gp_1d and omniglot_completion); where the targets do not contain
+them (dataset=sinusoid), the contexts are pooled too. So a target equal to a context, x and y
+alike, is left out of the pool.
+
 Regression only (the paper's use); for classification use the CNP. The deterministic path is
 the one of the authors' later notebook (`use_deterministic_path`), which the 2018b paper omits.
 """
@@ -35,11 +40,28 @@ class NeuralProcess(CNP):
         self.decoder = relu_mlp([encoder[-1] + latents + features, *decoder, 2])
         self.samples = samples
 
-    def latent(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """q(z | the pairs x, y) as [2, latents]: mean and standard deviation."""
-        pooled = self.encode(params, "latent_encoder", x, y, 1).mean(0)
+    def latent(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+               weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """q(z | the pairs x, y) as [2, latents]: mean and standard deviation. `weights` [N]
+        (0 or 1) leave pairs out of the mean."""
+        encoded = self.encode(params, "latent_encoder", x, y, 1)
+        if weights is None:
+            pooled = encoded.mean(0)
+        else:
+            pooled = (weights.unsqueeze(-1) * encoded).sum(0) / weights.sum()
         mean, raw = self.part(params, "latent_head", pooled).chunk(2, dim=-1)
         return torch.stack([mean, 0.1 + 0.9 * torch.sigmoid(raw)])
+
+    def posterior(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """q(z | contexts and targets), each distinct point pooled once: a target that repeats
+        a context (as gp_1d's and omniglot_completion's training targets do) is left out."""
+        same_x = (query_x.flatten(1).unsqueeze(1) == support_x.flatten(1).unsqueeze(0)).all(-1)
+        same_y = (query_y.flatten(1).unsqueeze(1) == support_y.flatten(1).unsqueeze(0)).all(-1)
+        repeats = (same_x & same_y).any(1)  # [Q]
+        weights = torch.cat([support_y.new_ones(len(support_y)), (~repeats).to(support_y.dtype)])
+        return self.latent(params, torch.cat([support_x, query_x]),
+                           torch.cat([support_y, query_y]), weights)  # fmt: skip
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:  # fmt: skip
@@ -65,8 +87,7 @@ class NeuralProcess(CNP):
         check_regression(support_y)
         representation = self.encode(params, "encoder", support_x, support_y, 1).mean(0)
         prior = self.latent(params, support_x, support_y)
-        posterior = self.latent(params, torch.cat([support_x, query_x]),
-                                torch.cat([support_y, query_y]))  # fmt: skip
+        posterior = self.posterior(params, support_x, support_y, query_x, query_y)
         z = posterior[0] + posterior[1] * torch.randn_like(posterior[0])
         row = torch.cat([representation, z]).unsqueeze(0)
         mean, std = self.bounded(self.decode(params, row, support_x, query_x)[:, 0]).chunk(2, -1)
