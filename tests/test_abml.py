@@ -64,6 +64,26 @@ def test_loop_and_vmap_engines_agree_when_draws_are_the_means():
     torch.testing.assert_close(vmapped, loop)
 
 
+@pytest.mark.parametrize("score_support", [True, False])
+def test_the_meta_loss_scores_the_support_set_too_unless_told_not_to(score_support):
+    torch.manual_seed(0)
+    options = {"local_reparameterisation": False, "score_support": score_support}
+    algo = ABML(
+        Pixels((1,)), 1, samples=1, inner_steps=1, kl_weight=0.5, initial_std=1e-12, **options
+    ).double()
+    params, g = algo.params(), torch.Generator().manual_seed(0)
+    sx, sy, qx, qy = (torch.randn(n, 1, generator=g, dtype=torch.float64) for n in (3, 3, 4, 4))
+    loss, _ = algo.task_loss(params, sx, sy, qx, qy, ways=1)
+    q = algo.posterior(params, sx, sy, 1, first_order=False)  # draws are the means here
+    nll = lambda x, y: algo.expected_nll(params, algo.outputs(*q, x), y)
+    bound = nll(qx, qy) + 0.5 * weights_kl(*q, *algo.prior(params))
+    if score_support:
+        bound = bound + nll(sx, sy)
+    scored = 7 if score_support else 4
+    expected = (bound + 0.5 * algo.hyper_prior_nll(params)) / scored
+    torch.testing.assert_close(loss, expected)
+
+
 @pytest.mark.slow
 def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
     overrides = ["algo=abml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,

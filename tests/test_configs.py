@@ -19,6 +19,7 @@ GROUP_FILES = sorted((p.parent.name, p.stem) for p in CONFIGS.glob("*/*.yaml"))
 RL = ["algo=maml_rl", "dataset=navigation_2d", "backbone=mlp"]
 COMPANIONS = {
     "dataset/sinusoid": ["backbone=mlp"],
+    "dataset/sinusoid_bmaml": ["backbone=mlp"],
     "backbone/mlp": ["dataset=sinusoid"],
     "dataset/gp_1d": ["backbone=pixels", "algo=cnp"],
     "algo/cnp": ["dataset=gp_1d", "backbone=pixels"],

@@ -111,3 +111,10 @@ def test_first_block_stays_layered_for_three_channels_an_odd_map_or_autocast(
     x = torch.rand(4, channels, size, size)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         net(x)
+
+
+def test_blocks_without_batchnorm_are_conv_pool_relu_and_stay_layered():
+    model = Conv4((1, 8, 8), hidden=3, blocks=2, batch_norm=False)
+    kinds = [type(layer).__name__ for layer in model.features]
+    assert kinds == ["Conv2d", "MaxPool2x2", "ReLU"] * 2 + ["Flatten"]
+    assert not model.first_block_can_be_product  # the product folds BatchNorm

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 
+import numpy
 import pytest
 import torch
 from conftest import METARUN, REPO
@@ -101,7 +102,7 @@ def test_half_cheetah_rewards_match_gymnasium_terms(kind, tmp_path, monkeypatch)
 
     monkeypatch.chdir(tmp_path)
     goal = -1.0 if kind == "direction" else 1.3
-    family = HalfCheetah(kind, horizon=5)
+    family = HalfCheetah(kind, horizon=5, simulator="gymnasium")
     env = family.environments(torch.tensor([[goal]]), trajectories=1, seeds=[3])
     assert not list(tmp_path.iterdir()), "MuJoCo wrote its log into the working directory"
     with _mujoco_warnings_to_python(mujoco), pytest.warns(UserWarning, match="MuJoCo"):
@@ -119,6 +120,57 @@ def test_half_cheetah_rewards_match_gymnasium_terms(kind, tmp_path, monkeypatch)
         task = goal * velocity if kind == "direction" else -abs(velocity - goal)
         assert reward.item() == pytest.approx(task + control, abs=1e-4)
         assert not done.any()
+
+
+def rllab_cheetah(kind: str, goal: float, trajectories: int = 1):
+    pytest.importorskip("mujoco", reason="MuJoCo is not installed (pip install 'metarun[rl]')")
+    from metarun.data.half_cheetah import HalfCheetah
+
+    family = HalfCheetah(kind, horizon=5, simulator="rllab")
+    return family, family.environments(torch.tensor([[goal]]), trajectories, seeds=[3])
+
+
+def centre_of_mass_velocity(model, data) -> float:
+    """rllab's `body_comvels` of the torso (mujoco_py's `_compute_subtree`): the mass-weighted
+    mean of every body's object velocity, the torso's subtree being the whole robot."""
+    import mujoco
+
+    momentum, mass = 0.0, 0.0
+    for body in range(1, model.nbody):
+        velocity = numpy.zeros(6)
+        mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_BODY, body, velocity, 0)
+        momentum += model.body_mass[body] * velocity[3]
+        mass += model.body_mass[body]
+    return momentum / mass
+
+
+@pytest.mark.parametrize("kind", ["direction", "velocity"])
+def test_rllab_half_cheetah_rewards_the_centre_of_mass_velocity_after_one_step_of_dt(kind):
+    goal = -1.0 if kind == "direction" else 1.3
+    family, env = rllab_cheetah(kind, goal)
+    first = env.reset()
+    assert first.shape == (1, 20) and family.input_shape == (20,)
+    actions = torch.rand(5, 6, generator=torch.Generator().manual_seed(0)) * 3 - 1.5
+    for step, action in enumerate(actions, start=1):
+        observation, reward, done = env.step(action.unsqueeze(0))
+        data = env.datas[0]
+        assert data.time == pytest.approx(0.01 * step)  # dt 0.01, no frame skip
+        velocity = centre_of_mass_velocity(env.model, data)
+        control = -0.05 * float((action.clamp(-1, 1) ** 2).sum())
+        task = goal * velocity if kind == "direction" else -abs(velocity - goal)
+        assert reward.item() == pytest.approx(task + control, abs=1e-4)
+        expected = numpy.concatenate([data.qpos[1:], data.qvel, data.subtree_com[1]])
+        torch.testing.assert_close(observation[0], torch.as_tensor(expected).float())
+        assert not done.any()
+
+
+def test_rllab_half_cheetah_resets_with_gaussian_noise_of_its_scales():
+    _, env = rllab_cheetah("direction", 1.0, trajectories=400)
+    env.reset()
+    positions = numpy.stack([data.qpos - env.model.qpos0 for data in env.datas])
+    velocities = numpy.stack([data.qvel for data in env.datas])
+    assert positions.std() == pytest.approx(0.01, rel=0.05)
+    assert velocities.std() == pytest.approx(0.1, rel=0.05)
 
 
 def test_summary_has_the_return_after_each_step():

@@ -31,6 +31,28 @@ def test_layer_augmentation_adds_the_activations_of_slow_and_fast_paths():
     torch.testing.assert_close(augmented(algo.model, slow, fast, x), expected)
 
 
+@pytest.mark.parametrize("join_before_pooling", [True, False])
+def test_a_conv_block_joins_its_paths_before_or_after_pooling(join_before_pooling):
+    """The authors' blocks (conv without BatchNorm) sum relu(slow) + relu(fast) and then pool;
+    joined after the block, each path is pooled first."""
+    torch.manual_seed(0)
+    conv = Conv4((1, 4, 4), hidden=2, blocks=1, batch_norm=False)
+    algo = MetaNet(conv, 2, width=3, meta_hidden=4, join_before_pooling=join_before_pooling)
+    x = torch.randn(1, 4, 4)
+    slow = dict(algo.model.named_parameters())
+    fast = {"backbone.features.0.weight": torch.randn(2, 1, 3, 3)}
+    weight, bias = slow["backbone.features.0.weight"], slow["backbone.features.0.bias"]
+    slow_map = F.conv2d(x[None], weight, bias, padding=1)
+    fast_map = F.conv2d(x[None], fast["backbone.features.0.weight"], padding=1)
+    if join_before_pooling:
+        h = F.max_pool2d(F.relu(slow_map) + F.relu(fast_map), 2)
+    else:
+        h = F.relu(F.max_pool2d(slow_map, 2)) + F.relu(F.max_pool2d(fast_map, 2))
+    expected = slow["fc1.weight"] @ h.flatten()
+    joined = augmented(algo.model, slow, fast, x, "fc1", join_before_pooling)
+    torch.testing.assert_close(joined, F.relu(expected))
+
+
 def test_each_support_examples_fast_weights_are_the_meta_mlp_of_its_own_gradient():
     algo = meta_net()
     support_x, support_y = torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 1, 1])

@@ -60,7 +60,7 @@ PAPERS = {
     # SNAIL (Mishra et al. 2018, Sec. 5.1): shots drawn from 1..5 (the 5 here is the largest),
     # tested 1-shot; queries, meta-batch and iterations are the preset's stated choices.
     "snail_omniglot_5w1s": (5, 5, 1, 32, None, None, None, 40000, "transductive"),
-    "snail_omniglot_20w1s": (20, 5, 1, 8, None, None, None, 40000, "transductive"),
+    "snail_omniglot_20w1s": (20, 5, 1, 32, None, None, None, 40000, "transductive"),
     # MANN and its LSTM baseline (Santoro et al. 2016, Sec. 4.1): online sequences of 5 classes x
     # 10 instances (shots count instances; queries are unused), 16 episodes per update.
     # Meta Networks (Munkhdalai & Yu 2017): queries, meta-batch and iterations are the preset's.
@@ -76,16 +76,21 @@ PAPERS = {
     # Bayesian MAML and ABML on Omniglot: our settings, stated in each preset (the papers test
     # classification on miniImageNet only).
     "bayesian_maml_omniglot_5w1s": (5, 1, 1, 16, 0.2, 1, 1, 20000, "transductive"),
+    # Bayesian MAML's sinusoids (Yoon et al. 2018; jaesik817/bmaml: 10 tasks per update, SVGD
+    # steps of 1e-3, 10,000 epochs of 10 batches).
+    "bayesian_maml_sinusoid": (1, 5, 5, 10, 0.001, 1, 1, 100000, "transductive"),
     "bayesian_maml_omniglot_20w1s": (20, 1, 1, 8, 0.2, 1, 1, 20000, "transductive"),
     "abml_omniglot_5w1s": (5, 1, 1, 16, 0.05, 5, 5, 20000, "transductive"),
     "abml_omniglot_20w1s": (20, 1, 1, 8, 0.05, 5, 5, 20000, "transductive"),
     # Meta-RL (MAML, Sec. 5.3 and App. A.2): shots and queries count trajectories per task; the
-    # pretrained baseline trains without inner steps; half-cheetah iterations are our choice.
-    "maml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),
-    "fomaml_rl_navigation_2d": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),
-    "pretrained_rl_navigation_2d": (1, 20, 20, 20, 0.1, 0, 3, 500, "transductive"),
-    "maml_rl_half_cheetah_dir": (1, 20, 20, 40, 0.1, 1, 1, 500, "transductive"),
-    "maml_rl_half_cheetah_vel": (1, 20, 20, 40, 0.1, 1, 1, 500, "transductive"),
+    # pretrained baseline trains without inner steps; navigation as the released code ran it (0.5,
+    # 100 iterations; the text's 0.1 in _text); half-cheetah 800 as in the released script.
+    "maml_rl_navigation_2d": (1, 20, 20, 20, 0.5, 1, 3, 100, "transductive"),
+    "maml_rl_navigation_2d_text": (1, 20, 20, 20, 0.1, 1, 3, 500, "transductive"),
+    "fomaml_rl_navigation_2d": (1, 20, 20, 20, 0.5, 1, 3, 100, "transductive"),
+    "pretrained_rl_navigation_2d": (1, 20, 20, 20, 0.5, 0, 3, 100, "transductive"),
+    "maml_rl_half_cheetah_dir": (1, 20, 20, 40, 0.1, 1, 1, 800, "transductive"),
+    "maml_rl_half_cheetah_vel": (1, 20, 20, 40, 0.1, 1, 1, 800, "transductive"),
     # miniImageNet: MAML (Finn et al. 2017, App. A.1: 5 steps of 0.01, 10 at test, 4 and 2 tasks),
     # ProtoNet (Snell et al. 2017: 30- and 20-way training, 15 queries), Relation Networks (Sung
     # et al. 2018: 15 and 10 queries, 500k episodes), Baseline++ (Chen et al. 2019: 400 epochs of

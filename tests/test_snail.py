@@ -39,6 +39,13 @@ def test_dense_block_dilation_reaches_exactly_that_far_back():
         assert reaches != torch.allclose(block(x)[..., 7], block(changed)[..., 7])
 
 
+@pytest.mark.parametrize("first_dilation, dilations", [(2, [2, 4, 8]), (1, [1, 2, 4])])
+def test_tc_blocks_dilate_from_two_as_in_the_paper_or_from_one(first_dilation, dilations):
+    model = SNAIL(MLP((4,), hidden=[8]), 3, length=8, filters=6, first_dilation=first_dilation)
+    dense = [layer.dilation for layer in model.sequence if isinstance(layer, DenseBlock)]
+    assert dense == dilations * 2  # one TC block (ceil(log2 8) = 3 dense blocks) per gap
+
+
 @pytest.mark.parametrize("support", [1, 6, 20])  # shorter and longer than the dilations
 def test_cached_query_reads_equal_whole_sequences(support):
     algo, params = snail(), snail().params()

@@ -17,6 +17,11 @@ predictive distribution is the average over weight draws: class probabilities av
 draws' Gaussians summarised by one Gaussian of the same mean and variance.
 Our choices, which the paper leaves to its experiments: kl_weight (its few-shot experiments
 down-weight the KL term), the hyper-prior values of a public reimplementation.
+
+There is no official code. With `score_support` (the default) the meta-loss scores the support
+set under the adapted q as well as the queries, as both public reimplementations do
+(cnguyen10/few_shot_meta_learning `Abml.py` among them), the bound then covering the task's
+whole data; `score_support=false` scores the queries only.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class ABML(Algorithm):
         hyper_prior: tuple[float, float, float] = (1.0, 1.0, 0.01),
         first_order: bool = False,
         local_reparameterisation: bool = True,
+        score_support: bool = True,
     ) -> None:
         super().__init__()
         if inner_lr <= 0 or inner_steps < 0 or samples < 1 or kl_weight < 0:
@@ -73,6 +79,7 @@ class ABML(Algorithm):
         self.log_noise_std = nn.Parameter(torch.zeros(()))  # regression's likelihood noise
         self.out_features, self.inner_lr, self.inner_steps = out_features, inner_lr, inner_steps
         self.samples, self.kl_weight, self.first_order = samples, kl_weight, first_order
+        self.score_support = score_support
         self.mean_std, self.precision_shape, self.precision_rate = hyper_prior
         self.local_layers = {
             name: module
@@ -173,15 +180,20 @@ class ABML(Algorithm):
     def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                   query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
                   steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """The queries' negative ELBO under the adapted q plus the weighted hyper-prior term,
-        per query; scored by the predictive accuracy (or the mean's squared error)."""
+        """The queries' (and with score_support the support set's) negative ELBO under the
+        adapted q plus the weighted hyper-prior term, per scored example; scored by the
+        predictive accuracy (or the mean's squared error) on the queries."""
         self.check_ways(support_y, ways)
         steps = self.inner_steps if steps is None else steps
         q = self.posterior(params, support_x, support_y, steps, self.first_order)
         outputs = self.outputs(*q, query_x)
         kl = weights_kl(*q, *self.prior(params))
         bound = self.expected_nll(params, outputs, query_y) + self.kl_weight * kl
-        loss = (bound + self.kl_weight * self.hyper_prior_nll(params)) / len(query_y)
+        scored = len(query_y)
+        if self.score_support:
+            bound = bound + self.expected_nll(params, self.outputs(*q, support_x), support_y)
+            scored += len(support_y)
+        loss = (bound + self.kl_weight * self.hyper_prior_nll(params)) / scored
         with torch.no_grad():
             if query_y.dtype.is_floating_point:
                 score = (outputs.mean(0) - query_y).square().mean()

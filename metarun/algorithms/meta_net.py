@@ -39,12 +39,20 @@ class Learner(nn.Module):
         self.fc2 = nn.Linear(width, classes, bias=False)
 
 
-def augmented(module: nn.Module, slow: Params, fast: Params | None, x: torch.Tensor,
-              until: str = "fc2") -> torch.Tensor:  # fmt: skip
+def augmented(
+    module: nn.Module,
+    slow: Params,
+    fast: Params | None,
+    x: torch.Tensor,
+    until: str = "fc2",
+    join_before_pooling: bool = False,
+) -> torch.Tensor:
     """A Learner's output (or fc1's, until="fc1") on one example x [C, H, W] with layer
     augmentation: each convolution or dense layer with fast weights runs twice, with the slow and
     with the fast weights; both paths go through what follows (normalisation, pooling, ReLU) up
-    to the next such layer, where they are summed."""
+    to the next such layer, where they are summed. `join_before_pooling` sums them at a pooling
+    layer instead, as relu(slow) + relu(fast) (the authors' code): the ReLU after the pooling
+    then changes nothing, the sum being non-negative."""
     paths = [x.unsqueeze(0)]
     layers = [(f"backbone.features.{i}", m) for i, m in enumerate(module.backbone.features)]
     layers += [("fc1", module.fc1), ("relu", nn.ReLU())] + (
@@ -59,6 +67,8 @@ def augmented(module: nn.Module, slow: Params, fast: Params | None, x: torch.Ten
                 paths.append(functional_call(layer, {**weights, "weight": fast[f"{name}.weight"],
                                                      "bias": None}, (h,)))  # fmt: skip
         else:
+            if join_before_pooling and isinstance(layer, nn.MaxPool2d):
+                paths = [sum(F.relu(p) for p in paths)]
             weights = params_under(slow, f"{name}.")
             paths = [functional_call(layer, weights, (p,)) for p in paths]
     return sum(paths)[0]
@@ -66,14 +76,20 @@ def augmented(module: nn.Module, slow: Params, fast: Params | None, x: torch.Ten
 
 class MetaNet(Algorithm):
     def __init__(
-        self, backbone: nn.Module, out_features: int, *, width: int = 64, meta_hidden: int = 20
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        *,
+        width: int = 64,
+        meta_hidden: int = 20,
+        join_before_pooling: bool = True,
     ) -> None:
         super().__init__()
         if width < 1 or meta_hidden < 1:
             raise ConfigError(
                 f"algo.width and algo.meta_hidden must be at least 1 (got {width}, {meta_hidden})."
             )
-        self.out_features = out_features
+        self.out_features, self.join_before_pooling = out_features, join_before_pooling
         self.model = Learner(backbone, width, out_features)  # the base learner
         self.representation = Learner(copy.deepcopy(backbone), width, out_features)
         # The representation loss only feeds gradients to its meta learner, as inputs: nothing
@@ -120,7 +136,9 @@ class MetaNet(Algorithm):
         gradient = grad(representation_loss)(self._adapted(represent))
         represent_fast = self._fast_weights(params, "representation_weights", gradient)
         keys = lambda x: vmap(
-            lambda one: augmented(self.representation, represent, represent_fast, one, "fc1")
+            lambda one: augmented(
+                self.representation, represent, represent_fast, one, "fc1", self.join_before_pooling
+            )
         )(x)
         example_loss = lambda adapted, x, y: self._loss(
             self.model, {**base, **adapted}, x[None], y[None]
@@ -147,6 +165,8 @@ class MetaNet(Algorithm):
         def classify(query_x: torch.Tensor) -> torch.Tensor:
             attention = torch.softmax(F.normalize(keys(query_x), dim=-1) @ support_keys.T, dim=-1)
             fast = {n: torch.tensordot(attention, m, dims=1) for n, m in memory.items()}  # [Q, ...]
-            return vmap(lambda x, f: augmented(self.model, base, f, x))(query_x, fast)
+            return vmap(
+                lambda x, f: augmented(self.model, base, f, x, "fc2", self.join_before_pooling)
+            )(query_x, fast)
 
         return classify

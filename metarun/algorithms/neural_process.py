@@ -40,8 +40,9 @@ class NeuralProcess(CNP):
         self.decoder = relu_mlp([encoder[-1] + latents + features, *decoder, 2])
         self.samples = samples
 
-    def latent(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-               weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def latent(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """q(z | the pairs x, y) as [2, latents]: mean and standard deviation. `weights` [N]
         (0 or 1) leave pairs out of the mean."""
         encoded = self.encode(params, "latent_encoder", x, y, 1)
@@ -52,16 +53,22 @@ class NeuralProcess(CNP):
         mean, raw = self.part(params, "latent_head", pooled).chunk(2, dim=-1)
         return torch.stack([mean, 0.1 + 0.9 * torch.sigmoid(raw)])
 
-    def posterior(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def posterior(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+    ) -> torch.Tensor:
         """q(z | contexts and targets), each distinct point pooled once: a target that repeats
         a context (as gp_1d's and omniglot_completion's training targets do) is left out."""
         same_x = (query_x.flatten(1).unsqueeze(1) == support_x.flatten(1).unsqueeze(0)).all(-1)
         same_y = (query_y.flatten(1).unsqueeze(1) == support_y.flatten(1).unsqueeze(0)).all(-1)
         repeats = (same_x & same_y).any(1)  # [Q]
         weights = torch.cat([support_y.new_ones(len(support_y)), (~repeats).to(support_y.dtype)])
-        return self.latent(params, torch.cat([support_x, query_x]),
-                           torch.cat([support_y, query_y]), weights)  # fmt: skip
+        x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
+        return self.latent(params, x, y, weights)
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
               steps: int | None = None) -> Predictor:  # fmt: skip

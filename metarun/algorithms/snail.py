@@ -4,7 +4,10 @@ causal convolutions) interleaved with causal soft attention; the query is the la
 
 The Omniglot architecture: Attention(64, 32), TC(T, 128), Attention(256, 128), TC(T, 128),
 Attention(512, 256), then a 1x1 convolution to the classes; a TC block over sequences of
-length T stacks ceil(log2 T) dense blocks with dilations 1, 2, 4, ...
+length T stacks ceil(log2 T) dense blocks with dilations 2, 4, 8, ... as in the paper's
+pseudo-code (TCBlock: DenseBlock(X, 2^i, D) for i = 1..ceil(log2 T)) and the common PyTorch
+reimplementation (eambutu/snail-pytorch). `first_dilation=1` gives 1, 2, 4, ..., where each
+block also sees the step just before (an earlier metarun default, kept as a setting).
 """
 
 from __future__ import annotations
@@ -72,12 +75,14 @@ class AttentionBlock(nn.Module):
         return torch.cat([x, read.transpose(1, 2)], dim=1)
 
 
-def tc_block(channels: int, length: int, filters: int) -> tuple[list[DenseBlock], int]:
-    """ceil(log2 length) dense blocks with dilations 1, 2, 4, ... (each step then sees `length`
-    steps back), and the channels they end with."""
+def tc_block(
+    channels: int, length: int, filters: int, first_dilation: int = 2
+) -> tuple[list[DenseBlock], int]:
+    """ceil(log2 length) dense blocks with dilations first_dilation, twice that, ..., and the
+    channels they end with."""
     blocks = []
     for level in range(math.ceil(math.log2(length))):
-        blocks.append(DenseBlock(channels, filters, 2**level))
+        blocks.append(DenseBlock(channels, filters, first_dilation * 2**level))
         channels += filters
     return blocks, channels
 
@@ -91,18 +96,20 @@ class SNAIL(SequenceLearner):
         length: int,
         filters: int = 128,
         attention: list[list[int]] = ((64, 32), (256, 128), (512, 256)),
+        first_dilation: int = 2,
     ) -> None:
         super().__init__()
-        if length < 2 or len(attention) < 1:
+        if length < 2 or len(attention) < 1 or first_dilation not in (1, 2):
             raise ConfigError(
-                f"algo.length={length} must be at least 2 (support steps + the query) and "
-                "algo.attention must list at least one [key_size, value_size]."
+                f"algo.length={length} must be at least 2 (support steps + the query), "
+                "algo.attention must list at least one [key_size, value_size] and "
+                f"algo.first_dilation={first_dilation} must be 2 (the paper's) or 1."
             )
         self.model, self.out_features, self.length = backbone, out_features, length
         channels, layers = backbone.out_features + out_features, []
         for index, (key_size, value_size) in enumerate(attention):
             if index > 0:
-                blocks, channels = tc_block(channels, length, filters)
+                blocks, channels = tc_block(channels, length, filters, first_dilation)
                 layers += blocks
             layers.append(AttentionBlock(channels, key_size, value_size))
             channels += value_size

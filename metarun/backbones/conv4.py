@@ -3,6 +3,8 @@
 `pooled_blocks` < blocks leaves the last blocks at full size (Relation Networks keep a 7x7
 map); `out_shape` is the feature map's [C, H, W] before flattening.
 
+`batch_norm=False` leaves BatchNorm out of every block (Meta Networks' authors' blocks).
+
 `downsample="stride"` halves the map with the convolution itself (stride 2) instead of
 max-pooling, and `average_pool` averages the last map over its positions: MAML's
 Omniglot model (Finn et al. 2017, Sec. 5.2; the official code's default, and
@@ -49,6 +51,7 @@ class Conv4(nn.Module):
         pooled_blocks: int | None = None,
         downsample: str = "maxpool",
         average_pool: bool = False,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
         if downsample not in DOWNSAMPLING:
@@ -62,10 +65,11 @@ class Conv4(nn.Module):
         for index in range(blocks):
             halves = index < pooled_blocks
             stride = 2 if halves and downsample == "stride" else 1
-            layers += [
-                nn.Conv2d(channels if index == 0 else hidden, hidden, 3, stride, padding=1),
-                TaskBatchNorm2d(hidden),
-            ]
+            layers.append(
+                nn.Conv2d(channels if index == 0 else hidden, hidden, 3, stride, padding=1)
+            )
+            if batch_norm:
+                layers.append(TaskBatchNorm2d(hidden))
             if halves and downsample == "maxpool":
                 layers.append(MaxPool2x2())
                 height, width = height // 2, width // 2
@@ -85,7 +89,9 @@ class Conv4(nn.Module):
         self.out_features = hidden * height * width
         self.pools_first_block = pooled_blocks > 0 and downsample == "maxpool"
         self.first_block_layers = 3 if self.pools_first_block else 2  # conv, BN(, pool); ReLU
-        self.first_block_can_be_product = blocks > 0 and channels * 9 <= PATCH_VALUES_FOR_PRODUCT
+        self.first_block_can_be_product = (
+            batch_norm and blocks > 0 and channels * 9 <= PATCH_VALUES_FOR_PRODUCT
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._first_block_is_one_product(x):
