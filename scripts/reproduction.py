@@ -1,0 +1,97 @@
+"""docs/reproduction.md from run folders: one row per paper's system listed in
+scripts/reproduction.yaml (the paper's number, the reference code's, the paper's budget, the
+parity result), with ours, its 95% interval, our budget as a fraction of the paper's, the commit
+and the command taken from the newest finished run that matches the row.
+
+    python scripts/reproduction.py outputs/ > docs/reproduction.md
+
+Verdicts: *reproduced* (at the paper's budget or more, and every compared number within the
+two 95% intervals of ours), *at parity* (equal to the reference implementation at equal budget,
+as the row's parity result records), *below, cause known* (the row names a measured cause),
+*short budget* otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from metarun.report import find_runs
+
+SPEC = Path(__file__).with_name("reproduction.yaml")
+COLUMNS = ("system", "paper", "reference code", "ours (95%)", "budget", "parity", "commit, command")
+HEADER = ("| " + " | ".join([*COLUMNS, "verdict"]) + " |", "|---" * (len(COLUMNS) + 1) + "|")
+
+
+def scores(results: dict) -> list[tuple[float, float]]:
+    """The run's compared scores as (mean, 95% half-width): accuracy in %, one per adaptation
+    step (RL) or per showing (online), else the test metric."""
+    metric = results["metric"]
+    scale = 100.0 if metric == "accuracy" else 1.0
+    listed = results.get(f"{metric}_after_steps") or results.get(f"{metric}_by_instance")
+    summaries = listed or [results[metric]]
+    return [(s["mean"] * scale, s["ci95"] * scale) for s in summaries]
+
+
+def pick(row: dict, scored: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The scores the paper reports: instances 1, 2, ... as the row lists them."""
+    if "instances" in row:
+        return [scored[k - 1] for k in row["instances"] if k <= len(scored)]
+    return scored[: len(row["compare"])]
+
+
+def verdict(row: dict, ours: list[tuple[float, float]], fraction: float) -> str:
+    if row.get("cause"):
+        return "below, cause known"
+    compared = [(paper, ci or 0.0) for paper, ci in row["compare"]] if "compare" in row else []
+    if fraction >= 1 and compared and len(ours) == len(compared):
+        within = all(abs(m - p) <= c + pc for (m, c), (p, pc) in zip(ours, compared))
+        if within:
+            return "reproduced"
+    return "at parity" if row.get("at_parity") else "short budget"
+
+
+def matches(run, match: dict) -> bool:
+    return run.metric is not None and all(
+        run.overrides.get(key) == str(value) for key, value in match.items()
+    )
+
+
+def table_row(row: dict, runs: list) -> str:
+    found = [run for run in runs if matches(run, row["match"])]
+    command = "metarun train " + " ".join(f"{k}={v}" for k, v in row["match"].items())
+    cells = [row["system"], row["paper"], row.get("reference", "")]
+    if not found:
+        cells += ["no run", "", row.get("parity", "not run"), f"`{command}`"]
+        return "| " + " | ".join(cells + [verdict(row, [], 0.0)]) + " |"
+    run = max(found, key=lambda r: (r.folder / "results.json").stat().st_mtime)
+    results = json.loads((run.folder / "results.json").read_text())
+    iterations = OmegaConf.load(run.folder / "config.yaml").trainer.iterations
+    fraction = iterations / row["budget"]
+    ours = pick(row, scores(results))
+    shown = " / ".join(f"{m:.2f} +- {c:.2f}" for m, c in ours)
+    overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items())
+    cells += [
+        shown,
+        f"{iterations:,} of {row['budget']:,} ({fraction:.0%})",
+        row.get("parity", "not run"),
+        f"{run.commit} `metarun train {overrides}`",
+    ]
+    return "| " + " | ".join(cells + [verdict(row, ours, fraction)]) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
+    args = parser.parse_args()
+    rows = yaml.safe_load(SPEC.read_text())["rows"]
+    runs = find_runs(args.folders)
+    print("\n".join([*HEADER, *(table_row(row, runs) for row in rows)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""scripts/reproduction.py: each row's numbers come from the newest finished run of its preset,
+and the verdict follows from the budget and the intervals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def navigation_run(folder: Path, iterations: int, after_steps: list[float]) -> Path:
+    """A finished run folder of experiment=maml_rl_navigation_2d as metarun train leaves it."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"trainer:\n  iterations: {iterations}\n")
+    (folder / ".hydra" / "overrides.yaml").write_text("- experiment=maml_rl_navigation_2d\n")
+    steps = [{"mean": mean, "ci95": 1.0} for mean in after_steps]
+    results = {"metric": "return", "return": steps[-1], "return_after_steps": steps}
+    results |= {"episodes": 40, "code": {"commit": "abcdef1234567"}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def table(folder: Path) -> list[str]:
+    script = REPO / "scripts" / "reproduction.py"
+    out = subprocess.run([sys.executable, script, str(folder)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def navigation_row(lines: list[str]) -> str:
+    return next(line for line in lines if line.startswith("| MAML-RL, 2D navigation"))
+
+
+def test_a_run_at_the_papers_budget_within_the_intervals_is_reproduced(tmp_path):
+    navigation_run(tmp_path / "run", 100, [-40.0, -12.0, -3.5, -3.0])
+    row = navigation_row(table(tmp_path))
+    assert "-40.00 +- 1.00 / -12.00 +- 1.00 / -3.50 +- 1.00 / -3.00 +- 1.00" in row
+    assert "100 of 100 (100%)" in row and "abcdef1234" in row
+    assert row.endswith("| reproduced |")
+
+
+def test_a_run_outside_the_intervals_or_short_of_the_budget_is_not(tmp_path):
+    navigation_run(tmp_path / "far", 100, [-40.0, -20.0, -3.5, -3.0])
+    assert navigation_row(table(tmp_path)).endswith("| short budget |")
+    navigation_run(tmp_path / "short", 50, [-40.0, -12.0, -3.5, -3.0])
+    assert "50 of 100 (50%)" in navigation_row(table(tmp_path))  # the newest run is shown
+
+
+def test_every_system_without_a_run_has_a_row(tmp_path):
+    (tmp_path / "empty" / ".hydra").mkdir(parents=True)
+    (tmp_path / "empty" / "config.yaml").write_text("seed: 0\n")
+    lines = table(tmp_path)
+    assert len(lines) == 2 + 23 and all("| no run |" in line for line in lines[2:])
