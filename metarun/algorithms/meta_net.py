@@ -11,6 +11,17 @@ activation(fast).
 Gradients enter the meta learners as inputs only (the paper's code does not differentiate
 through them). Every example goes through the networks alone, so BatchNorm normalises each
 drawing over its own pixels, support and query alike.
+
+Against the authors' code (tsendeemts/MetaNet, Chainer: `MetaNetFull.py`, `utilsf.py`): their
+blocks are conv (no bias) + ReLU without BatchNorm, and a block's slow and fast paths are summed
+as relu(slow) + relu(fast) before pooling; `backbone.batch_norm=false` with
+`algo.join_before_pooling=true` (the default) gives that. Our preset keeps BatchNorm: without it
+the default initialisation's fast weights (about 0.3 a coordinate) blew the tiny test problem's
+first loss up to 401. Their backbone has 5 blocks with ceil pooling (our Conv-4 has 4); the
+representation learner's fast weights come from one gradient of the whole support set (theirs
+accumulate 5 chunks in an LSTM); one MLP per learner serves all its layers (theirs: one for the
+convolutions, one for the dense layers); they train one episode per update with 10 queries per
+class.
 """
 
 from __future__ import annotations
