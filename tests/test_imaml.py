@@ -95,3 +95,41 @@ def test_graph_kept_for_the_meta_gradient_does_not_grow_with_inner_steps():
         for steps in (1, 30)
     ]
     assert sizes[0] == sizes[1], sizes
+
+
+def test_released_codes_cg_system_is_damped_as_written_there():
+    """(1 + cg_damping) x + H x / (lam + lam_damping) = g, solved exactly by enough CG steps."""
+    torch.manual_seed(0)
+    damped = {"cg_damping": 1.0, "lam_damping": 10.0}
+    algo = IMAML(
+        MLP((3,), hidden=[]), 1, inner_lr=0.1, inner_steps=0, lam=1.0, cg_steps=4, **damped
+    ).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randn(6, 1, dtype=torch.float64)
+    fast = algo.params()
+    g = {name: torch.randn_like(value) for name, value in fast.items()}
+    solution = algo.implicit_gradient(fast, x, y, g)
+    features = torch.cat([x, torch.ones(6, 1, dtype=torch.float64)], 1)  # weight, then bias
+    hessian = 2 * features.T @ features / 6  # of the MSE of a linear model
+    system = 2 * torch.eye(4, dtype=torch.float64) + hessian / 11
+    flat = lambda p: torch.cat([p["model.1.weight"].flatten(), p["model.1.bias"]])
+    torch.testing.assert_close(flat(solution), torch.linalg.solve(system, flat(g)))
+
+
+def test_pull_back_takes_plain_steps_then_one_proximal_step():
+    torch.manual_seed(0)
+    algo = IMAML(MLP((3,), hidden=[]), 1, inner_lr=0.1, inner_steps=3, lam=1.5)
+    algo.proximal = "pull_back"
+    algo = algo.double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+    theta = {name: value.detach() for name, value in algo.params().items()}
+    fast = dict(theta)
+    for _ in range(3):
+        fast = {n: v.detach().requires_grad_() for n, v in fast.items()}
+        loss = torch.nn.functional.mse_loss(algo.run(fast, x), y)
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        fast = {n: (v - 0.1 * g).detach() for (n, v), g in zip(fast.items(), grads)}
+    expected = {n: v - 0.1 * 1.5 * (v - theta[n]) for n, v in fast.items()}
+    actual = algo.fit(algo.params(), x, y, ways=1)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name])

@@ -35,6 +35,7 @@ PAPERS = {
     "meta_sgd_omniglot_5w5s": (5, 5, 5, 32, 0.4, 1, 1, 60000, "transductive"),
     "meta_sgd_omniglot_20w1s": (20, 1, 1, 16, 0.4, 1, 1, 60000, "transductive"),
     "imaml_omniglot_5w1s": (5, 1, 1, 32, 0.03, 16, 16, 60000, "transductive"),
+    "imaml_omniglot_5w1s_released": (5, 1, 1, 16, 0.01, 16, 16, 60000, "transductive"),
     "imaml_omniglot_20w1s": (20, 1, 1, 16, 0.03, 25, 25, 60000, "transductive"),
     "maml_plus_plus_omniglot_5w1s": (5, 1, 1, 8, 0.1, 5, 5, 75000, "transductive"),
     "maml_plus_plus_omniglot_20w1s": (20, 1, 1, 8, 0.1, 5, 5, 75000, "transductive"),

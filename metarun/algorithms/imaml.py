@@ -4,6 +4,15 @@ proximal problem phi = argmin L_support(phi) + lam/2 ||phi - theta||^2 (here by
 implicit, (I + H/lam)^-1 grad L_query(phi) with H the support Hessian at phi, solved by
 `cg_steps` of conjugate gradient on Hessian-vector products. No graph through the
 inner steps is kept, so memory does not grow with their number.
+
+The authors' released code (aravindr93/imaml_dev, `examples/omniglot_implicit_maml.py`) differs
+from the paper's text, and is offered: `proximal=pull_back` takes the inner steps on the support
+loss alone, then one step of the same size on lam/2 ||phi - theta||^2 (the text: the proximal
+term in every step); `cg_damping` and `lam_damping` make the conjugate-gradient system
+((1 + cg_damping) I + H / (lam + lam_damping)) x = g (the code: 1 and 10; the text: 0 and 0).
+Its defaults: inner rate 0.01, 16 steps, lam 1, 5 CG steps, 16 tasks per update, Adam 0.01
+(experiment=imaml_omniglot_5w1s_released). The released code has the gradient-descent solver
+only ('sqp' is a TODO there); the paper's Hessian-free solver (iMAML-HF) is not implemented here.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, inner_gradient, loss_with_gradient, sgd_step
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
+
+PROXIMAL = ("every_step", "pull_back")
 
 
 def _dot(a: Params, b: Params) -> torch.Tensor:
@@ -37,6 +48,9 @@ class IMAML(Algorithm):
         inner_steps: int,
         lam: float = 2.0,
         cg_steps: int = 5,
+        proximal: str = "every_step",
+        cg_damping: float = 0.0,
+        lam_damping: float = 0.0,
     ) -> None:
         super().__init__()
         if inner_lr <= 0 or inner_steps < 0 or lam <= 0 or cg_steps < 1:
@@ -44,6 +58,13 @@ class IMAML(Algorithm):
                 f"algo.inner_lr and algo.lam must be > 0, algo.inner_steps >= 0 and "
                 f"algo.cg_steps >= 1 (got {inner_lr}, {lam}, {inner_steps}, {cg_steps})."
             )
+        if proximal not in PROXIMAL or cg_damping < 0 or lam_damping < 0:
+            raise ConfigError(
+                f"algo.proximal={proximal!r} must be every_step (the paper's text) or pull_back "
+                f"(the released code), and algo.cg_damping={cg_damping} and "
+                f"algo.lam_damping={lam_damping} at least 0."
+            )
+        self.proximal, self.cg_damping, self.lam_damping = proximal, cg_damping, lam_damping
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.out_features = out_features
         self.inner_lr, self.inner_steps, self.lam, self.cg_steps = (
@@ -64,14 +85,19 @@ class IMAML(Algorithm):
         ways: int,
         steps: int | None = None,
     ) -> Params:
-        """Gradient descent on the proximal problem from theta; returns phi (no graph)."""
+        """Gradient descent on the proximal problem from theta (or, with pull_back, on the
+        support loss and then one step on the proximal term); returns phi (no graph)."""
         self.check_ways(support_y, ways)
         anchor = {name: value.detach() for name, value in params.items()}
         fast = dict(anchor)
+        pull = lambda weights: {n: self.lam * (weights[n] - anchor[n]) for n in weights}
         for _ in range(self.inner_steps if steps is None else steps):
             grads = inner_gradient(self._support_loss, fast, support_x, support_y)
-            proximal = {name: grads[name] + self.lam * (fast[name] - anchor[name]) for name in fast}
-            fast = sgd_step(fast, proximal, self.inner_lr)
+            if self.proximal == "every_step":
+                grads = {name: grads[name] + term for name, term in pull(fast).items()}
+            fast = sgd_step(fast, grads, self.inner_lr)
+        if self.proximal == "pull_back":
+            fast = sgd_step(fast, pull(fast), self.inner_lr)
         return fast
 
     def adapt(
@@ -88,10 +114,12 @@ class IMAML(Algorithm):
     def implicit_gradient(
         self, fast: Params, support_x: torch.Tensor, support_y: torch.Tensor, query_gradient: Params
     ) -> Params:
-        """Solves (I + H/lam) x = query_gradient by conjugate gradient, H at phi = fast."""
+        """Solves ((1 + cg_damping) I + H / (lam + lam_damping)) x = query_gradient by conjugate
+        gradient, H at phi = fast (the paper: (I + H/lam) x = query_gradient)."""
         support_gradient = lambda weights: grad(self._support_loss)(weights, support_x, support_y)
         hessian_times = lambda v: grad(lambda w: _dot(support_gradient(w), v))(fast)
-        apply = lambda v: {name: v[name] + hv / self.lam for name, hv in hessian_times(v).items()}
+        scale, lam = 1 + self.cg_damping, self.lam + self.lam_damping
+        apply = lambda v: {n: scale * v[n] + hv / lam for n, hv in hessian_times(v).items()}
         solution = {name: torch.zeros_like(g) for name, g in query_gradient.items()}
         residual, direction = dict(query_gradient), dict(query_gradient)
         residual_norm = _dot(residual, residual)
