@@ -1,14 +1,15 @@
 """docs/reproduction.md from run folders: one row per paper's system listed in
 scripts/reproduction.yaml (the paper's number, the reference code's, the paper's budget, the
 parity result), with ours, its 95% interval, our budget as a fraction of the paper's, the commit
-and the command taken from the newest finished run that matches the row.
+and the command taken from the newest finished run that matches the row: it sets the row's
+`match` overrides and otherwise only budget and runtime settings.
 
     python scripts/reproduction.py outputs/ > docs/reproduction.md
 
 Verdicts: *reproduced* (at the paper's budget or more, and every compared number within the
-two 95% intervals of ours), *at parity* (equal to the reference implementation at equal budget,
-as the row's parity result records), *below, cause known* (the row names a measured cause),
-*short budget* otherwise.
+two 95% intervals of ours), *below, cause not found* (at the paper's budget or more, and not),
+*below, cause known* (the row names a measured cause), *at parity* (equal to the reference
+implementation at equal budget, as the row's parity result records), *short budget* otherwise.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def pick(row: dict, scored: list[tuple[float, float]]) -> list[tuple[float, floa
     """The scores the paper reports: instances 1, 2, ... as the row lists them."""
     if "instances" in row:
         return [scored[k - 1] for k in row["instances"] if k <= len(scored)]
-    return scored[: len(row["compare"])]
+    return scored[: len(row.get("compare", scored))]
 
 
 def verdict(row: dict, ours: list[tuple[float, float]], fraction: float) -> str:
@@ -50,14 +51,21 @@ def verdict(row: dict, ours: list[tuple[float, float]], fraction: float) -> str:
     compared = [(paper, ci or 0.0) for paper, ci in row["compare"]] if "compare" in row else []
     if fraction >= 1 and compared and len(ours) == len(compared):
         within = all(abs(m - p) <= c + pc for (m, c), (p, pc) in zip(ours, compared))
-        if within:
-            return "reproduced"
+        return "reproduced" if within else "below, cause not found"
     return "at parity" if row.get("at_parity") else "short budget"
 
 
+# Overrides that change a run's budget or how it computes, not the method: a run with any other
+# override beyond its row's `match` is a variant, not the preset.
+BUDGET_AND_RUNTIME = ("trainer.", "threads", "processes", "compile", "device", "engine", "seed")
+
+
 def matches(run, match: dict) -> bool:
-    return run.metric is not None and all(
-        run.overrides.get(key) == str(value) for key, value in match.items()
+    others = [key for key in run.overrides if key not in match]
+    return (
+        run.metric is not None
+        and all(run.overrides.get(key) == str(value) for key, value in match.items())
+        and all(key.startswith(BUDGET_AND_RUNTIME) for key in others)
     )
 
 
@@ -73,7 +81,8 @@ def table_row(row: dict, runs: list) -> str:
     iterations = OmegaConf.load(run.folder / "config.yaml").trainer.iterations
     fraction = iterations / row["budget"]
     ours = pick(row, scores(results))
-    shown = " / ".join(f"{m:.2f} +- {c:.2f}" for m, c in ours)
+    digits = 3 if results["metric"] == "mse" else 2
+    shown = " / ".join(f"{m:.{digits}f} +- {c:.{digits}f}" for m, c in ours)
     overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items())
     cells += [
         shown,

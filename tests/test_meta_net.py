@@ -97,8 +97,9 @@ def test_loop_and_vmap_engines_agree():
 @pytest.mark.slow
 def test_learns_a_tiny_image_problem_in_some_of_five_initialisations():
     """Meta Networks either learns this problem (accuracy 0.9-1.0) or stalls at chance, by the
-    initialisation: on an Intel CPU 3 of 5 seeds learned in 150 updates, on an AMD one with one
-    thread 2 of 5. So five seeds, at least one of which must learn, and none may diverge."""
+    initialisation: 3 of seeds 0-4 learned in 150 updates on an Intel CPU (and 2 of 5 on an AMD
+    one, with the paths joined after the block). So five seeds, at least one of which must
+    learn, and none may diverge."""
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
     test = sampler.sample(32, torch.Generator().manual_seed(1))
 

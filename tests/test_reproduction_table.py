@@ -44,9 +44,10 @@ def test_a_run_at_the_papers_budget_within_the_intervals_is_reproduced(tmp_path)
 
 def test_a_run_outside_the_intervals_or_short_of_the_budget_is_not(tmp_path):
     navigation_run(tmp_path / "far", 100, [-40.0, -20.0, -3.5, -3.0])
-    assert navigation_row(table(tmp_path)).endswith("| short budget |")
+    assert navigation_row(table(tmp_path)).endswith("| below, cause not found |")
     navigation_run(tmp_path / "short", 50, [-40.0, -12.0, -3.5, -3.0])
-    assert "50 of 100 (50%)" in navigation_row(table(tmp_path))  # the newest run is shown
+    row = navigation_row(table(tmp_path))  # the newest run is shown
+    assert "50 of 100 (50%)" in row and row.endswith("| short budget |")
 
 
 def test_every_system_without_a_run_has_a_row(tmp_path):
@@ -54,3 +55,11 @@ def test_every_system_without_a_run_has_a_row(tmp_path):
     (tmp_path / "empty" / "config.yaml").write_text("seed: 0\n")
     lines = table(tmp_path)
     assert len(lines) == 2 + 23 and all("| no run |" in line for line in lines[2:])
+
+
+def test_a_run_that_changes_the_method_is_a_variant_not_the_preset(tmp_path):
+    navigation_run(tmp_path / "preset", 100, [-40.0, -12.0, -3.5, -3.0])
+    variant = navigation_run(tmp_path / "variant", 100, [-40.0, -30.0, -30.0, -30.0])
+    overrides = "- experiment=maml_rl_navigation_2d\n- algo.inner_lr=0.1\n"
+    (variant / ".hydra" / "overrides.yaml").write_text(overrides)
+    assert navigation_row(table(tmp_path)).endswith("| reproduced |")
