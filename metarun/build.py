@@ -144,12 +144,27 @@ SETTINGS_OF_OLD_RUNS = {
 }
 
 
+# Settings of one class that changed default, by the config group whose _target_ names it.
+SETTINGS_OF_OLD_RUNS_BY_CLASS = {
+    ("algo", "metarun.algorithms.snail.SNAIL"): {"first_dilation": 1},
+    ("algo", "metarun.algorithms.meta_net.MetaNet"): {"join_before_pooling": False},
+    ("dataset", "metarun.data.half_cheetah.HalfCheetah"): {"simulator": "gymnasium"},
+}
+
+
 def upgrade_old_config(cfg: DictConfig) -> DictConfig:
     """A run folder's saved config with the settings it predates filled in as that run used them."""
     with open_dict(cfg):
         for key, value in SETTINGS_OF_OLD_RUNS.items():
             if OmegaConf.select(cfg, key, default=None) is None:
                 OmegaConf.update(cfg, key, value, force_add=True)
+        for (group, target), settings in SETTINGS_OF_OLD_RUNS_BY_CLASS.items():
+            node = cfg.get(group)
+            if node is None or node.get("_target_") != target:
+                continue
+            for key, value in settings.items():
+                if key not in node:
+                    node[key] = value
     return cfg
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
@@ -117,3 +118,21 @@ def test_load_reads_a_checkpoint_saved_before_later_settings_existed(tiny_cfg, t
     torch.save(state, best)
     model = metarun.load(tmp_path)
     assert model.algo.bn == "transductive" and model.config.keep_freed_memory is False
+
+
+@pytest.mark.parametrize(
+    "group, target, key, old",
+    [
+        ("algo", "metarun.algorithms.snail.SNAIL", "first_dilation", 1),
+        ("algo", "metarun.algorithms.meta_net.MetaNet", "join_before_pooling", False),
+        ("dataset", "metarun.data.half_cheetah.HalfCheetah", "simulator", "gymnasium"),
+    ],
+)
+def test_an_old_run_keeps_the_model_its_class_built_then(group, target, key, old):
+    from metarun.build import upgrade_old_config
+
+    saved = OmegaConf.create({group: {"_target_": target}, "other": {"_target_": "x.Y"}})
+    upgraded = upgrade_old_config(saved)
+    assert upgraded[group][key] == old and key not in upgraded.other
+    kept = upgrade_old_config(OmegaConf.create({group: {"_target_": target, key: "new"}}))
+    assert kept[group][key] == "new"
