@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference import assert_engines_agree
-from synthetic import TinyImages, meta_train
+from synthetic import TinyImages, accuracies_over_seeds, meta_train
 
 from metarun.algorithms.mann import MANN, Memory, least_used, memory_step
 from metarun.backbones.pixels import Pixels
@@ -110,11 +110,18 @@ def test_loop_and_vmap_engines_agree(protocol):
 
 
 @pytest.mark.slow
-def test_learns_a_tiny_episodic_problem():
-    torch.manual_seed(0)
+def test_learns_a_tiny_episodic_problem_from_every_initialisation():
+    """Seeds 0-4 reached 0.83, 0.84, 0.71, 0.64, 0.83 on an Intel CPU: three seeds, each well
+    above chance, their mean further."""
     images = TinyImages(classes=20, per_class=10, image_size=8)
     sampler = images.sampler("train", 3, 1, 2, torch.device("cpu"))
-    algo = MANN(Pixels((1, 8, 8)), 3, hidden=32, memory_slots=16, memory_width=8, read_heads=2)
-    engine = meta_train(algo, sampler, updates=300, tasks=16, mode="vmap", lr=3e-3)
     test = sampler.sample(64, torch.Generator().manual_seed(1))
-    assert engine.scores(algo, test).mean() > 0.8  # chance: 1/3
+
+    def train_and_test(seed: int) -> float:
+        sizes = {"hidden": 32, "memory_slots": 16, "memory_width": 8, "read_heads": 2}
+        algo = MANN(Pixels((1, 8, 8)), 3, **sizes)
+        engine = meta_train(algo, sampler, updates=300, tasks=16, mode="vmap", lr=3e-3)
+        return engine.scores(algo, test).mean()
+
+    accuracies = accuracies_over_seeds(train_and_test, range(3))
+    assert min(accuracies) > 0.5 and sum(accuracies) / 3 > 0.65, accuracies  # chance: 1/3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import assert_engines_agree
-from synthetic import TinyImages, meta_train
+from synthetic import TinyImages, accuracies_over_seeds, meta_train
 
 from metarun.algorithms.sequence import SequenceLearner
 from metarun.algorithms.snail import SNAIL, AttentionBlock, DenseBlock
@@ -84,10 +84,16 @@ def test_loop_and_vmap_engines_agree():
 
 
 @pytest.mark.slow
-def test_learns_a_tiny_image_problem():
-    torch.manual_seed(0)
+def test_learns_a_tiny_image_problem_from_every_initialisation():
+    """Seeds 0-4 reached 0.96, 0.67, 0.72, 0.98, 0.58 on an Intel CPU: three seeds, each well
+    above chance, their mean further."""
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 5, 1, 2, torch.device("cpu"))
-    algo = SNAIL(Conv4((1, 16, 16), hidden=16), 5, length=6)
-    engine = meta_train(algo, sampler, updates=200, tasks=8, mode="vmap")  # 2-3x the loop here
     test = sampler.sample(32, torch.Generator().manual_seed(1))
-    assert engine.scores(algo, test).mean() > 0.6  # chance: 0.2
+
+    def train_and_test(seed: int) -> float:
+        algo = SNAIL(Conv4((1, 16, 16), hidden=16), 5, length=6)
+        engine = meta_train(algo, sampler, updates=200, tasks=8, mode="vmap")  # 2-3x the loop
+        return engine.scores(algo, test).mean()
+
+    accuracies = accuracies_over_seeds(train_and_test, range(3))
+    assert min(accuracies) > 0.45 and sum(accuracies) / 3 > 0.6, accuracies  # chance: 0.2
