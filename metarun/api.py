@@ -8,9 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algorithms.base import Algorithm
-from metarun.build import build, build_algorithm, upgrade_old_config
+from metarun.build import build, build_algorithm
 from metarun.checkpoint import checkpoint_file, load_checkpoint, restore_model
 from metarun.errors import ConfigError
+from metarun.old_runs import upgrade_old_config
 
 
 class Learner:

@@ -19,7 +19,6 @@ from metarun.build import (
     build_algorithm,
     build_optimizer,
     check_settings,
-    upgrade_old_config,
 )
 from metarun.checkpoint import (
     Progress,
@@ -34,6 +33,7 @@ from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
 from metarun.launch import plan_threads, use_the_machine
+from metarun.old_runs import upgrade_old_config
 from metarun.protocol import (
     eval_sampler,
     evaluation_attack,

@@ -129,7 +129,7 @@ def test_load_reads_a_checkpoint_saved_before_later_settings_existed(tiny_cfg, t
     ],
 )
 def test_an_old_run_keeps_the_model_its_class_built_then(group, target, key, old):
-    from metarun.build import upgrade_old_config
+    from metarun.old_runs import upgrade_old_config
 
     saved = OmegaConf.create({group: {"_target_": target}, "other": {"_target_": "x.Y"}})
     upgraded = upgrade_old_config(saved)
