@@ -77,7 +77,7 @@ def test_the_posterior_pools_contexts_and_targets_when_they_are_apart():
     model, x, y = neural_process(), torch.randn(7, 1).double(), torch.randn(7, 1).double()
     params = model.params()
     torch.testing.assert_close(
-        model.posterior(params, x[:3], y[:3], x[3:], y[3:]), model.latent(params, x, y)
+        model.posterior(params, (x[:3], y[:3]), (x[3:], y[3:])), model.latent(params, x, y)
     )
 
 

@@ -27,6 +27,8 @@ from metarun.algorithms.cnp import CNP, relu_mlp
 from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob
 from metarun.errors import ConfigError
 
+Pairs = tuple[torch.Tensor, torch.Tensor]  # inputs x and targets y
+
 
 class NeuralProcess(CNP):
     def __init__(self, backbone: nn.Module, out_features: int, encoder: list[int] = (128,) * 4,
@@ -53,16 +55,11 @@ class NeuralProcess(CNP):
         mean, raw = self.part(params, "latent_head", pooled).chunk(2, dim=-1)
         return torch.stack([mean, 0.1 + 0.9 * torch.sigmoid(raw)])
 
-    def posterior(
-        self,
-        params: Params,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-        query_y: torch.Tensor,
-    ) -> torch.Tensor:
+    def posterior(self, params: Params, support: Pairs, query: Pairs) -> torch.Tensor:
         """q(z | contexts and targets), each distinct point pooled once: a target that repeats
-        a context (as gp_1d's and omniglot_completion's training targets do) is left out."""
+        a context (as gp_1d's and omniglot_completion's training targets do) is left out.
+        `support` and `query` are (x, y) pairs."""
+        (support_x, support_y), (query_x, query_y) = support, query
         same_x = (query_x.flatten(1).unsqueeze(1) == support_x.flatten(1).unsqueeze(0)).all(-1)
         same_y = (query_y.flatten(1).unsqueeze(1) == support_y.flatten(1).unsqueeze(0)).all(-1)
         repeats = (same_x & same_y).any(1)  # [Q]
@@ -94,7 +91,7 @@ class NeuralProcess(CNP):
         check_regression(support_y)
         representation = self.encode(params, "encoder", support_x, support_y, 1).mean(0)
         prior = self.latent(params, support_x, support_y)
-        posterior = self.posterior(params, support_x, support_y, query_x, query_y)
+        posterior = self.posterior(params, (support_x, support_y), (query_x, query_y))
         z = posterior[0] + posterior[1] * torch.randn_like(posterior[0])
         row = torch.cat([representation, z]).unsqueeze(0)
         mean, std = self.bounded(self.decode(params, row, support_x, query_x)[:, 0]).chunk(2, -1)
