@@ -285,3 +285,13 @@ def test_trpo_differentiates_an_objective_it_is_handed_directly():
     assert any(not torch.equal(p, q) for p, q in zip(algo.parameters(), before))
     with torch.no_grad():
         assert objective.evaluate()[1].item() <= 0.001
+
+
+def test_xavier_policy_init_draws_each_layer_as_the_authors_policy():
+    torch.manual_seed(0)
+    algo = MAMLRL(MLP((2,), [100, 100]), 2, inner_lr=0.5, inner_steps=1, policy_init="xavier")
+    layers = [m for m in algo.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 3 and all((layer.bias == 0).all() for layer in layers)
+    for layer in layers:
+        bound = (6 / sum(layer.weight.shape)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound

@@ -5,6 +5,9 @@ on fresh trajectories, with the mean KL between the collecting and the candidate
 policies as the trust region (metarun.optimizers.trpo). `first_order=true` drops the
 second-order terms; `inner_steps=0` at training is the paper's "pretrained" baseline: one
 policy trained on all tasks, adapted at test with the same steps.
+
+`policy_init=xavier` initialises every layer of the policy as the authors' `MAMLGaussianMLPPolicy`
+does (Xavier-uniform weights, zero biases); `torch` keeps torch's default initialisation.
 """
 
 from __future__ import annotations
@@ -39,8 +42,14 @@ class MAMLRL(Algorithm):
         discount: float = 0.99,
         gae_lambda: float = 1.0,
         init_log_std: float = 0.0,
+        policy_init: str = "torch",
     ) -> None:
         super().__init__()
+        if policy_init not in ("torch", "xavier"):
+            raise ConfigError(
+                f"algo.policy_init={policy_init!r} must be torch (torch's default) or xavier "
+                "(Xavier-uniform weights and zero biases, as the authors' policy)."
+            )
         if inner_lr <= 0 or inner_steps < 0 or (later_inner_lr is not None and later_inner_lr <= 0):
             raise ConfigError(
                 f"algo.inner_lr and algo.later_inner_lr must be > 0 and algo.inner_steps >= 0 "
@@ -53,6 +62,11 @@ class MAMLRL(Algorithm):
             )
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, out_features))
         self.log_std = nn.Parameter(torch.full((out_features,), float(init_log_std)))
+        if policy_init == "xavier":
+            for layer in self.model.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
         self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
         self.later_inner_lr = inner_lr if later_inner_lr is None else later_inner_lr
         self.discount, self.gae_lambda = discount, gae_lambda
