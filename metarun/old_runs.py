@@ -37,6 +37,7 @@ SETTINGS_OF_OLD_RUNS = {
 SETTINGS_OF_OLD_RUNS_BY_CLASS = {
     ("algo", "metarun.algorithms.snail.SNAIL"): {"first_dilation": 1},
     ("algo", "metarun.algorithms.meta_net.MetaNet"): {"join_before_pooling": False},
+    ("algo", "metarun.algorithms.maml_rl.MAMLRL"): {"policy_init": "torch"},
     ("dataset", "metarun.data.half_cheetah.HalfCheetah"): {"simulator": "gymnasium"},
 }
 

@@ -15,7 +15,8 @@ def navigation_run(folder: Path, iterations: int, after_steps: list[float]) -> P
     """A finished run folder of experiment=maml_rl_navigation_2d as metarun train leaves it."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / "config.yaml").write_text(f"trainer:\n  iterations: {iterations}\n")
-    (folder / ".hydra" / "overrides.yaml").write_text("- experiment=maml_rl_navigation_2d\n")
+    overrides = "- experiment=maml_rl_navigation_2d\n- algo.policy_init=xavier\n"
+    (folder / ".hydra" / "overrides.yaml").write_text(overrides)
     steps = [{"mean": mean, "ci95": 1.0} for mean in after_steps]
     results = {"metric": "return", "return": steps[-1], "return_after_steps": steps}
     results |= {"episodes": 40, "code": {"commit": "abcdef1234567"}}
@@ -60,6 +61,6 @@ def test_every_system_without_a_run_has_a_row(tmp_path):
 def test_a_run_that_changes_the_method_is_a_variant_not_the_preset(tmp_path):
     navigation_run(tmp_path / "preset", 100, [-40.0, -12.0, -3.5, -3.0])
     variant = navigation_run(tmp_path / "variant", 100, [-40.0, -30.0, -30.0, -30.0])
-    overrides = "- experiment=maml_rl_navigation_2d\n- algo.inner_lr=0.1\n"
-    (variant / ".hydra" / "overrides.yaml").write_text(overrides)
+    overrides = "- experiment=maml_rl_navigation_2d\n- algo.policy_init=xavier\n"
+    (variant / ".hydra" / "overrides.yaml").write_text(overrides + "- algo.inner_lr=0.1\n")
     assert navigation_row(table(tmp_path)).endswith("| reproduced |")

@@ -125,6 +125,7 @@ def test_load_reads_a_checkpoint_saved_before_later_settings_existed(tiny_cfg, t
     [
         ("algo", "metarun.algorithms.snail.SNAIL", "first_dilation", 1),
         ("algo", "metarun.algorithms.meta_net.MetaNet", "join_before_pooling", False),
+        ("algo", "metarun.algorithms.maml_rl.MAMLRL", "policy_init", "torch"),
         ("dataset", "metarun.data.half_cheetah.HalfCheetah", "simulator", "gymnasium"),
     ],
 )
