@@ -17,8 +17,8 @@ Measured with scripts/bench.py on a 2-core CPU (docs/results.md): for Conv-4 the
 2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
 cache), except for tiny tasks compiled (SMALL_TASK_IMAGES); for the sinusoid MLP vmap is 7x
 and compiled vmap about 40x the fastest peer;
-channels_last speeds first-order convolutional training (ProtoNet) 1.5x but slows
-MAML's double backward. `auto` encodes that.
+channels_last speeds first-order convolutional training (a metric method's) 1.5x but slows a
+second-order double backward. `auto` encodes that.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None 
 
 class MetaStep(NamedTuple):
     """What one meta-batch gave: mean loss and score, the closure an optimiser that re-evaluates
-    the objective needs (TRPO; None for episodes) and further statistics to log."""
+    the objective needs (a trust-region step's; None for episodes) and further statistics to
+    log."""
 
     loss: float
     score: float

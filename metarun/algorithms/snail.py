@@ -7,7 +7,7 @@ Attention(512, 256), then a 1x1 convolution to the classes; a TC block over sequ
 length T stacks ceil(log2 T) dense blocks with dilations 2, 4, 8, ... as in the paper's
 pseudo-code (TCBlock: DenseBlock(X, 2^i, D) for i = 1..ceil(log2 T)) and the common PyTorch
 reimplementation (eambutu/snail-pytorch). `first_dilation=1` gives 1, 2, 4, ..., where each
-block also sees the step just before (an earlier metarun default, kept as a setting).
+block also sees the step just before.
 """
 
 from __future__ import annotations
