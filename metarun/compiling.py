@@ -30,12 +30,12 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations:
     sinusoid MLP, seconds to compile), and a convolutional meta-gradient checked compiled
     (`algo.compiles`), looped or vmapped, when the run plans at least COMPILE_PAYS_AFTER
     meta-batches. Never with running BatchNorm statistics, which only the uncompiled loop
-    updates."""
+    updates, nor for tasks in sequence (`algo.sequential_setting`)."""
     if compile not in COMPILE:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
         return compile
-    if batchnorm.keeps_running_statistics(algo):
+    if batchnorm.keeps_running_statistics(algo) or getattr(algo, "sequential_setting", None):
         return False
     if not has_convolutions(algo):
         return mode == "vmap"

@@ -63,12 +63,21 @@ def resolve_mode(mode: str, algo: nn.Module, device: torch.device, task_images: 
         raise ConfigError(f"engine={mode!r} is not known. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
-    if batchnorm.keeps_running_statistics(algo):
+    if batchnorm.keeps_running_statistics(algo) or getattr(algo, "sequential_setting", None):
         return "loop"
     if device.type == "cuda" or not has_convolutions(algo):
         return "vmap"
     small = 0 < task_images <= SMALL_TASK_IMAGES
     return "vmap" if small and resolve_compile("auto", "vmap", algo, iterations) else "loop"
+
+
+def sequential_error(setting: str, fix: str) -> ConfigError:
+    """The error for running tasks that carry state from one to the next in parallel."""
+    return ConfigError(
+        f"{setting} starts each task's adaptation from the state the previous task left, so the "
+        f"tasks of a meta-batch run one after another, uncompiled, in one process. Use {fix} "
+        "(or auto), or drop that setting."
+    )
 
 
 def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None,
@@ -180,6 +189,8 @@ class Engine:
                     "only the uncompiled loop engine does. Use engine=loop compile=false (or "
                     "auto for both) with bn=running, or another bn mode."
                 )
+            elif algo.sequential_setting:
+                raise sequential_error(algo.sequential_setting, "engine=loop compile=false")
             elif self.compile:
                 loss, score = self._compiled_backward(algo, mine, steps)
             else:

@@ -48,6 +48,7 @@ from omegaconf import DictConfig
 from metarun.backbones import has_convolutions
 from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
+from metarun.engine import sequential_error
 from metarun.errors import ConfigError
 
 SMALL_IMAGE = 32  # largest image side at which processes beat threads for a convolutional model
@@ -117,6 +118,7 @@ def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence
         threads = _count("threads", threads_setting) or _omp_threads() or 1
         small_images = len(input_shape) == 3 and max(input_shape[1:]) <= SMALL_IMAGE
         worth_it = (algo.episodic and not environments and small_images
+                    and not getattr(algo, "sequential_setting", None)
                     and has_convolutions(algo) and iterations >= MIN_ITERATIONS)  # fmt: skip
         available = min(cores() // threads, memory() // MEMORY_PER_PROCESS) if worth_it else 1
     return max(p for p in range(1, max(available, 1) + 1) if meta_batch_size % p == 0)
@@ -144,6 +146,8 @@ def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world:
             iterations=cfg.trainer.iterations, threads_setting=cfg.threads,
         )  # fmt: skip
     threads = plan_threads(cfg.threads, processes)
+    if processes > 1 and getattr(algo, "sequential_setting", None):
+        raise sequential_error(algo.sequential_setting, "processes=1")
     if processes > world.size:
         if environments or not algo.episodic:
             kind = "environment tasks" if environments else "labelled batches"

@@ -38,6 +38,7 @@ SETTINGS_OF_OLD_RUNS_BY_CLASS = {
     ("algo", "metarun.algorithms.snail.SNAIL"): {"first_dilation": 1},
     ("algo", "metarun.algorithms.meta_net.MetaNet"): {"join_before_pooling": False},
     ("algo", "metarun.algorithms.maml_rl.MAMLRL"): {"policy_init": "torch"},
+    ("algo", "metarun.algorithms.reptile.Reptile"): {"inner_state": "fresh"},
     ("dataset", "metarun.data.half_cheetah.HalfCheetah"): {"simulator": "gymnasium"},
 }
 

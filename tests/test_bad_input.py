@@ -51,6 +51,8 @@ TRAIN_MISTAKES = [
     (["compile=sometimes"], "compile='sometimes'"),
     (["bn=sometimes"], "bn='sometimes'"),
     (["bn=running", "engine=vmap"], "bn=running updates BatchNorm's running statistics"),
+    (["algo=reptile", "engine=vmap"], "algo.inner_state=carried starts each task"),
+    (["algo=reptile", "processes=2"], "one process. Use processes=1"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["eval.attack=fgsm", "eval.epsilon=-0.1"], "eval.epsilon=-0.1 is not allowed"),
     (

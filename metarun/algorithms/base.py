@@ -50,6 +50,10 @@ class Algorithm(nn.Module):
     # True: its compiled meta-gradient is tested against the plain one, so compile=auto may
     # compile it on long runs (metarun.compiling.resolve_compile).
     compiles: bool = False
+    # The setting (e.g. "algo.inner_state=carried") under which a task's adaptation starts from
+    # state the previous task left, so that a meta-batch runs task after task, in one process,
+    # uncompiled (metarun.engine.sequential_error); None: tasks are independent.
+    sequential_setting: str | None = None
 
     @classmethod
     def applies_train_attack(cls) -> bool:
