@@ -53,6 +53,7 @@ TRAIN_MISTAKES = [
     (["bn=running", "engine=vmap"], "bn=running updates BatchNorm's running statistics"),
     (["algo=reptile", "engine=vmap"], "algo.inner_state=carried starts each task"),
     (["algo=reptile", "processes=2"], "one process. Use processes=1"),
+    (["algo=imaml", "algo.inner_solver=newton"], "algo.inner_solver='newton' must be gd"),
     (["trainer.nonfinite=ignore"], "trainer.nonfinite='ignore'"),
     (["eval.attack=fgsm", "eval.epsilon=-0.1"], "eval.epsilon=-0.1 is not allowed"),
     (

@@ -133,3 +133,77 @@ def test_pull_back_takes_plain_steps_then_one_proximal_step():
     actual = algo.fit(algo.params(), x, y, ways=1)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name])
+
+
+def proximal_value(algo, weights, theta, x, y):
+    distance = sum(((weights[n] - theta[n]) ** 2).sum() for n in weights)
+    return torch.nn.functional.mse_loss(algo.run(weights, x), y) + algo.lam / 2 * distance
+
+
+def test_one_newton_step_solves_a_quadratic_proximal_problem():
+    """Linear regression: the proximal problem is quadratic, so one Newton step whose CG runs as
+    many steps as there are weights lands on the closed-form minimiser."""
+    torch.manual_seed(0)
+    algo = IMAML(
+        MLP((3,), hidden=[]),
+        1,
+        inner_lr=0.05,
+        inner_steps=1,
+        lam=2.0,
+        inner_solver="hessian_free",
+        newton_cg_steps=4,
+    ).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    theta = {name: value.detach() for name, value in algo.params().items()}
+    inputs = torch.cat([x, torch.ones(6, 1, dtype=torch.float64)], dim=1)  # weight, then bias
+    start = torch.cat([theta["model.1.weight"].flatten(), theta["model.1.bias"]])
+    system = 2 / 6 * inputs.T @ inputs + 2.0 * torch.eye(4, dtype=torch.float64)
+    minimiser = torch.linalg.solve(system, 2 / 6 * inputs.T @ y[:, 0] + 2.0 * start)
+    actual = algo.fit(algo.params(), x, y, ways=1)
+    flat = torch.cat([actual["model.1.weight"].flatten(), actual["model.1.bias"]])
+    torch.testing.assert_close(flat, minimiser, rtol=1e-9, atol=1e-10)
+
+
+def test_newton_steps_reach_the_minimiser_gradient_descent_converges_to():
+    torch.manual_seed(0)
+    settings = dict(inner_lr=0.02, lam=2.0)
+    newton = IMAML(
+        MLP((3,), hidden=[6]),
+        1,
+        inner_steps=40,
+        inner_solver="hessian_free",
+        newton_cg_steps=30,
+        **settings,
+    ).double()
+    descent = IMAML(MLP((3,), hidden=[6]), 1, inner_steps=5000, **settings).double()
+    descent.load_state_dict(newton.state_dict())
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(1, keepdim=True))
+    theta = {name: value.detach() for name, value in newton.params().items()}
+    by_newton = newton.fit(newton.params(), x, y, ways=1)
+    by_descent = descent.fit(descent.params(), x, y, ways=1)
+    for name in theta:
+        torch.testing.assert_close(by_newton[name], by_descent[name], rtol=1e-6, atol=1e-7)
+    assert proximal_value(newton, by_newton, theta, x, y) < proximal_value(
+        newton, theta, theta, x, y
+    )
+
+
+def test_hessian_free_tasks_vmap_as_they_loop():
+    torch.manual_seed(0)
+    algo = IMAML(
+        MLP((3,), hidden=[4]), 1, inner_lr=0.05, inner_steps=3, inner_solver="hessian_free"
+    ).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, 3, generator=g, dtype=torch.float64)
+    batch = Episode(x[:, :4], x[:, :4].sum(-1, keepdim=True), x[:, 4:], x[:, 4:, :1], 1)
+    gradients = []
+    for mode in ("loop", "vmap"):
+        algo.zero_grad()
+        Engine(mode).meta_backward(algo, batch)
+        gradients.append([p.grad.clone() for p in algo.parameters()])
+    for looped, vmapped in zip(*gradients, strict=True):
+        torch.testing.assert_close(looped, vmapped)
