@@ -11,8 +11,8 @@ snail-pytorch trains):
   made no-ops, its byte mask a boolean one, as today's torch requires): each episode's 5 queries
   become 5 sequences of the shuffled support set then that query, so both see the same images
   and predict the same queries.
-Both are validated on the same 100 fixed episodes and tested on the same 300 test episodes (the
-first 300 of the preset's; snail-pytorch reads 15 queries a class as 75 sequences, slowly).
+Both are validated on the same 100 fixed episodes and tested on the same 300 test episodes
+(eval.episodes=300: snail-pytorch reads 15 queries a class as 75 sequences, slowly).
 Prints each side's validation curve, test accuracy (95%) and seconds per update; writes them to
 `--out`. snail-pytorch's attention normalises over the query axis (softmax dim 1) where the
 paper normalises over the keys; it runs as published here.
