@@ -7,9 +7,10 @@ and the command taken from the newest finished run that matches the row: it sets
     python scripts/reproduction.py outputs/ > docs/reproduction.md
 
 Verdicts: *reproduced* (at the paper's budget or more, and every compared number within the
-two 95% intervals of ours), *below, cause not found* (at the paper's budget or more, and not),
-*below, cause known* (the row names a measured cause), *at parity* (equal to the reference
-implementation at equal budget, as the row's parity result records), *short budget* otherwise.
+two 95% intervals of ours, or better), *below, cause not found* (at the paper's budget or more,
+and not), *below, cause known* (the row names a measured cause), *at parity* (equal to the
+reference implementation at equal budget, as the row's parity result records), *short budget*
+otherwise.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def pick(row: dict, scored: list[tuple[float, float]]) -> list[tuple[float, floa
     return scored[: len(row.get("compare", scored))]
 
 
-def verdict(row: dict, ours: list[tuple[float, float]], fraction: float) -> str:
+def verdict(
+    row: dict, ours: list[tuple[float, float]], fraction: float, lower_is_better: bool = False
+) -> str:
     if row.get("cause"):
         return "below, cause known"
     compared = [(paper, ci or 0.0) for paper, ci in row["compare"]] if "compare" in row else []
     if fraction >= 1 and compared and len(ours) == len(compared):
-        within = all(abs(m - p) <= c + pc for (m, c), (p, pc) in zip(ours, compared))
+        sign = -1 if lower_is_better else 1  # a score better than the paper's is not below it
+        within = all(sign * (m - p) >= -(c + pc) for (m, c), (p, pc) in zip(ours, compared))
         return "reproduced" if within else "below, cause not found"
     return "at parity" if row.get("at_parity") else "short budget"
 
@@ -90,7 +94,8 @@ def table_row(row: dict, runs: list) -> str:
         row.get("parity", "not run"),
         f"{run.commit} `metarun train {overrides}`",
     ]
-    return "| " + " | ".join(cells + [verdict(row, ours, fraction)]) + " |"
+    lower_is_better = results["metric"] == "mse"
+    return "| " + " | ".join(cells + [verdict(row, ours, fraction, lower_is_better)]) + " |"
 
 
 def main() -> None:

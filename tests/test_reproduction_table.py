@@ -55,7 +55,7 @@ def test_every_system_without_a_run_has_a_row(tmp_path):
     (tmp_path / "empty" / ".hydra").mkdir(parents=True)
     (tmp_path / "empty" / "config.yaml").write_text("seed: 0\n")
     lines = table(tmp_path)
-    assert len(lines) == 2 + 23 and all("| no run |" in line for line in lines[2:])
+    assert len(lines) == 2 + 25 and all("| no run |" in line for line in lines[2:])
 
 
 def test_a_run_that_changes_the_method_is_a_variant_not_the_preset(tmp_path):
@@ -64,3 +64,26 @@ def test_a_run_that_changes_the_method_is_a_variant_not_the_preset(tmp_path):
     overrides = "- experiment=maml_rl_navigation_2d\n- algo.policy_init=xavier\n"
     (variant / ".hydra" / "overrides.yaml").write_text(overrides + "- algo.inner_lr=0.1\n")
     assert navigation_row(table(tmp_path)).endswith("| reproduced |")
+
+
+def sinusoid_run(folder: Path, mse: float) -> Path:
+    """A finished full-budget run of experiment=maml_sinusoid tested at K=5."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "config.yaml").write_text("trainer:\n  iterations: 70000\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=maml_sinusoid\n- eval.shots=5\n"
+    )
+    results = {"metric": "mse", "mse": {"mean": mse, "ci95": 0.05}, "episodes": 600}
+    (folder / "results.json").write_text(json.dumps(results | {"code": {"commit": "abc"}}))
+    return folder
+
+
+def test_a_score_better_than_the_papers_is_not_below_it(tmp_path):
+    navigation_run(tmp_path / "nav", 100, [-30.0, -8.0, -2.0, -2.0])  # returns: higher is better
+    sinusoid_run(tmp_path / "low", 0.5)  # MSE: lower is better (the paper's 0.67)
+    lines = table(tmp_path)
+    sinusoid = next(line for line in lines if line.startswith("| MAML, sinusoid"))
+    assert navigation_row(lines).endswith("| reproduced |") and sinusoid.endswith("| reproduced |")
+    sinusoid_run(tmp_path / "high", 0.9)
+    sinusoid = next(line for line in table(tmp_path) if line.startswith("| MAML, sinusoid"))
+    assert sinusoid.endswith("| below, cause not found |")
