@@ -184,6 +184,19 @@ def metarun_summary(folder: Path) -> dict:
     }
 
 
+def side_by_side(command: list, log: Path, peer: list, peer_log: Path) -> None:
+    """Runs metarun's command and the reference's at once, one thread each; stops on a failure."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out, open(peer_log, "w") as peer_out:
+        processes = [
+            subprocess.Popen(command, cwd=REPO, stdout=out, stderr=out, env=environment),
+            subprocess.Popen(peer, cwd=REPO, stdout=peer_out, stderr=peer_out, env=environment),
+        ]
+        for process in processes:
+            if process.wait() != 0:
+                raise SystemExit(f"{process.args[:4]} failed; see {log} and {peer_log}")
+
+
 def parity(system: str, seed: int, iterations: int, every: int, folder: Path) -> dict:
     """Both sides at once; their summaries."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,16 +206,7 @@ def parity(system: str, seed: int, iterations: int, every: int, folder: Path) ->
     command = [sys.executable, "-m", "metarun", "train", *run, f"hydra.run.dir={mine}"]
     budget = [str(seed), str(iterations), str(every)]
     peer = [sys.executable, __file__, "--learn2learn", system, *budget, str(theirs)]
-    with open(mine.with_suffix(".log"), "w") as log, open(theirs.with_suffix(".log"), "w") as plog:
-        processes = [
-            subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log),
-            subprocess.Popen(
-                peer, cwd=REPO, stdout=plog, stderr=plog, env={**os.environ, "OMP_NUM_THREADS": "1"}
-            ),
-        ]
-        for process in processes:
-            if process.wait() != 0:
-                raise SystemExit(f"{process.args[:4]} failed; see the logs in {folder}")
+    side_by_side(command, mine.with_suffix(".log"), peer, theirs.with_suffix(".log"))
     return {"metarun": metarun_summary(mine), "learn2learn": json.loads(theirs.read_text())}
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from parity import side_by_side
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = "experiment=bayesian_maml_sinusoid"
@@ -144,12 +145,7 @@ def main() -> None:
     command = [sys.executable, "-m", "metarun", "train", *run, f"hydra.run.dir={mine}"]
     arguments = [args.source.resolve(), args.iterations, tasks.resolve(), theirs]
     peer = [args.tensorflow_python, __file__, "--authors-side", *map(str, arguments)]
-    with open(mine.with_suffix(".log"), "w") as log, open(theirs.with_suffix(".log"), "w") as plog:
-        authors = subprocess.Popen(peer, cwd=REPO, stdout=plog, stderr=plog)
-        processes = [subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log), authors]
-        for process in processes:
-            if process.wait() != 0:
-                raise SystemExit(f"{process.args[:4]} failed; see the logs in {args.folder}")
+    side_by_side(command, mine.with_suffix(".log"), peer, theirs.with_suffix(".log"))
     evaluate = [sys.executable, "-m", "metarun", "eval", f"run_dir={mine}", "checkpoint=last"]
     subprocess.run(evaluate, cwd=REPO, check=True, capture_output=True)
     rows = [json.loads(line) for line in (mine / "metrics.jsonl").read_text().splitlines()]

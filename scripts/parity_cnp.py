@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from parity import side_by_side
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET = ["experiment=cnp_gp_1d", "algo=cnp"]
@@ -122,7 +123,7 @@ def notebook_side(notebook: Path, iterations: int, curves: Path, output: Path) -
     output.write_text(json.dumps(summary))
 
 
-def metarun_side(folder: Path, iterations: int, log) -> subprocess.Popen:
+def metarun_command(folder: Path, iterations: int) -> list[str]:
     every = max(1, iterations // 4)
     budget = [
         f"trainer.{key}={value}"
@@ -139,7 +140,7 @@ def metarun_side(folder: Path, iterations: int, log) -> subprocess.Popen:
         "compile=false",
         f"hydra.run.dir={folder}",
     ]
-    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
+    return command
 
 
 def metarun_summary(folder: Path) -> dict:
@@ -169,12 +170,12 @@ def main() -> None:
     theirs = args.folder / f"cnp_notebook_{args.iterations}.json"
     arguments = [args.notebook, args.iterations, curves, theirs]
     peer = [args.tensorflow_python, __file__, "--notebook-side", *map(str, arguments)]
-    with open(mine.with_suffix(".log"), "w") as log, open(theirs.with_suffix(".log"), "w") as plog:
-        notebook = subprocess.Popen(peer, cwd=REPO, stdout=plog, stderr=plog)
-        processes = [metarun_side(mine, args.iterations, log), notebook]
-        for process in processes:
-            if process.wait() != 0:
-                raise SystemExit(f"{process.args[:4]} failed; see the logs in {args.folder}")
+    side_by_side(
+        metarun_command(mine, args.iterations),
+        mine.with_suffix(".log"),
+        peer,
+        theirs.with_suffix(".log"),
+    )
     results = {"metarun": metarun_summary(mine), "notebook": json.loads(theirs.read_text())}
     print("| side | updates | test MSE (95%) | test NLL per target (95%) | s per update |")
     print("|---|---|---|---|---|")

@@ -23,16 +23,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from parity import interval, metarun_summary
+from parity import interval, metarun_summary, side_by_side
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,13 +148,7 @@ def main() -> None:
     command = [sys.executable, "-m", "metarun", "train", *run, f"hydra.run.dir={mine}"]
     arguments = [args.source, args.iterations, args.every, theirs]
     peer = [sys.executable, __file__, "--reference", *map(str, arguments)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(mine.with_suffix(".log"), "w") as log, open(theirs.with_suffix(".log"), "w") as plog:
-        reference = subprocess.Popen(peer, cwd=REPO, stdout=plog, stderr=plog, env=environment)
-        processes = [subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log), reference]
-        for process in processes:
-            if process.wait() != 0:
-                raise SystemExit(f"{process.args[:4]} failed; see the logs in {args.folder}")
+    side_by_side(command, mine.with_suffix(".log"), peer, theirs.with_suffix(".log"))
     results = {"metarun": metarun_summary(mine), "snail-pytorch": json.loads(theirs.read_text())}
     print("| side | updates | validation curve | test (95%) | s per update |")
     print("|---|---|---|---|---|")
