@@ -16,7 +16,14 @@ from metarun.data.base import LabelledDataset, SequenceDataset
 from metarun.data.environments import EnvironmentDataset
 from metarun.errors import ConfigError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+def _config_dir() -> Path:
+    """The configs an installed wheel carries inside the package, else a checkout's configs/."""
+    package = Path(__file__).resolve().parent
+    return next(p for p in (package / "configs", package.parent / "configs") if p.is_dir())
+
+
+CONFIG_DIR = str(_config_dir())
 # How a run computes rather than what it learns: the keys of configs/runtime/default.yaml.
 RUNTIME_SETTINGS = tuple(OmegaConf.load(Path(CONFIG_DIR) / "runtime" / "default.yaml"))
 

@@ -149,7 +149,11 @@ def _check_keys(command: str, overrides: list[str]) -> None:
     """Hydra rejects an unknown key without saying which keys exist; this names them."""
     if any(o.startswith("-") for o in overrides):  # --multirun, --cfg ...: Hydra's own checks
         return
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    plain = [  # the search path stays: a user's config folder holds choices named here
+        o
+        for o in overrides
+        if not o.lstrip("+~").startswith("hydra.") or o.startswith("hydra.searchpath=")
+    ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         try:
             compose(command, plain)
