@@ -19,26 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 DATA_ROOT = Path(os.environ.get("METARUN_DATA", REPO.parent / "shared" / "datasets")).resolve()
 
-TINY_OMNIGLOT = [
-    "task.meta_batch_size=2",
-    "trainer.iterations=4",
-    "trainer.log_every=2",
-    "trainer.val_every=2",
-    "trainer.val_episodes=4",
-    "trainer.ckpt_every=2",
-    "eval.episodes=6",
-    "eval.queries=2",
-    "task.queries=2",
-    "backbone.hidden=8",
-    "device=cpu",
-]
-
-
-TINY_IMAGES = [
-    "task.meta_batch_size=2", "task.queries=2", "trainer.iterations=4", "trainer.log_every=2",
-    "trainer.val_every=2", "trainer.val_episodes=4", "trainer.ckpt_every=2", "eval.episodes=6",
-    "eval.queries=2", "backbone.hidden=8", "device=cpu",
-]  # fmt: skip
+TINY = ["debug=tiny", "backbone.hidden=8"]  # configs/debug/tiny.yaml and a narrow Conv-4
 
 
 def pytest_configure(config) -> None:
@@ -74,7 +55,7 @@ def tiny_cfg():
 
     def make(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[*TINY_IMAGES, *overrides])
+            cfg = compose(config_name="train", overrides=[*TINY, *overrides])
         with open_dict(cfg):
             cfg.dataset = {"_target_": "synthetic.TinyImages"}
         return cfg
@@ -154,6 +135,6 @@ def metarun_in_process(data_root, capsys, monkeypatch):
 def trained_run(tmp_path_factory, data_root) -> Path:
     """A tiny Omniglot run folder made by the real command, shared by the CLI tests."""
     run_dir = tmp_path_factory.mktemp("run")
-    done = metarun("train", *TINY_OMNIGLOT, f"hydra.run.dir={run_dir}", env=command_env(data_root))
+    done = metarun("train", *TINY, f"hydra.run.dir={run_dir}", env=command_env(data_root))
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir

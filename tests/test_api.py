@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TINY_OMNIGLOT
+from conftest import TINY
 from PIL import Image
 
 import metarun
@@ -34,7 +34,7 @@ def official_drawings(data_root, characters=3, per_character=3):
 
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "protonet", "snail", "mann", "meta_net"])
 def test_load_adapt_predict_on_raw_omniglot_images(make_cfg, tmp_path, data_root, algo):
-    cfg = make_cfg(f"algo={algo}", "task.ways=3", "eval.batch_tasks=2", *TINY_OMNIGLOT)
+    cfg = make_cfg(f"algo={algo}", "task.ways=3", "eval.batch_tasks=2", *TINY)
     run.train(cfg, tmp_path)
     model = metarun.load(tmp_path)
     drawings = official_drawings(data_root)

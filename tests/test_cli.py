@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import TINY_OMNIGLOT, metarun
+from conftest import TINY, metarun
 
 
 def test_train_writes_the_run_folder(trained_run):
@@ -72,7 +72,7 @@ def test_multirun_sweep_prints_and_writes_a_report(cli_env, tmp_path):
     done = metarun(
         "train",
         "-m",
-        *TINY_OMNIGLOT,
+        *TINY,
         "trainer.iterations=2",
         "algo=maml,fomaml",
         f"hydra.sweep.dir={tmp_path}",

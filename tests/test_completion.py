@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS, TINY_IMAGES
+from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from synthetic import TinyImages
@@ -46,7 +46,7 @@ def test_more_context_pixels_than_the_image_has_are_refused():
 
 
 def test_plot_draws_context_mean_std_and_image(tmp_path):
-    tiny = [o for o in TINY_IMAGES if not o.startswith("backbone.")]
+    tiny = ["debug=tiny"]
     overrides = [*tiny, "algo=cnp", "backbone=pixels", "task.ways=1", "task.shots=5",
                  "trainer.iterations=0", "algo.encoder=[8]", "algo.decoder=[8]"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

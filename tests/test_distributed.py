@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, TINY_OMNIGLOT
+from conftest import REPO, TINY
 
 from metarun.build import build, build_algorithm
 from metarun.distributed import World
@@ -70,7 +70,7 @@ def _rank_meta_gradient(rank: int, cfg, rendezvous: str, output: str) -> None:
     ids=["maml_second_order", "maml_vmapped", "protonet_running_bn"],
 )
 def test_meta_gradient_over_two_processes_equals_one_process(setting, atol, make_cfg, tmp_path):
-    cfg = make_cfg(*TINY_OMNIGLOT, *setting)
+    cfg = make_cfg(*TINY, *setting)
     alone = meta_gradient(cfg, World())
     mp.spawn(
         _rank_meta_gradient,
@@ -94,7 +94,7 @@ def train_command(processes: int, run_dir: Path, *overrides: str) -> list[str]:
         "-m",
         "metarun",
         "train",
-        *TINY_OMNIGLOT,
+        *TINY,
         "optimizer=sgd",
         "trainer.iterations=3",
         "trainer.val_every=1",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-from conftest import METARUN, REPO, TINY_OMNIGLOT, metarun
+from conftest import METARUN, REPO, TINY, metarun
 
 from metarun import checkpoint, run
 from metarun.checkpoint import restore_rng
@@ -20,7 +20,7 @@ from metarun.errors import TrainingError
 from metarun.runtime import STOP_NOTICE, stoppable
 
 LONG = [
-    *TINY_OMNIGLOT,
+    *TINY,
     "trainer.iterations=40",
     "trainer.ckpt_every=5",
     "trainer.log_every=1",
@@ -134,14 +134,12 @@ def test_a_stop_is_announced_by_rank_0_alone(announce, capfd):
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_cfg, tmp_path, capsys):
-    run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=4", "trainer.ckpt_every=1"), tmp_path)
+    run.train(make_cfg(*TINY, "trainer.iterations=4", "trainer.ckpt_every=1"), tmp_path)
     last = tmp_path / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     capsys.readouterr()
     run.train(
-        make_cfg(
-            *TINY_OMNIGLOT, "trainer.iterations=6", "trainer.ckpt_every=1", "trainer.resume=auto"
-        ),
+        make_cfg(*TINY, "trainer.iterations=6", "trainer.ckpt_every=1", "trainer.resume=auto"),
         tmp_path,
     )
     err = capsys.readouterr().err
@@ -197,7 +195,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_unfinished(cli_env, t
     sweep = [
         "train",
         "-m",
-        *TINY_OMNIGLOT,
+        *TINY,
         "trainer.ckpt_every=1",
         "algo=maml,fomaml",
         f"hydra.sweep.dir={tmp_path}",
@@ -215,7 +213,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_resumes_unfinished(cli_env, t
 
 
 def test_checkpoint_restores_every_random_generator(make_cfg, tmp_path):
-    run.train(make_cfg(*TINY_OMNIGLOT, "trainer.iterations=2"), tmp_path)
+    run.train(make_cfg(*TINY, "trainer.iterations=2"), tmp_path)
     state = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")  # through a file
     sampler = torch.Generator()
     restore_rng(state["rng"], sampler)
@@ -236,7 +234,7 @@ def test_checkpoint_restores_every_random_generator(make_cfg, tmp_path):
 
 
 def test_resume_restores_batchnorm_running_statistics(make_cfg, tmp_path):
-    settings = [*TINY_OMNIGLOT, "algo=protonet", "bn=running", "trainer.val_every=100"]
+    settings = [*TINY, "algo=protonet", "bn=running", "trainer.val_every=100"]
     run.train(make_cfg(*settings, "trainer.iterations=4"), tmp_path / "straight")
     run.train(make_cfg(*settings, "trainer.iterations=2"), tmp_path / "resumed")
     run.train(

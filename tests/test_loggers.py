@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from conftest import TINY_OMNIGLOT
+from conftest import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarun import run
@@ -15,7 +15,7 @@ from metarun.errors import ConfigError
 
 
 def test_tensorboard_logger_records_every_metrics_row(make_cfg, tmp_path):
-    run.train(make_cfg(*TINY_OMNIGLOT, "logger=tensorboard"), tmp_path)
+    run.train(make_cfg(*TINY, "logger=tensorboard"), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
@@ -36,7 +36,7 @@ def test_a_logger_without_its_library_names_the_package_to_install(
     with pytest.raises(
         ConfigError, match=f"logger={logger} needs the {package} package.*pip install {package}"
     ):
-        run.train(make_cfg(*TINY_OMNIGLOT, f"logger={logger}"), tmp_path)
+        run.train(make_cfg(*TINY, f"logger={logger}"), tmp_path)
 
 
 class Recorder:
@@ -54,7 +54,7 @@ def test_wandb_and_mlflow_loggers_receive_the_metrics_rows(make_cfg, tmp_path, m
     wandb.init = lambda **kwargs: run_recorder
     for name, module in (("wandb", wandb), ("mlflow", mlflow)):
         monkeypatch.setitem(sys.modules, name, module)
-        run.train(make_cfg(*TINY_OMNIGLOT, f"logger={name}"), tmp_path / name)
+        run.train(make_cfg(*TINY, f"logger={name}"), tmp_path / name)
     rows = [
         json.loads(line) for line in (tmp_path / "wandb" / "metrics.jsonl").read_text().splitlines()
     ]

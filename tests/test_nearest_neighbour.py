@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_OMNIGLOT
+from conftest import TINY
 
 from metarun import run
 from metarun.algorithms.nearest_neighbour import NearestNeighbour
@@ -50,10 +50,10 @@ def test_class_mean_with_euclidean_distance_is_prototypical_networks():
 
 
 def test_nearest_class_mean_on_a_protonet_run_reproduces_its_test_accuracy(make_cfg, tmp_path):
-    protonet = run.train(make_cfg(*TINY_OMNIGLOT, "algo=protonet"), tmp_path / "protonet")
+    protonet = run.train(make_cfg(*TINY, "algo=protonet"), tmp_path / "protonet")
     nearest = run.train(
         make_cfg(
-            *TINY_OMNIGLOT,
+            *TINY,
             "algo=nearest_neighbour",
             "algo.rule=class_mean",
             "trainer.iterations=0",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY_OMNIGLOT
+from conftest import TINY
 from reference import assert_engines_agree
 
 from metarun import run
@@ -55,7 +55,7 @@ def test_loop_and_vmap_engines_agree():
 
 
 def test_a_run_tests_at_other_ways_than_it_trained(make_cfg, tmp_path):
-    run.train(make_cfg(*TINY_OMNIGLOT, "algo=protonet"), tmp_path)
+    run.train(make_cfg(*TINY, "algo=protonet"), tmp_path)
     result = run.evaluate(
         make_cfg(f"run_dir={tmp_path}", "eval.ways=7", "eval.episodes=3", config="eval")
     )

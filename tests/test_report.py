@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-from conftest import TINY_OMNIGLOT, metarun
+from conftest import TINY, metarun
 from omegaconf import OmegaConf
 
 from metarun.errors import ConfigError
@@ -133,7 +133,7 @@ def test_parallel_launcher_sweep_over_seeds_ends_with_a_report(cli_env, tmp_path
         "train",
         "-m",
         "hydra/launcher=parallel",
-        *TINY_OMNIGLOT,
+        *TINY,
         "trainer.iterations=2",
         "algo=maml,fomaml",
         "seed=0,1",
@@ -155,7 +155,7 @@ def test_optuna_example_searches_the_inner_loop_on_validation(cli_env, tmp_path)
         "-m",
         "hydra/sweeper=inner_loop_search",
         "hydra.sweeper.n_trials=2",
-        *TINY_OMNIGLOT,
+        *TINY,
         "trainer.iterations=2",
         f"hydra.sweep.dir={tmp_path}",
         env=cli_env,

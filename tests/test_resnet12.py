@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS, TINY_IMAGES
+from conftest import CONFIGS
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from reference import maml_meta_gradient
@@ -90,7 +90,7 @@ def tiny_cfg():
     """The tiny TinyImages config (tests/conftest.py) with ResNet-12 in place of Conv-4."""
 
     def make(*overrides: str, backbone: list[str] = RESNET):
-        tiny = [o for o in TINY_IMAGES if not o.startswith("backbone.")]
+        tiny = ["debug=tiny"]
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose("train", [*tiny, *backbone, *overrides])
         with open_dict(cfg):

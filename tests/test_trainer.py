@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY_OMNIGLOT
+from conftest import TINY
 
 from metarun import checkpoint, run
 from metarun.build import build, build_algorithm
@@ -13,7 +13,7 @@ from metarun.runtime import seed_everything
 def first_update_norm(make_cfg, run_dir, *overrides: str) -> float:
     """Norm of the change of all weights in one plain SGD step of learning rate 1."""
     cfg = make_cfg(
-        *TINY_OMNIGLOT,
+        *TINY,
         "algo=protonet",
         "optimizer=sgd",
         "optimizer.lr=1.0",
