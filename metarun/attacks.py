@@ -71,9 +71,14 @@ class Attack:
         return inside.clamp(self.low, self.high)
 
     def describe(self) -> dict:
-        return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step,
-                "random_start": self.random_start, "pixel_range": [self.low, self.high],
-                "precision": "fp32"}  # fmt: skip
+        return {
+            "epsilon": self.epsilon,
+            "steps": self.steps,
+            "step_size": self.step,
+            "random_start": self.random_start,
+            "pixel_range": [self.low, self.high],
+            "precision": "fp32",
+        }
 
 
 def _stronger(point, losses, best, best_loss):
@@ -97,8 +102,14 @@ def pixel_range(dataset, key: str) -> tuple[float, float]:
     return dataset.pixel_range
 
 
-def make_attack(kind: str, epsilon: float, steps: int, step_size: float | None,
-                pixel_range: tuple[float, float], prefix: str) -> Attack | None:  # fmt: skip
+def make_attack(
+    kind: str,
+    epsilon: float,
+    steps: int,
+    step_size: float | None,
+    pixel_range: tuple[float, float],
+    prefix: str,
+) -> Attack | None:
     """The attack the settings `<prefix>.attack` (one of KINDS, checked with the other choices
     by build.check_settings), `.epsilon`, `.attack_steps` and `.attack_step_size` describe (None
     for `none`); PGD's step size defaults to Madry et al.'s 2.5 epsilon / steps."""
@@ -149,8 +160,9 @@ def attacked_task(algo, attack: Attack, target: str, ways: int, steps: int | Non
     under the attack, largest perturbation applied). A support attack maximises the queries'
     loss through the adaptation on the perturbed support set; a query attack perturbs each
     query against the predictor adapted on the clean (or, for `both`, the poisoned) support set."""
-    adapted = lambda support_x, support_y: algo.adapt(algo.params(), support_x, support_y, ways,
-                                                      steps)  # fmt: skip
+    adapted = lambda support_x, support_y: algo.adapt(
+        algo.params(), support_x, support_y, ways, steps
+    )
 
     def task(support_x, support_y, query_x, query_y):
         clean = adapted(support_x, support_y)

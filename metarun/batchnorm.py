@@ -138,8 +138,11 @@ def use_mode(model: nn.Module, mode: str) -> None:
     silently not apply to them."""
     if mode not in MODES:
         raise ConfigError(f"bn={mode!r} is not one of {', '.join(MODES)}. Set bn to one of them.")
-    foreign = [(path, layer) for path, layer in model.named_modules()
-               if isinstance(layer, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+    foreign = [
+        (path, layer)
+        for path, layer in model.named_modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+    ]
     if foreign:
         path, layer = foreign[0]
         raise ConfigError(
@@ -287,8 +290,9 @@ class TaskBatchNorm2d(nn.Module):
         if fused:
             # With momentum 1, F.batch_norm writes the batch's mean and unbiased variance into
             # the buffers it is given (as torch's BatchNorm updates running statistics).
-            return F.batch_norm(x, *batch_statistics, weight, bias, training=True, momentum=1.0,
-                                eps=self.eps)  # fmt: skip
+            return F.batch_norm(
+                x, *batch_statistics, weight, bias, training=True, momentum=1.0, eps=self.eps
+            )
         reference = x if rows is None else x[:rows]
         var, mean = torch.var_mean(reference, dim=(0, 2, 3), unbiased=False, keepdim=True)
         scale = torch.rsqrt(var + self.eps) * weight.view(1, -1, 1, 1)

@@ -60,10 +60,16 @@ RATES = (  # numbers greater than zero
 )
 PROTOCOLS = ("episodic", "online")
 ATTACK_KEYS = ("epsilon", "attack_steps", "attack_step_size")  # under task. and eval.
-CHOICES = {"trainer.nonfinite": ("stop", "skip"), "bn": tuple(batchnorm.MODES),
-           "task.protocol": PROTOCOLS, "eval.protocol": PROTOCOLS,
-           "eval.require_nll": (True, False), "task.attack": attacks.KINDS,
-           "eval.attack": attacks.KINDS, "eval.attack_target": attacks.TARGETS}  # fmt: skip
+CHOICES = {
+    "trainer.nonfinite": ("stop", "skip"),
+    "bn": tuple(batchnorm.MODES),
+    "task.protocol": PROTOCOLS,
+    "eval.protocol": PROTOCOLS,
+    "eval.require_nll": (True, False),
+    "task.attack": attacks.KINDS,
+    "eval.attack": attacks.KINDS,
+    "eval.attack_target": attacks.TARGETS,
+}
 
 
 def _select(cfg: DictConfig, key: str):
@@ -253,8 +259,12 @@ def _train_attack(cfg: DictConfig, dataset) -> Attack | None:
             "task.attack=none, or use an algorithm scored on its adapted queries (maml, "
             "protonet, matching_net, anil, meta_sgd) or algo=adml."
         )
-    return make_attack(kind, *(_select(cfg, f"task.{key}") for key in ATTACK_KEYS),
-                       pixel_range(dataset, "task.attack"), "task")  # fmt: skip
+    return make_attack(
+        kind,
+        *(_select(cfg, f"task.{key}") for key in ATTACK_KEYS),
+        pixel_range(dataset, "task.attack"),
+        "task",
+    )
 
 
 def build_optimizer(cfg: DictConfig, algo: Algorithm) -> tuple[torch.optim.Optimizer, object]:

@@ -54,8 +54,9 @@ PRECISIONS = ("fp32", "bf16")
 SMALL_TASK_IMAGES = 16
 
 
-def resolve_mode(mode: str, algo: nn.Module, device: torch.device, task_images: int = 0,
-                 iterations: int = 0) -> str:  # fmt: skip
+def resolve_mode(
+    mode: str, algo: nn.Module, device: torch.device, task_images: int = 0, iterations: int = 0
+) -> str:
     """The concrete batching mode for this model, device and run: vmap on CUDA and for models
     without convolutions; on a CPU a convolutional meta-batch is vmapped only when it will be
     compiled (`iterations` planned) and its tasks are small (`task_images`), else looped."""
@@ -80,8 +81,9 @@ def sequential_error(setting: str, fix: str) -> ConfigError:
     )
 
 
-def make_engine(cfg, algo: Algorithm, device: torch.device, world: World | None = None,
-                iterations: int = 0) -> Engine:  # fmt: skip
+def make_engine(
+    cfg, algo: Algorithm, device: torch.device, world: World | None = None, iterations: int = 0
+) -> Engine:
     """The engine the runtime settings (configs/runtime/) ask for, `auto` resolved for this model,
     device, meta-training tasks and planned number of meta-batches, with the model put in its
     memory format."""
@@ -113,9 +115,18 @@ class MetaStep(NamedTuple):
 
 
 class Engine:
-    def __init__(self, mode: str, *, evaluation_mode: str | None = None, precision: str = "fp32",
-                 compile: bool = False, compile_mode: str = "default", channels_last: bool = False,
-                 keep_freed_memory: bool = False, world: World | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        mode: str,
+        *,
+        evaluation_mode: str | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        compile_mode: str = "default",
+        channels_last: bool = False,
+        keep_freed_memory: bool = False,
+        world: World | None = None,
+    ) -> None:
         """`evaluation_mode` batches the tasks of validation and test (uncompiled, 15 queries
         a class): on a CPU a convolutional meta-training batch of tiny tasks is vmapped but its
         evaluation looped (vmap took 104-110 ms per 5-way 15-query episode, the loop 68-75)."""
@@ -140,8 +151,11 @@ class Engine:
     def describe(self) -> dict:
         """The settings as the run used them (`auto` resolved), for results.json's protocol."""
         names = ("precision", "compile", "compile_mode", "channels_last", "keep_freed_memory")
-        return {"engine": self.mode, "evaluation_engine": self.evaluation_mode,
-                **{name: getattr(self, name) for name in names}}  # fmt: skip
+        return {
+            "engine": self.mode,
+            "evaluation_engine": self.evaluation_mode,
+            **{name: getattr(self, name) for name in names},
+        }
 
     @contextmanager
     def _computing(self, device: torch.device, mode: str) -> Iterator[None]:
@@ -257,8 +271,13 @@ class Engine:
         return self.per_task(algo, batch, score)
 
     @torch.no_grad()
-    def query_outputs(self, algo: Algorithm, batch: Episode, steps: int | None,
-                      read: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    def query_outputs(
+        self,
+        algo: Algorithm,
+        batch: Episode,
+        steps: int | None,
+        read: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
         """`read` (e.g. algo.probabilities, algo.gaussian) of each task's query predictions after
         adaptation, in eval mode: [tasks, queries, ...]."""
 

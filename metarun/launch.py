@@ -105,9 +105,17 @@ def _omp_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence[int],
-                   environments: bool, meta_batch_size: int, iterations: int,
-                   threads_setting="auto") -> int:  # fmt: skip
+def plan_processes(
+    setting,
+    *,
+    device: torch.device,
+    algo,
+    input_shape: Sequence[int],
+    environments: bool,
+    meta_batch_size: int,
+    iterations: int,
+    threads_setting="auto",
+) -> int:
     """How many processes meta-train this run (the rule in the module docstring)."""
     explicit = _count("processes", setting)
     if explicit is not None:
@@ -117,9 +125,14 @@ def plan_processes(setting, *, device: torch.device, algo, input_shape: Sequence
     else:
         threads = _count("threads", threads_setting) or _omp_threads() or 1
         small_images = len(input_shape) == 3 and max(input_shape[1:]) <= SMALL_IMAGE
-        worth_it = (algo.episodic and not environments and small_images
-                    and not getattr(algo, "sequential_setting", None)
-                    and has_convolutions(algo) and iterations >= MIN_ITERATIONS)  # fmt: skip
+        worth_it = (
+            algo.episodic
+            and not environments
+            and small_images
+            and not getattr(algo, "sequential_setting", None)
+            and has_convolutions(algo)
+            and iterations >= MIN_ITERATIONS
+        )
         available = min(cores() // threads, memory() // MEMORY_PER_PROCESS) if worth_it else 1
     return max(p for p in range(1, max(available, 1) + 1) if meta_batch_size % p == 0)
 
@@ -129,8 +142,9 @@ def plan_threads(setting, processes: int) -> int:
     return _count("threads", setting) or _omp_threads() or max(1, cores() // processes)
 
 
-def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world: World,
-                    start_workers: bool) -> None:  # fmt: skip
+def use_the_machine(
+    cfg: DictConfig, dataset, algo, device: torch.device, world: World, start_workers: bool
+) -> None:
     """Sets this process's threads by the rule above for the whole run (a resumed run plans as
     the run it continues, so it computes bit for bit as that run); a lone process whose plan
     asks for several raises StartWorkers before anything is trained."""
@@ -141,10 +155,15 @@ def use_the_machine(cfg: DictConfig, dataset, algo, device: torch.device, world:
         processes = 1  # a caller that cannot start workers: a sweep's job, the Python API
     else:
         processes = plan_processes(
-            cfg.processes, device=device, algo=algo, input_shape=dataset.input_shape,
-            environments=environments, meta_batch_size=cfg.task.meta_batch_size,
-            iterations=cfg.trainer.iterations, threads_setting=cfg.threads,
-        )  # fmt: skip
+            cfg.processes,
+            device=device,
+            algo=algo,
+            input_shape=dataset.input_shape,
+            environments=environments,
+            meta_batch_size=cfg.task.meta_batch_size,
+            iterations=cfg.trainer.iterations,
+            threads_setting=cfg.threads,
+        )
     threads = plan_threads(cfg.threads, processes)
     if processes > 1 and getattr(algo, "sequential_setting", None):
         raise sequential_error(algo.sequential_setting, "processes=1")
@@ -184,15 +203,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def workers(processes: int, threads: int, arguments: Sequence[str],
-            log_dir: Path) -> Iterator[None]:  # fmt: skip
+def workers(
+    processes: int, threads: int, arguments: Sequence[str], log_dir: Path
+) -> Iterator[None]:
     """Makes this process rank 0 of `processes` and starts ranks 1.. as
     `python -m metarun <arguments>` (their output in log_dir/rank_<r>.log). torch.distributed's
     env:// rendezvous, as torchrun sets it up. On exit, waits for the workers; one that failed
     is reported with its log."""
-    world = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-             "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
-             "OMP_NUM_THREADS": str(threads)}  # fmt: skip
+    world = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(processes),
+        "LOCAL_WORLD_SIZE": str(processes),
+        "OMP_NUM_THREADS": str(threads),
+    }
     os.environ.update(world, RANK="0", LOCAL_RANK="0")
     log_dir.mkdir(parents=True, exist_ok=True)
     started = []
@@ -202,9 +226,12 @@ def workers(processes: int, threads: int, arguments: Sequence[str],
             process = subprocess.Popen(
                 [sys.executable, "-m", "metarun", *arguments],
                 env={**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         started.append((process, log))
     grace = 5  # after an error or a stop on rank 0, the others end within its iteration
     try:
@@ -218,5 +245,8 @@ def workers(processes: int, threads: int, arguments: Sequence[str],
                 process.kill()
                 status = process.wait()
             if status not in (0, 75):
-                print(f"metarun: a worker process exited with status {status}; its output is in "
-                      f"{log}", file=sys.stderr)  # fmt: skip
+                print(
+                    f"metarun: a worker process exited with status {status}; its output is in "
+                    f"{log}",
+                    file=sys.stderr,
+                )

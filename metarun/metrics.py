@@ -55,10 +55,13 @@ def predictive_scores(
     in_bin = F.one_hot((confidence * bins).ceil().long().clamp(1, bins) - 1, bins)
     in_bin = in_bin.to(probabilities.dtype)  # [episodes, Q, bins]
     reliability = torch.stack(
-        [in_bin.sum(1), (confidence.unsqueeze(-1) * in_bin).sum(1),
-         (correct.unsqueeze(-1) * in_bin).sum(1)],
+        [
+            in_bin.sum(1),
+            (confidence.unsqueeze(-1) * in_bin).sum(1),
+            (correct.unsqueeze(-1) * in_bin).sum(1),
+        ],
         dim=-1,
-    )  # fmt: skip
+    )
     return {
         "accuracy": correct.mean(-1),
         "nll": -chosen.clamp_min(tiny).log().mean(-1),

@@ -48,8 +48,13 @@ def regression_curves(runs: list[RunResult], output: Path, tasks: int = 4) -> li
             if (std > 0).any():
                 low, high = mean - NORMAL_97_5 * std, mean + NORMAL_97_5 * std
                 ax.fill_between(x, low, high, color="C0", alpha=0.2, label="95% band")
-            ax.plot(batch.support_x[task, :, 0].numpy(), batch.support_y[task, :, 0].numpy(), "o",
-                    color="C3", label="contexts")  # fmt: skip
+            ax.plot(
+                batch.support_x[task, :, 0].numpy(),
+                batch.support_y[task, :, 0].numpy(),
+                "o",
+                color="C3",
+                label="contexts",
+            )
             ax.set_xlabel("x")
         axes[0].legend(fontsize="small", loc="best")
         figure.suptitle(f"{run.folder.name}: {ev.shots} contexts, best checkpoint")
@@ -84,8 +89,12 @@ def completion_pictures(runs: list[RunResult], output: Path, images: int = 4) ->
             learner = model.adapt(batch.support_x[row], batch.support_y[row])
             with torch.no_grad():
                 mean, std = model.algo.gaussian(learner.predict(grid)).unbind(-1)
-            pictures = (context.view(height, width), mean.view(height, width),
-                        std.view(height, width), truth)  # fmt: skip
+            pictures = (
+                context.view(height, width),
+                mean.view(height, width),
+                std.view(height, width),
+                truth,
+            )
             for ax, picture, title in zip(axes[row], pictures, ("context", "mean", "std", "image")):
                 ax.imshow(picture.numpy(), cmap=gray, vmin=0, vmax=1 if title != "std" else None)
                 ax.set_axis_off()

@@ -77,8 +77,9 @@ def _curves(runs: list[RunResult], metric: str, path: Path) -> Path:
         for column, kind in columns.items():
             trained = [row for row in rows if column in row]
             label = " ".join(filter(None, [kind, _label(run, keys) if len(runs) > 1 else None]))
-            loss_axes.plot([r["iteration"] for r in trained], [r[column] for r in trained],
-                           label=label or None)  # fmt: skip
+            loss_axes.plot(
+                [r["iteration"] for r in trained], [r[column] for r in trained], label=label or None
+            )
         validated = [row for row in rows if f"val_{metric}" in row]
         steps = [r["iteration"] for r in validated]
         mean = [r[f"val_{metric}"] for r in validated]
@@ -87,8 +88,11 @@ def _curves(runs: list[RunResult], metric: str, path: Path) -> Path:
         low, high = [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)]
         val_axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     if metric in TRAINING_COLUMNS:
-        loss_axes.set(xlabel="meta-iteration", ylabel=f"training {metric}",
-                      title=f"meta-training {metric}, before and after adaptation")  # fmt: skip
+        loss_axes.set(
+            xlabel="meta-iteration",
+            ylabel=f"training {metric}",
+            title=f"meta-training {metric}, before and after adaptation",
+        )
         loss_axes.legend(fontsize="small", loc="best")
     else:
         loss_axes.set(xlabel="iteration", ylabel="training loss", title="meta-training loss")
@@ -166,8 +170,9 @@ def adaptation_plot(runs: list[RunResult], output: Path) -> list[Path]:
     keys = swept_keys([run for run, _ in measured])
     for run, steps in measured:
         means, intervals = [s["mean"] for s in steps], [s["ci95"] for s in steps]
-        axes.errorbar(range(len(steps)), means, yerr=intervals, marker="o", capsize=3,
-                      label=_label(run, keys))  # fmt: skip
+        axes.errorbar(
+            range(len(steps)), means, yerr=intervals, marker="o", capsize=3, label=_label(run, keys)
+        )
     metric = measured[0][0].metric or "return"
     axes.set(xlabel="adaptation steps", ylabel=f"test {metric} (95% interval)")
     axes.set_xticks(range(max(len(steps) for _, steps in measured)))
@@ -201,17 +206,29 @@ def reliability_diagrams(runs: list[RunResult], output: Path) -> list[Path]:
         figure, (top, bottom) = plt.subplots(
             2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
         )
-        top.bar([centres[k] for k in used], [diagram["accuracy"][k] for k in used],
-                width=1 / bins, edgecolor="black", label="accuracy")  # fmt: skip
+        top.bar(
+            [centres[k] for k in used],
+            [diagram["accuracy"][k] for k in used],
+            width=1 / bins,
+            edgecolor="black",
+            label="accuracy",
+        )
         top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
-        top.plot([diagram["confidence"][k] for k in used], [diagram["accuracy"][k] for k in used],
-                 "o", color="C3", markersize=3, label="mean confidence")  # fmt: skip
+        top.plot(
+            [diagram["confidence"][k] for k in used],
+            [diagram["accuracy"][k] for k in used],
+            "o",
+            color="C3",
+            markersize=3,
+            label="mean confidence",
+        )
         ece = calibration["ece"]
         ece = f"ECE {100 * ece['value']:.2f} +- {100 * ece['ci95']:.2f}%"
         top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{run.folder.name}: {ece}")
         top.legend(fontsize="small", loc="upper left")
-        bottom.bar(centres, [n / total for n in diagram["queries"]], width=1 / bins,
-                   edgecolor="black")  # fmt: skip
+        bottom.bar(
+            centres, [n / total for n in diagram["queries"]], width=1 / bins, edgecolor="black"
+        )
         bottom.set(xlabel="confidence", ylabel="share of queries")
         drawn.append(save(figure, output / f"reliability_{run.folder.name}.png"))
     return drawn

@@ -26,8 +26,15 @@ def _key_set(cfg: DictConfig, key: str, source: str) -> str:
     return source if OmegaConf.select(cfg, key) == OmegaConf.select(cfg, source) else key
 
 
-def sampler(cfg: DictConfig, dataset, split: str, device: torch.device, keys: tuple[str, ...],
-            shots: int | None = None, queries: int | None = None):  # fmt: skip
+def sampler(
+    cfg: DictConfig,
+    dataset,
+    split: str,
+    device: torch.device,
+    keys: tuple[str, ...],
+    shots: int | None = None,
+    queries: int | None = None,
+):
     """The dataset's sampler of `split` with (ways, shots, queries, protocol) read from `keys`,
     which an impossible shape names; `shots` and `queries` replace the values of their keys."""
     ways, shots_set, queries_set, kind = (OmegaConf.select(cfg, key) for key in keys)
@@ -58,8 +65,12 @@ def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
     batches for algorithms trained as classifiers."""
     if not algo.episodic:
         return dataset.labelled_batches("train", cfg.task.batch_size, device)
-    keys = (_key_set(cfg, "task.train_ways", "task.ways"), "task.shots", "task.queries",
-            "task.protocol")  # fmt: skip
+    keys = (
+        _key_set(cfg, "task.train_ways", "task.ways"),
+        "task.shots",
+        "task.queries",
+        "task.protocol",
+    )
     task = cfg.task
     if task.min_shots is None and task.min_queries is None:
         return sampler(cfg, dataset, "train", device, keys)
@@ -67,8 +78,9 @@ def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
         range(task.min_shots or task.shots, task.shots + 1),
         range(task.min_queries or task.queries, task.queries + 1),
     )
-    return VariableShape({(k, q): sampler(cfg, dataset, "train", device, keys, k, q)
-                          for k, q in shapes})  # fmt: skip
+    return VariableShape(
+        {(k, q): sampler(cfg, dataset, "train", device, keys, k, q) for k, q in shapes}
+    )
 
 
 def validation_seed(cfg: DictConfig) -> int:
@@ -92,9 +104,17 @@ def evaluation_attack(cfg: DictConfig, dataset) -> Attack | None:
     return make_attack(kind, *settings, pixel_range(dataset, "eval.attack"), "eval")
 
 
-def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes: int,
-          seed: int | None = None, calibration: bool = False,
-          attack: Attack | None = None) -> dict:  # fmt: skip
+def score(
+    cfg: DictConfig,
+    algo,
+    engine: Engine,
+    sampler,
+    metric: str,
+    episodes: int,
+    seed: int | None = None,
+    calibration: bool = False,
+    attack: Attack | None = None,
+) -> dict:
     """Mean and 95% interval over `episodes` fixed episodes, seeded by `seed` alone (default
     eval.seed: the test episodes). `calibration`: results.json's `calibration` from the same
     predictions: a classifier's ECE, MCE, NLL, Brier score and reliability diagram; a regressor's
@@ -105,8 +125,13 @@ def score(cfg: DictConfig, algo, engine: Engine, sampler, metric: str, episodes:
     args = (algo, engine, sampler, episodes, seed, cfg.eval.batch_tasks, cfg.eval.inner_steps)
     if calibration and columns is None:
         e = cfg.eval
-        measures = episode_predictions(*args, bins=e.calibration_bins, noise_std=e.noise_std,
-                                       attack=attack, attack_target=e.attack_target)  # fmt: skip
+        measures = episode_predictions(
+            *args,
+            bins=e.calibration_bins,
+            noise_std=e.noise_std,
+            attack=attack,
+            attack_target=e.attack_target,
+        )
         summary = summarise(measures[metric], metric)
         if attack is not None:
             summary["robust"] = {
@@ -139,8 +164,11 @@ def attack_stamp(cfg: DictConfig, attack: Attack | None) -> dict | str:
 def protocol(cfg: DictConfig, dataset, engine: Engine, attack: Attack | None = None) -> dict:
     """What a published number must share with ours to be comparable."""
     train_steps, test_steps = inner_steps(cfg)
-    shared = {"inner_steps_train": train_steps, "inner_steps_test": test_steps,
-              "eval_seed": cfg.eval.seed}  # fmt: skip
+    shared = {
+        "inner_steps_train": train_steps,
+        "inner_steps_test": test_steps,
+        "eval_seed": cfg.eval.seed,
+    }
     if isinstance(dataset, EnvironmentDataset):  # shots and queries count trajectories
         return {
             **dataset.protocol(),

@@ -92,8 +92,11 @@ def _measures(results: dict) -> tuple[tuple[str, float], ...]:
     if "nll" in calibration:
         values["NLL"] = calibration["nll"]["mean"]
     if "ece" in calibration:
-        values |= {"ECE": calibration["ece"]["value"], "ECE ci95": calibration["ece"]["ci95"],
-                   "Brier": calibration["brier"]["mean"]}  # fmt: skip
+        values |= {
+            "ECE": calibration["ece"]["value"],
+            "ECE ci95": calibration["ece"]["ci95"],
+            "Brier": calibration["brier"]["mean"],
+        }
     if "coverage95" in calibration:
         values["coverage95"] = calibration["coverage95"]["mean"]
     return tuple((column, values[column]) for column in MEASURES if column in values)

@@ -107,32 +107,56 @@ def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
     )
 
 
-def _fit(cfg: DictConfig, run_dir: Path, state: TrainingState, engine: Engine, samplers: dict,
-         metric: str, world: World) -> dict:  # fmt: skip
+def _fit(
+    cfg: DictConfig,
+    run_dir: Path,
+    state: TrainingState,
+    engine: Engine,
+    samplers: dict,
+    metric: str,
+    world: World,
+) -> dict:
     """Trains with the trainer.* schedule, validating on samplers["val"]; returns its summary."""
     t = cfg.trainer
     schedule = Schedule(
-        iterations=t.iterations, meta_batch_size=cfg.task.meta_batch_size, log_every=t.log_every,
-        val_every=t.val_every, ckpt_every=t.ckpt_every, nonfinite=t.nonfinite,
+        iterations=t.iterations,
+        meta_batch_size=cfg.task.meta_batch_size,
+        log_every=t.log_every,
+        val_every=t.val_every,
+        ckpt_every=t.ckpt_every,
+        nonfinite=t.nonfinite,
         clip_grad_norm=t.clip_grad_norm,
-    )  # fmt: skip
+    )
     logger = None
     if cfg.get("logger") and world.is_main:
         resumed_at = state.progress.iteration
         logger = build("logger", cfg.logger)(
             run_dir=run_dir, config=state.config, resumed_at=resumed_at
         )
-    validate = lambda: score(cfg, state.model, engine, samplers["val"], metric, t.val_episodes,
-                             seed=validation_seed(cfg))  # fmt: skip
-    trainer = Trainer(state=state, engine=engine, sampler=samplers["train"], validate=validate,
-                      schedule=schedule, run_dir=run_dir, metric=metric, world=world,
-                      logger=logger)  # fmt: skip
+    validate = lambda: score(
+        cfg, state.model, engine, samplers["val"], metric, t.val_episodes, seed=validation_seed(cfg)
+    )
+    trainer = Trainer(
+        state=state,
+        engine=engine,
+        sampler=samplers["train"],
+        validate=validate,
+        schedule=schedule,
+        run_dir=run_dir,
+        metric=metric,
+        world=world,
+        logger=logger,
+    )
     try:
         summary = trainer.fit()
         peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
         peaks = [round(mb, 1) for mb in world.gather(peak).tolist()]  # each process's own, in MB
-        return {**summary, "processes": world.size, "threads": torch.get_num_threads(),
-                "peak_memory_mb": peaks}  # fmt: skip
+        return {
+            **summary,
+            "processes": world.size,
+            "threads": torch.get_num_threads(),
+            "peak_memory_mb": peaks,
+        }
     finally:
         if logger is not None:
             logger.close()
@@ -169,8 +193,11 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     if resumed:
         state.restore(*resumed)
     if world.is_main:
-        computation = {"processes": world.size, "threads": torch.get_num_threads(),
-                       **engine.describe()}  # fmt: skip
+        computation = {
+            "processes": world.size,
+            "threads": torch.get_num_threads(),
+            **engine.describe(),
+        }
         if resumed:
             print(f"metarun: resuming from {resumed[1]} at iteration {done}", file=sys.stderr)
             if warning := changed_computation(run_dir, computation):
@@ -183,10 +210,23 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     world.barrier()  # rank 0 has finished writing best.pt
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
-    results = score(cfg, algo, engine, samplers["test"], dataset.metric, cfg.eval.episodes,
-                    calibration=True, attack=attack)  # fmt: skip
-    results.update(checkpoint="best", iteration=training["best_iteration"], training=training,
-                   protocol=protocol(cfg, dataset, engine, attack), code=code)  # fmt: skip
+    results = score(
+        cfg,
+        algo,
+        engine,
+        samplers["test"],
+        dataset.metric,
+        cfg.eval.episodes,
+        calibration=True,
+        attack=attack,
+    )
+    results.update(
+        checkpoint="best",
+        iteration=training["best_iteration"],
+        training=training,
+        protocol=protocol(cfg, dataset, engine, attack),
+        code=code,
+    )
     if world.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -286,10 +326,19 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     engine = make_engine(run_cfg, algo, device, world)
     sampler = eval_sampler(run_cfg, dataset, "test", device)
     attack = evaluation_attack(run_cfg, dataset)
-    results = score(run_cfg, algo, engine, sampler, dataset.metric, run_cfg.eval.episodes,
-                    calibration=True, attack=attack)  # fmt: skip
-    results.update(checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine, attack),
-                   code=code)  # fmt: skip
+    results = score(
+        run_cfg,
+        algo,
+        engine,
+        sampler,
+        dataset.metric,
+        run_cfg.eval.episodes,
+        calibration=True,
+        attack=attack,
+    )
+    results.update(
+        checkpoint=str(path), protocol=protocol(run_cfg, dataset, engine, attack), code=code
+    )
     if world.is_main:
         output = Path(cfg.eval.output) if cfg.eval.output else run_dir / "eval.json"
         output.parent.mkdir(parents=True, exist_ok=True)

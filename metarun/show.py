@@ -16,8 +16,14 @@ def _name(target: str | None) -> str | None:
     return target.rsplit(".", 1)[-1] if target else None
 
 
-def episode(ways: int, shots: int, queries: int, protocol: str = "episodic",
-            min_shots: int | None = None, min_queries: int | None = None) -> str:  # fmt: skip
+def episode(
+    ways: int,
+    shots: int,
+    queries: int,
+    protocol: str = "episodic",
+    min_shots: int | None = None,
+    min_queries: int | None = None,
+) -> str:
     """'5-way 1-shot, 15 queries per class', '5-way 1..5-shot, ...' or an online sequence."""
     if protocol == "online":
         return f"online sequences of {ways} classes x {shots} instances"

@@ -61,9 +61,19 @@ def _stopped(iteration: int, run_dir: Path) -> Preempted:
 
 
 class Trainer:
-    def __init__(self, *, state: TrainingState, engine, sampler, validate: Callable[[], dict],
-                 schedule: Schedule, run_dir: Path, metric: str, world: World | None = None,
-                 logger=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        state: TrainingState,
+        engine,
+        sampler,
+        validate: Callable[[], dict],
+        schedule: Schedule,
+        run_dir: Path,
+        metric: str,
+        world: World | None = None,
+        logger=None,
+    ) -> None:
         """`logger` (optional, metarun.loggers) receives every metrics row besides metrics.jsonl."""
         self.state, self.engine, self.sampler, self.validate = state, engine, sampler, validate
         self.schedule, self.run_dir, self.metric = schedule, Path(run_dir), metric
@@ -83,8 +93,14 @@ class Trainer:
             self.save("last")
         first, elapsed_before, window_seconds = p.iteration, p.elapsed_s, 0.0
         started = time.perf_counter() - elapsed_before  # wall time carries over a resume
-        bar = tqdm(range(first + 1, s.iterations + 1), desc="meta-train", dynamic_ncols=True,
-                   initial=first, total=s.iterations, disable=not self.world.is_main)  # fmt: skip
+        bar = tqdm(
+            range(first + 1, s.iterations + 1),
+            desc="meta-train",
+            dynamic_ncols=True,
+            initial=first,
+            total=s.iterations,
+            disable=not self.world.is_main,
+        )
         with stoppable(announce=self.world.is_main) as stop:
             for iteration in bar:
                 step_start = time.perf_counter()
@@ -94,19 +110,28 @@ class Trainer:
                 row = self._log_and_validate(iteration, window_seconds)
                 if row:
                     window_seconds = 0.0
-                    bar.set_postfix({k.removeprefix("train_"): f"{v:.3g}" for k, v in row.items()
-                                     if k in self.shown})  # fmt: skip
+                    bar.set_postfix(
+                        {
+                            k.removeprefix("train_"): f"{v:.3g}"
+                            for k, v in row.items()
+                            if k in self.shown
+                        }
+                    )
                 stopping = self.world.any(stop.requested)  # every rank stops at one iteration
                 if iteration % s.ckpt_every == 0 or iteration == s.iterations or stopping:
                     self.save("last")
                 if stopping:
                     raise _stopped(iteration, self.run_dir)
         wall = time.perf_counter() - started
-        return {"wall_time_s": wall,
-                "tasks_per_s_overall": (s.iterations - first) * s.meta_batch_size
-                / max(wall - elapsed_before, 1e-9),
-                "best_iteration": p.best_iteration, f"best_val_{self.metric}": p.best_score,
-                "skipped_nonfinite": p.skipped_nonfinite}  # fmt: skip
+        return {
+            "wall_time_s": wall,
+            "tasks_per_s_overall": (s.iterations - first)
+            * s.meta_batch_size
+            / max(wall - elapsed_before, 1e-9),
+            "best_iteration": p.best_iteration,
+            f"best_val_{self.metric}": p.best_score,
+            "skipped_nonfinite": p.skipped_nonfinite,
+        }
 
     def _step(self, iteration: int) -> None:
         optimizer, scheduler = self.state.optimizer, self.state.scheduler

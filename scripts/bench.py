@@ -74,8 +74,13 @@ class Workload:
         if self.kind == "sampling":
             return ["metarun", "learn2learn"]
         if self.model == "mlp":
-            names = ["plain", "metarun-default", "metarun-loop", "metarun-vmap",
-                     "metarun-vmap-compiled"]  # fmt: skip
+            names = [
+                "plain",
+                "metarun-default",
+                "metarun-loop",
+                "metarun-vmap",
+                "metarun-vmap-compiled",
+            ]
         elif self.kind == "maml":
             names = [
                 "plain",
@@ -128,7 +133,7 @@ WORKLOADS = {
     ),
     "W6": Workload(
         "MAML 2nd order, 5w1s 1q (the preset's training episodes), 32 tasks", "maml", queries=1
-    ),  # fmt: skip
+    ),
     "W1s": Workload(
         "MAML 2nd order, 5w1s 15q, MAML's Omniglot Conv-4 (stride 2), 1 step, 32 tasks",
         "maml",
@@ -339,8 +344,12 @@ def _cell(w: Workload, timed: dict, initial: dict, batch: Episode, detail: str) 
     difference from the plain loop's meta-gradient, and what ran."""
     gradient, median_s = timed.pop("gradient"), timed.pop("median_s")
     difference = difference_from_plain(w, initial, batch, gradient)
-    return {**timed, "tasks_per_s": w.tasks / median_s, "grad_max_abs_diff": difference,
-            "detail": detail}  # fmt: skip
+    return {
+        **timed,
+        "tasks_per_s": w.tasks / median_s,
+        "grad_max_abs_diff": difference,
+        "detail": detail,
+    }
 
 
 def time_steps(target: nn.Module, step, repeats: int) -> dict:
@@ -359,8 +368,12 @@ def time_steps(target: nn.Module, step, repeats: int) -> dict:
         step()
         times.append(time.perf_counter() - start)
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
-    return {"median_s": statistics.median(times), "first_step_s": first_step_s,
-            "peak_mb": peak_mb, "gradient": gradient}  # fmt: skip
+    return {
+        "median_s": statistics.median(times),
+        "first_step_s": first_step_s,
+        "peak_mb": peak_mb,
+        "gradient": gradient,
+    }
 
 
 def difference_from_plain(w: Workload, initial: dict, batch: Episode, gradient) -> float:
@@ -379,13 +392,20 @@ def run_default(workload: str, repeats: int) -> dict:
     w = WORKLOADS[workload]
     algo = metarun_algorithm(w, plain_model(w))
     shape = (1,) if w.model == "mlp" else (1, 28, 28)
-    processes = plan_processes("auto", device=torch.device("cpu"), algo=algo, input_shape=shape,
-                               environments=False, meta_batch_size=w.tasks,
-                               iterations=PAPER_ITERATIONS)  # fmt: skip
+    processes = plan_processes(
+        "auto",
+        device=torch.device("cpu"),
+        algo=algo,
+        input_shape=shape,
+        environments=False,
+        meta_batch_size=w.tasks,
+        iterations=PAPER_ITERATIONS,
+    )
     threads = plan_threads("auto", processes)
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_default_rank, args=(workload, repeats, processes, threads, folder),
-                 nprocs=processes)  # fmt: skip
+        mp.spawn(
+            _default_rank, args=(workload, repeats, processes, threads, folder), nprocs=processes
+        )
         ranks = [json.loads((Path(folder) / f"{r}.json").read_text()) for r in range(processes)]
     result = ranks[0]
     result["peak_mb"] = sum(rank["peak_mb"] for rank in ranks)
@@ -394,12 +414,14 @@ def run_default(workload: str, repeats: int) -> dict:
     return result
 
 
-def _default_rank(rank: int, workload: str, repeats: int, processes: int, threads: int,
-                  folder: str) -> None:  # fmt: skip
+def _default_rank(
+    rank: int, workload: str, repeats: int, processes: int, threads: int, folder: str
+) -> None:
     torch.set_num_threads(threads)
     if processes > 1:
-        dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                                world_size=processes)  # fmt: skip
+        dist.init_process_group(
+            "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=processes
+        )
     w = WORKLOADS[workload]
     torch.manual_seed(0)
     model, batch = plain_model(w), synthetic_batch(w)
@@ -408,9 +430,13 @@ def _default_rank(rank: int, workload: str, repeats: int, processes: int, thread
     task_images = w.ways * (w.shots + w.queries) if w.model != "mlp" else 0
     cpu = torch.device("cpu")
     mode = resolve_mode("auto", algo, cpu, task_images, PAPER_ITERATIONS)
-    engine = Engine(mode, evaluation_mode=resolve_mode("auto", algo, cpu),  # as make_engine
-                    compile=resolve_compile("auto", mode, algo, PAPER_ITERATIONS),
-                    keep_freed_memory=True, world=World(rank, processes))  # fmt: skip
+    engine = Engine(
+        mode,
+        evaluation_mode=resolve_mode("auto", algo, cpu),  # as make_engine
+        compile=resolve_compile("auto", mode, algo, PAPER_ITERATIONS),
+        keep_freed_memory=True,
+        world=World(rank, processes),
+    )
     engine.prepare(algo)
     timed = time_steps(algo, lambda: engine.meta_backward(algo, batch), repeats)
     result = _cell(w, timed, initial, batch, _describe(engine))
@@ -564,8 +590,10 @@ def table(results: dict) -> str:
     for workload, cells in results.items():
         ratios = paired_ratios(cells)
         if len(ratios) > 1:
-            lines.append(f"\n{workload}: metarun-default over the fastest peer, round by round: "
-                         + ", ".join(f"{r:.2f}x" for r in ratios))  # fmt: skip
+            lines.append(
+                f"\n{workload}: metarun-default over the fastest peer, round by round: "
+                + ", ".join(f"{r:.2f}x" for r in ratios)
+            )
     return "\n".join(lines)
 
 
@@ -576,9 +604,12 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--rounds", type=int, default=1, help="measure every implementation this many times, "
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every implementation this many times, "
         "interleaved; report each one's median round and the spread",
-    )  # fmt: skip
+    )
     parser.add_argument("--only", nargs="+", metavar="IMPL", help="run only these implementations")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(

@@ -51,8 +51,11 @@ def train(
         1:
     ]  # the first window warms up
     training = json.loads((run_dir / "results.json").read_text())["training"]
-    return {"tasks_per_s": sum(timed) / len(timed), "wall_time_s": training["wall_time_s"],
-            "peak_memory_mb": training["peak_memory_mb"]}  # fmt: skip
+    return {
+        "tasks_per_s": sum(timed) / len(timed),
+        "wall_time_s": training["wall_time_s"],
+        "peak_memory_mb": training["peak_memory_mb"],
+    }
 
 
 def main() -> None:
@@ -78,8 +81,11 @@ def main() -> None:
                 processes, threads, args.iterations, args.overrides, Path(folder) / str(index)
             )
             memory = ", ".join(f"{m:.0f}" for m in result["peak_memory_mb"])
-            print(f"| {name} | {result['tasks_per_s']:.1f} | {result['wall_time_s']:.1f} | "
-                  f"{memory} |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | {result['tasks_per_s']:.1f} | {result['wall_time_s']:.1f} | "
+                f"{memory} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -94,16 +94,22 @@ def data(root: Path, layout: str) -> None:
 
     if not root.exists():
         start = time.perf_counter()
-        write = {"csv": image_replicas.write_mini_imagenet_csv,
-                 "pickle": image_replicas.write_mini_imagenet_pickle}[layout]  # fmt: skip
+        write = {
+            "csv": image_replicas.write_mini_imagenet_csv,
+            "pickle": image_replicas.write_mini_imagenet_pickle,
+        }[layout]
         write(root, CLASSES, 600, size=84)
         print(f"wrote the {layout} replica in {time.perf_counter() - start:.0f} s")
     for stale in [*root.glob("mini_imagenet_*.pt"), *root.glob("mini_imagenet_*.uint8")]:
         stale.unlink()
     for name in ("import", "first load (decode + cache)", "second load (mapped)", "episodes"):
         key = name.split()[0]
-        output = subprocess.run([sys.executable, __file__, "phase", key, str(root)],
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        output = subprocess.run(
+            [sys.executable, __file__, "phase", key, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         print(name, json.loads(output.strip().splitlines()[-1]))
 
 
@@ -112,9 +118,11 @@ def backbones() -> None:
     from metarun.backbones.resnet12 import ResNet12
 
     batch = torch.rand(80, 3, 84, 84)
-    models = {"conv4 (32 filters)": Conv4((3, 84, 84), hidden=32),
-              "conv4 (64 filters)": Conv4((3, 84, 84), hidden=64),
-              "resnet12": ResNet12((3, 84, 84))}  # fmt: skip
+    models = {
+        "conv4 (32 filters)": Conv4((3, 84, 84), hidden=32),
+        "conv4 (64 filters)": Conv4((3, 84, 84), hidden=64),
+        "resnet12": ResNet12((3, 84, 84)),
+    }
     print(f"threads: {torch.get_num_threads()}; batch of {len(batch)} images at 84x84")
     for name, model in models.items():
         model(batch).square().mean().backward()  # warm-up

@@ -103,8 +103,10 @@ def main() -> None:
     for phase, seconds in rows.items():
         print(f"  {phase:38s} {seconds / n:7.2f} s/iteration  {100 * seconds / total:5.1f}%")
     steps_per_s = STEPS["environment"] / max(SECONDS["sampling"], 1e-9)
-    print(f"  environment steps: {STEPS['environment'] // n} per iteration, "
-          f"{steps_per_s:,.0f} steps/s while sampling")  # fmt: skip
+    print(
+        f"  environment steps: {STEPS['environment'] // n} per iteration, "
+        f"{steps_per_s:,.0f} steps/s while sampling"
+    )
 
 
 if __name__ == "__main__":

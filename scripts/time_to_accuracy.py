@@ -67,8 +67,13 @@ def _watch(process: subprocess.Popen, rows, target: Target, start: float, limit:
             seen.append(row)
             if row["val_accuracy"] >= target.accuracy:
                 seconds = time.perf_counter() - start
-                return {"reached": True, "seconds": seconds, "iteration": row["iteration"],
-                        "val_accuracy": row["val_accuracy"], "curve": seen}  # fmt: skip
+                return {
+                    "reached": True,
+                    "seconds": seconds,
+                    "iteration": row["iteration"],
+                    "val_accuracy": row["val_accuracy"],
+                    "curve": seen,
+                }
         if process.poll() is not None:
             break
         time.sleep(0.5)
@@ -95,8 +100,14 @@ def _rows(path: Path):
     return rows
 
 
-def _timed(command: list[str], rows_file: Path, target: Target, limit: float, log: Path,
-           env: dict | None = None) -> dict:  # fmt: skip
+def _timed(
+    command: list[str],
+    rows_file: Path,
+    target: Target,
+    limit: float,
+    log: Path,
+    env: dict | None = None,
+) -> dict:
     start = time.perf_counter()
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
@@ -107,8 +118,14 @@ def _timed(command: list[str], rows_file: Path, target: Target, limit: float, lo
 
 
 def run_metarun(target: Target, seed: int, limit: float, folder: Path) -> dict:
-    command = [sys.executable, "-m", "metarun", "train", *_settings(target, seed),
-               f"hydra.run.dir={folder}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "metarun",
+        "train",
+        *_settings(target, seed),
+        f"hydra.run.dir={folder}",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # metarun's own plan
     log = folder.with_suffix(".log")
     result = _timed(command, folder / "metrics.jsonl", target, limit, log, env)
@@ -248,19 +265,24 @@ def time_to_accuracy(kinds: list[str], seeds: list[int], limit: float) -> dict:
                     result = run(target, seed, limit, folder)
                     results.setdefault(kind, {}).setdefault(name, {})[seed] = result
                     reached = "yes" if result["reached"] else "no"
-                    print(f"| {kind} to {target.accuracy:.0%} | {name} | {seed} | {reached} | "
-                          f"{result['seconds']:.0f} | {result.get('iteration', '-')} | "
-                          f"{result['setting']} |", flush=True)  # fmt: skip
+                    print(
+                        f"| {kind} to {target.accuracy:.0%} | {name} | {seed} | {reached} | "
+                        f"{result['seconds']:.0f} | {result.get('iteration', '-')} | "
+                        f"{result['setting']} |",
+                        flush=True,
+                    )
     for kind, by_name in results.items():
         times = {
             n: [r["seconds"] for r in runs.values() if r["reached"]] for n, runs in by_name.items()
         }
         if all(len(t) == len(seeds) for t in times.values()):
             mine, theirs = statistics.mean(times["metarun"]), statistics.mean(times["learn2learn"])
-            print(f"{kind}: metarun {mine:.0f} s (min {min(times['metarun']):.0f}, max "
-                  f"{max(times['metarun']):.0f}), learn2learn {theirs:.0f} s (min "
-                  f"{min(times['learn2learn']):.0f}, max {max(times['learn2learn']):.0f}): "
-                  f"{mine / theirs:.2f}x its time")  # fmt: skip
+            print(
+                f"{kind}: metarun {mine:.0f} s (min {min(times['metarun']):.0f}, max "
+                f"{max(times['metarun']):.0f}), learn2learn {theirs:.0f} s (min "
+                f"{min(times['learn2learn']):.0f}, max {max(times['learn2learn']):.0f}): "
+                f"{mine / theirs:.2f}x its time"
+            )
     return results
 
 

@@ -189,8 +189,9 @@ def write_cub(
     return written
 
 
-def write_image_folder(root: Path, sizes: dict[str, int], size: int = 16, seed: int = 0,
-                       noise: int | None = None) -> dict:  # fmt: skip
+def write_image_folder(
+    root: Path, sizes: dict[str, int], size: int = 16, seed: int = 0, noise: int | None = None
+) -> dict:
     """root/<class>/<i>.png (lossless) with sizes[class] images each; returns the pixels. With
     `noise`, each class is a fixed random pattern (0..199) plus uniform noise below `noise`, so
     the classes can be told apart; else every pixel is random."""

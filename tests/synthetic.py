@@ -60,8 +60,15 @@ class TinyImages:
         return LabelledImageSampler(self.split_images(split).to(device), batch_size)
 
 
-def meta_train(algo, sampler, updates: int, tasks: int, mode: str = "loop", lr: float = 1e-3,
-               clip: float | None = None):  # fmt: skip
+def meta_train(
+    algo,
+    sampler,
+    updates: int,
+    tasks: int,
+    mode: str = "loop",
+    lr: float = 1e-3,
+    clip: float | None = None,
+):
     """A bare meta-training loop (Adam, `tasks` episodes per update) for the tiny problems that
     tests ask an algorithm to solve; returns the engine, to score the trained model with."""
     from metarun.engine import Engine
@@ -89,10 +96,19 @@ def accuracies_over_seeds(train_and_test, seeds: range) -> list[float]:
 
 
 SHORT_REGRESSION_RUN = [
-    "task.ways=1", "task.shots=5", "task.queries=5", "task.meta_batch_size=4", "eval.queries=20",
-    "eval.episodes=40", "trainer.val_every=100", "trainer.val_episodes=20",
-    "trainer.ckpt_every=100", "trainer.log_every=100", "device=cpu", "compile=false",
-]  # fmt: skip
+    "task.ways=1",
+    "task.shots=5",
+    "task.queries=5",
+    "task.meta_batch_size=4",
+    "eval.queries=20",
+    "eval.episodes=40",
+    "trainer.val_every=100",
+    "trainer.val_episodes=20",
+    "trainer.ckpt_every=100",
+    "trainer.log_every=100",
+    "device=cpu",
+    "compile=false",
+]
 
 
 def train_runs(folder, overrides: list[str], *iterations: int) -> list[dict]:

@@ -86,8 +86,15 @@ def test_the_meta_loss_scores_the_support_set_too_unless_told_not_to(score_suppo
 
 @pytest.mark.slow
 def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
-    overrides = ["algo=abml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
-                 "algo.samples=2", "algo.inner_steps=2", "algo.inner_lr=0.01"]  # fmt: skip
+    overrides = [
+        "algo=abml",
+        "dataset=sinusoid",
+        "backbone=mlp",
+        *SHORT_REGRESSION_RUN,
+        "algo.samples=2",
+        "algo.inner_steps=2",
+        "algo.inner_lr=0.01",
+    ]
     before, after = train_runs(tmp_path, overrides, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
     assert after["mse"]["mean"] < before["mse"]["mean"]
@@ -100,9 +107,12 @@ def test_local_reparameterisation_gives_each_unit_the_marginal_of_per_example_we
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     draws = 20000
     local = add_pre_activation_noise(
-        layer, (x.expand(draws, -1, -1, -1),), layer(x).expand(draws, -1, -1, -1),
-        weight_std, bias_std,
-    )  # fmt: skip
+        layer,
+        (x.expand(draws, -1, -1, -1),),
+        layer(x).expand(draws, -1, -1, -1),
+        weight_std,
+        bias_std,
+    )
     weights = layer.weight + weight_std * torch.randn(draws, *layer.weight.shape).double()
     biases = layer.bias + bias_std * torch.randn(draws, 3).double()
     grouped = torch.nn.functional.conv2d(

@@ -111,8 +111,17 @@ def test_an_attacks_trial_passes_leave_running_statistics_alone():
 
 def maml_task(inner_steps: int, first_order: bool = False):
     torch.manual_seed(0)
-    algo = MAML(MLP((6,), hidden=[16]), 3, inner_lr=0.5, inner_steps=inner_steps,
-                first_order=first_order).double().eval()  # fmt: skip
+    algo = (
+        MAML(
+            MLP((6,), hidden=[16]),
+            3,
+            inner_lr=0.5,
+            inner_steps=inner_steps,
+            first_order=first_order,
+        )
+        .double()
+        .eval()
+    )
     g = torch.Generator().manual_seed(3)
     support_x = torch.rand(6, 6, generator=g, dtype=torch.float64)
     query_x = torch.rand(9, 6, generator=g, dtype=torch.float64)
@@ -158,8 +167,9 @@ ATTACKED = ["trainer.iterations=2", "eval.episodes=4", "eval.batch_tasks=2"]
 
 @pytest.mark.parametrize("algo", ["maml", "protonet"])
 def test_with_epsilon_zero_robust_accuracy_equals_clean_accuracy(algo, tiny_cfg, tmp_path):
-    cfg = tiny_cfg(f"algo={algo}", *ATTACKED, "eval.attack=pgd", "eval.epsilon=0",
-                   "eval.attack_target=both")  # fmt: skip
+    cfg = tiny_cfg(
+        f"algo={algo}", *ATTACKED, "eval.attack=pgd", "eval.epsilon=0", "eval.attack_target=both"
+    )
     results = train(cfg, tmp_path)
     assert results["robust"]["accuracy"] == results["accuracy"]
     assert results["robust"]["largest_perturbation"] == 0
@@ -169,9 +179,15 @@ def test_results_stamp_the_attack_and_report_shows_robust_accuracy(tiny_cfg, tmp
     cfg = tiny_cfg("algo=protonet", *ATTACKED, "eval.attack=fgsm", "eval.epsilon=0.3")
     results = train(cfg, tmp_path / "run")
     assert results["protocol"]["attack"] == {
-        "kind": "fgsm", "target": "query", "epsilon": 0.3, "steps": 1, "step_size": 0.3,
-        "random_start": False, "pixel_range": [0.0, 1.0], "precision": "fp32",
-    }  # fmt: skip
+        "kind": "fgsm",
+        "target": "query",
+        "epsilon": 0.3,
+        "steps": 1,
+        "step_size": 0.3,
+        "random_start": False,
+        "pixel_range": [0.0, 1.0],
+        "precision": "fp32",
+    }
     assert results["robust"]["accuracy"]["mean"] < results["accuracy"]["mean"]
     assert "under fgsm on the query (epsilon 0.3)" in describe(results)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -128,8 +128,14 @@ def test_loop_and_vmap_engines_agree():
 def test_its_svgd_steps_fit_a_tiny_image_problem():
     torch.manual_seed(0)
     sampler = TinyImages(classes=20, per_class=10).sampler("train", 3, 1, 2, torch.device("cpu"))
-    algo = BayesianMAML(Conv4((1, 16, 16), hidden=8), 3, particles=2, inner_lr=0.1,
-                        inner_steps=2, precision_lr_scale=1e-3)  # fmt: skip
+    algo = BayesianMAML(
+        Conv4((1, 16, 16), hidden=8),
+        3,
+        particles=2,
+        inner_lr=0.1,
+        inner_steps=2,
+        precision_lr_scale=1e-3,
+    )
     test = sampler.sample(16, torch.Generator().manual_seed(1))
     assert Engine("loop").scores(algo, test, steps=0).mean() < 0.5  # chance: 1/3
     assert Engine("loop").scores(algo, test).mean() > 0.9
@@ -137,8 +143,14 @@ def test_its_svgd_steps_fit_a_tiny_image_problem():
 
 @pytest.mark.slow
 def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
-    overrides = ["algo=bayesian_maml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
-                 "algo.particles=4", "algo.inner_steps=5"]  # fmt: skip
+    overrides = [
+        "algo=bayesian_maml",
+        "dataset=sinusoid",
+        "backbone=mlp",
+        *SHORT_REGRESSION_RUN,
+        "algo.particles=4",
+        "algo.inner_steps=5",
+    ]
     before, after = train_runs(tmp_path, overrides, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"]
     assert after["mse"]["mean"] < 0.75 * before["mse"]["mean"]

@@ -24,10 +24,25 @@ from metarun.metrics import (
 from metarun.report import find_runs, markdown
 
 CLASSIFIERS = [
-    "maml", "fomaml", "anil", "meta_sgd", "reptile", "imaml", "maml_plus_plus",
-    "lstm_meta_learner", "protonet", "matching_net", "relation_net", "baseline",
-    "nearest_neighbour", "snail", "mann", "meta_net", "bayesian_maml", "cnp",
-]  # fmt: skip
+    "maml",
+    "fomaml",
+    "anil",
+    "meta_sgd",
+    "reptile",
+    "imaml",
+    "maml_plus_plus",
+    "lstm_meta_learner",
+    "protonet",
+    "matching_net",
+    "relation_net",
+    "baseline",
+    "nearest_neighbour",
+    "snail",
+    "mann",
+    "meta_net",
+    "bayesian_maml",
+    "cnp",
+]
 
 
 def hand_case():
@@ -141,8 +156,13 @@ def test_a_point_predictor_has_a_likelihood_only_with_a_noise_level():
 
 
 def test_requiring_nll_of_a_point_predictor_without_a_noise_level_fails_before_training(tmp_path):
-    overrides = ["algo=maml", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
-                 "eval.require_nll=true"]  # fmt: skip
+    overrides = [
+        "algo=maml",
+        "dataset=sinusoid",
+        "backbone=mlp",
+        *SHORT_REGRESSION_RUN,
+        "eval.require_nll=true",
+    ]
     with pytest.raises(ConfigError, match=r"eval\.require_nll=true asks .* algo=MAML predicts a"):
         train_runs(tmp_path / "without", overrides, 10)
     assert [p.name for p in (tmp_path / "without").rglob("*.*")] == ["config.yaml"]
@@ -151,7 +171,12 @@ def test_requiring_nll_of_a_point_predictor_without_a_noise_level_fails_before_t
 
 
 def test_requiring_nll_of_a_predictive_distribution_needs_no_noise_level(tmp_path):
-    overrides = ["algo=cnp", "dataset=sinusoid", "backbone=mlp", *SHORT_REGRESSION_RUN,
-                 "eval.require_nll=true"]  # fmt: skip
+    overrides = [
+        "algo=cnp",
+        "dataset=sinusoid",
+        "backbone=mlp",
+        *SHORT_REGRESSION_RUN,
+        "eval.require_nll=true",
+    ]
     (results,) = train_runs(tmp_path, overrides, 0)
     assert results["calibration"]["noise_std"] is None and "nll" in results["calibration"]

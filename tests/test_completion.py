@@ -47,8 +47,16 @@ def test_more_context_pixels_than_the_image_has_are_refused():
 
 def test_plot_draws_context_mean_std_and_image(tmp_path):
     tiny = ["debug=tiny"]
-    overrides = [*tiny, "algo=cnp", "backbone=pixels", "task.ways=1", "task.shots=5",
-                 "trainer.iterations=0", "algo.encoder=[8]", "algo.decoder=[8]"]  # fmt: skip
+    overrides = [
+        *tiny,
+        "algo=cnp",
+        "backbone=pixels",
+        "task.ways=1",
+        "task.shots=5",
+        "trainer.iterations=0",
+        "algo.encoder=[8]",
+        "algo.decoder=[8]",
+    ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides)
     with open_dict(cfg):

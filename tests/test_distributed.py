@@ -157,8 +157,14 @@ def test_processes_setting_trains_as_one_process(cli_env, tmp_path):
     runs = {}
     for processes in (1, 2):
         run_dir = tmp_path / f"processes_{processes}"
-        done = subprocess.run(metarun_command(processes, run_dir, *MAML), capture_output=True,
-                              text=True, env=cli_env, cwd=REPO, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            metarun_command(processes, run_dir, *MAML),
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            cwd=REPO,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("test accuracy") == 1
         assert f"{processes} process{'es' if processes > 1 else ''} x 1 thread" in done.stderr
@@ -176,12 +182,23 @@ def test_processes_setting_trains_as_one_process(cli_env, tmp_path):
 def test_a_stop_signal_stops_every_process_and_resume_continues(cli_env, tmp_path):
     longer = [*MAML, "trainer.iterations=30", "trainer.ckpt_every=10", "trainer.val_every=10"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    done = subprocess.run(metarun_command(2, straight, *longer), capture_output=True, text=True,
-                          env=cli_env, cwd=REPO, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        metarun_command(2, straight, *longer),
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    process = subprocess.Popen(metarun_command(2, stopped, *longer), cwd=REPO, env=cli_env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)  # fmt: skip
+    process = subprocess.Popen(
+        metarun_command(2, stopped, *longer),
+        cwd=REPO,
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = stopped / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -195,12 +212,18 @@ def test_a_stop_signal_stops_every_process_and_resume_continues(cli_env, tmp_pat
     assert 3 <= last["iteration"] < 30
     resumed = subprocess.run(
         [*metarun_command(2, stopped, *longer), "trainer.resume=auto"],
-        capture_output=True, text=True, env=cli_env, cwd=REPO, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at iteration {last['iteration']}" in resumed.stderr
-    one, two = (torch.load(f / "checkpoints" / "last.pt", weights_only=True)["model"]
-                for f in (straight, stopped))  # fmt: skip
+    one, two = (
+        torch.load(f / "checkpoints" / "last.pt", weights_only=True)["model"]
+        for f in (straight, stopped)
+    )
     for name in one:  # as bit-identical as a resumed single process
         assert torch.equal(one[name], two[name]), name
 
@@ -229,10 +252,21 @@ def test_a_process_leaves_the_group_before_the_interpreter_shuts_down(tmp_path):
         "distributed.start()\n"
         "print('joined' if dist.is_initialized() else 'not joined')\n"
     )
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
-                  "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, **rendezvous}, cwd=tmp_path, timeout=120)  # fmt: skip
+    rendezvous = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **rendezvous},
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["joined", "left"]
 

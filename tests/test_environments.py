@@ -357,7 +357,15 @@ def test_validation_tasks_are_not_the_test_tasks(tmp_path):
     from metarun.build import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", [*TINY_NAVIGATION, "trainer.iterations=0", "eval.episodes=6",
-                                "trainer.val_episodes=6", "eval.inner_steps=0"])  # fmt: skip
+        cfg = compose(
+            "train",
+            [
+                *TINY_NAVIGATION,
+                "trainer.iterations=0",
+                "eval.episodes=6",
+                "trainer.val_episodes=6",
+                "eval.inner_steps=0",
+            ],
+        )
     results = run.train(cfg, tmp_path)
     assert results["training"]["best_val_return"] != results["return"]["mean"]

@@ -114,8 +114,11 @@ def test_a_second_signal_exits_at_once(cli_env, tmp_path):
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [METARUN, "train", *LONG, f"hydra.run.dir={tmp_path / 'run'}", *long_validation],
-            cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
+            cwd=REPO,
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         metrics = tmp_path / "run" / "metrics.jsonl"
         wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, process)
         process.send_signal(signal.SIGINT)

@@ -313,9 +313,19 @@ def test_labelled_batches_of_unequal_classes_carry_their_labels(tmp_path):
 def test_a_run_trains_and_tests_on_a_replica_with_augmentation(tmp_path):
     write_mini_imagenet_pickle(tmp_path / "mini", CLASSES, per_class=6, size=16)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", [*TINY, "dataset=mini_imagenet", "augment=chen",
-                                f"dataset.root={tmp_path / 'mini'}", "dataset.image_size=16",
-                                "algo=protonet", "task.ways=2", "task.train_ways=3"])  # fmt: skip
+        cfg = compose(
+            "train",
+            [
+                *TINY,
+                "dataset=mini_imagenet",
+                "augment=chen",
+                f"dataset.root={tmp_path / 'mini'}",
+                "dataset.image_size=16",
+                "algo=protonet",
+                "task.ways=2",
+                "task.train_ways=3",
+            ],
+        )
     results = train(cfg, tmp_path / "run")
     assert results["episodes"] == 6 and 0.0 <= results["accuracy"]["mean"] <= 1.0
     assert (tmp_path / "mini" / "mini_imagenet_16px.pt").exists()
@@ -334,8 +344,17 @@ def test_a_short_run_on_learnable_images_is_clearly_above_chance(tmp_path):
     differ by a colour pattern are told apart on test classes never seen in training."""
     write_image_folder(tmp_path / "images", {f"c{i:02d}": 8 for i in range(30)}, 16, noise=40)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", [*TINY, "dataset=image_folder", "dataset.image_size=16",
-                                f"dataset.root={tmp_path / 'images'}", "algo=protonet",
-                                "backbone.hidden=32", "trainer.iterations=20",
-                                "eval.episodes=40"])  # fmt: skip
+        cfg = compose(
+            "train",
+            [
+                *TINY,
+                "dataset=image_folder",
+                "dataset.image_size=16",
+                f"dataset.root={tmp_path / 'images'}",
+                "algo=protonet",
+                "backbone.hidden=32",
+                "trainer.iterations=20",
+                "eval.episodes=40",
+            ],
+        )
     assert train(cfg, tmp_path / "run")["accuracy"]["mean"] > 0.6  # chance: 0.2

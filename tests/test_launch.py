@@ -34,13 +34,27 @@ def four_cores(monkeypatch):
     a_machine(monkeypatch, 4)
 
 
-def processes(algo=None, *, setting="auto", device=CPU, shape=OMNIGLOT, environments=False,
-              meta_batch_size=32, iterations=60000, threads="auto") -> int:  # fmt: skip
+def processes(
+    algo=None,
+    *,
+    setting="auto",
+    device=CPU,
+    shape=OMNIGLOT,
+    environments=False,
+    meta_batch_size=32,
+    iterations=60000,
+    threads="auto",
+) -> int:
     return launch.plan_processes(
-        setting, device=device, algo=algo or conv_maml(shape), input_shape=shape,
-        environments=environments, meta_batch_size=meta_batch_size, iterations=iterations,
+        setting,
+        device=device,
+        algo=algo or conv_maml(shape),
+        input_shape=shape,
+        environments=environments,
+        meta_batch_size=meta_batch_size,
+        iterations=iterations,
         threads_setting=threads,
-    )  # fmt: skip
+    )
 
 
 def test_a_long_conv_run_on_small_images_takes_a_process_per_core(four_cores):
@@ -155,13 +169,14 @@ def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int):
     """Trains 2 iterations, then resumes the same folder as a run of `iterations` on 2 cores,
     so that fewer than `iterations` are left."""
     a_machine(monkeypatch, 2)
-    run.train(tiny_cfg("trainer.iterations=2"), run_dir)
+    auto = "compile=auto"  # the runtime default, which debug=tiny turns off
+    run.train(tiny_cfg("trainer.iterations=2", auto), run_dir)
 
     def planned(cfg, run_dir, state, engine, *rest):
         raise Planned(engine)
 
     monkeypatch.setattr(run, "_fit", planned)
-    resumed = tiny_cfg(f"trainer.iterations={iterations}", "trainer.resume=auto")
+    resumed = tiny_cfg(f"trainer.iterations={iterations}", "trainer.resume=auto", auto)
     return lambda start_workers: run.train(resumed, run_dir, start_workers=start_workers)
 
 

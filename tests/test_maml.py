@@ -173,8 +173,9 @@ def test_cuda_graphs_match_the_plain_vmapped_meta_gradient():
     algo = MAML(Conv4((1, 12, 12), hidden=4, blocks=2), 3, inner_lr=0.4, inner_steps=1).cuda()
     batch = classification_batch()
     batch = Episode(*(t.cuda() for t in batch.tensors), batch.ways)
-    batch = Episode(batch.support_x.float(), batch.support_y, batch.query_x.float(),
-                    batch.query_y, batch.ways)  # fmt: skip
+    batch = Episode(
+        batch.support_x.float(), batch.support_y, batch.query_x.float(), batch.query_y, batch.ways
+    )
     expected = engine_gradient(algo, batch, "vmap")
     for _ in range(3):  # recorded on an early call, replayed after
         actual = engine_gradient(algo, batch, "vmap", compile=True, compile_mode="reduce-overhead")

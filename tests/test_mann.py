@@ -76,8 +76,9 @@ def test_reads_and_usage_start_one_hot_at_the_first_slot():
 
 def mann(read_heads=2) -> MANN:
     torch.manual_seed(0)
-    return MANN(Pixels((1, 2, 2)), 3, hidden=6, memory_slots=5, memory_width=4,
-                read_heads=read_heads).double()  # fmt: skip
+    return MANN(
+        Pixels((1, 2, 2)), 3, hidden=6, memory_slots=5, memory_width=4, read_heads=read_heads
+    ).double()
 
 
 def test_lstm_baseline_has_no_memory_weights():

@@ -90,8 +90,13 @@ def test_classification_is_a_clear_error(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_a_short_run_on_sinusoids_lowers_the_test_nll_and_mse(tmp_path):
-    overrides = ["algo=neural_process", "dataset=sinusoid", "backbone=pixels",
-                 *SHORT_REGRESSION_RUN, "optimizer.lr=1e-3"]  # fmt: skip
+    overrides = [
+        "algo=neural_process",
+        "dataset=sinusoid",
+        "backbone=pixels",
+        *SHORT_REGRESSION_RUN,
+        "optimizer.lr=1e-3",
+    ]
     before, after = train_runs(tmp_path, overrides, 0, 300)
     assert after["calibration"]["nll"]["mean"] < before["calibration"]["nll"]["mean"] - 0.3
     assert after["mse"]["mean"] < before["mse"]["mean"]

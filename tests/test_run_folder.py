@@ -28,8 +28,14 @@ def test_banner_says_what_runs_and_where_before_the_first_iteration(tiny_cfg, tm
     err = capsys.readouterr().err
     banner, progress = err.index("metarun train: ProtoNet on tiny_images"), err.index("meta-train")
     assert banner < progress
-    for said in ("5-way 1-shot, 2 queries per class", "4 iterations", "device cpu", "engine loop",
-                 f"run folder {tmp_path}", "metrics.jsonl"):  # fmt: skip
+    for said in (
+        "5-way 1-shot, 2 queries per class",
+        "4 iterations",
+        "device cpu",
+        "engine loop",
+        f"run folder {tmp_path}",
+        "metrics.jsonl",
+    ):
         assert said in err[banner:progress], said
 
 
@@ -62,11 +68,15 @@ def test_a_run_resumed_with_other_threads_warns_that_it_is_not_bit_identical(
     tiny_cfg, tmp_path, capsys
 ):
     run.train(tiny_cfg("algo=protonet", "trainer.iterations=2", "threads=1"), tmp_path)
-    run.train(tiny_cfg("algo=protonet", "trainer.iterations=3", "trainer.resume=auto",
-                       "threads=1"), tmp_path)  # fmt: skip
+    run.train(
+        tiny_cfg("algo=protonet", "trainer.iterations=3", "trainer.resume=auto", "threads=1"),
+        tmp_path,
+    )
     assert "bit-identical" not in capsys.readouterr().err
-    run.train(tiny_cfg("algo=protonet", "trainer.iterations=4", "trainer.resume=auto",
-                       "threads=2"), tmp_path)  # fmt: skip
+    run.train(
+        tiny_cfg("algo=protonet", "trainer.iterations=4", "trainer.resume=auto", "threads=2"),
+        tmp_path,
+    )
     err = capsys.readouterr().err
     assert "computed with threads=1 and resumes with threads=2" in err
     assert "will not be bit-identical" in err and "add threads=1 to the resume command" in err

@@ -93,10 +93,9 @@ def test_min_shots_training_and_online_training_run_end_to_end(tiny_cfg, tmp_pat
     assert results["protocol"]["train_shots"] == [1, 3]
     assert results["protocol"]["train_queries"] == [2, 2]
     results = run.train(
-        tiny_cfg("algo=lstm_baseline", "task.protocol=online", "task.shots=4",
-                 "algo.hidden=8"),
+        tiny_cfg("algo=lstm_baseline", "task.protocol=online", "task.shots=4", "algo.hidden=8"),
         tmp_path / "b",
-    )  # fmt: skip
+    )
     assert len(results["accuracy_by_instance"]) == 4
     assert results["protocol"]["protocol"] == "online"
 

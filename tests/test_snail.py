@@ -16,8 +16,9 @@ from metarun.backbones.mlp import MLP
 
 def snail(ways=3, length=8) -> SNAIL:
     torch.manual_seed(0)
-    return SNAIL(MLP((4,), hidden=[8]), ways, length=length, filters=6,
-                 attention=[[5, 4], [6, 5], [7, 6]]).double()  # fmt: skip
+    return SNAIL(
+        MLP((4,), hidden=[8]), ways, length=length, filters=6, attention=[[5, 4], [6, 5], [7, 6]]
+    ).double()
 
 
 @pytest.mark.parametrize(

@@ -93,10 +93,11 @@ class ABML(Algorithm):
     def draw(self, mean: Params, log_std: Params) -> Params:
         """Weights for one pass: the means of locally reparameterised layers, draws elsewhere."""
         return {
-            name: m if name.rpartition(".")[0] in self.local_layers
+            name: m
+            if name.rpartition(".")[0] in self.local_layers
             else m + log_std[name].exp() * torch.randn_like(m)
             for name, m in mean.items()
-        }  # fmt: skip
+        }
 
     def sampled_pass(self, mean: Params, log_std: Params, x: torch.Tensor) -> torch.Tensor:
         """The network's outputs on x under one draw from q."""
@@ -126,15 +127,22 @@ class ABML(Algorithm):
         flat_y = y.expand(self.samples, -1).flatten()
         return F.cross_entropy(outputs.flatten(0, 1), flat_y, reduction="sum") / self.samples
 
-    def negative_elbo(self, params: Params, q: tuple[Params, Params], x: torch.Tensor,
-                      y: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def negative_elbo(
+        self, params: Params, q: tuple[Params, Params], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         outputs = self.outputs(*q, x)
         return self.expected_nll(params, outputs, y) + self.kl_weight * weights_kl(
             *q, *self.prior(params)
         )
 
-    def posterior(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  steps: int, first_order: bool) -> tuple[Params, Params]:  # fmt: skip
+    def posterior(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int,
+        first_order: bool,
+    ) -> tuple[Params, Params]:
         """q after `steps` gradient steps on the support set's negative ELBO, from the prior."""
         mean, log_std = self.prior(params)
         for _ in range(steps):
@@ -153,12 +161,18 @@ class ABML(Algorithm):
         total = sum(0.5 * (m / self.mean_std).square().sum() for m in mean.values())
         for s in log_std.values():
             log_precision = -2 * s
-            total = total - ((self.precision_shape - 1) * log_precision
-                             - self.precision_rate * log_precision.exp()).sum()  # fmt: skip
+            total = (
+                total
+                - (
+                    (self.precision_shape - 1) * log_precision
+                    - self.precision_rate * log_precision.exp()
+                ).sum()
+            )
         return total
 
-    def predictive(self, params: Params, q: tuple[Params, Params], x: torch.Tensor,
-                   regression: bool) -> torch.Tensor:  # fmt: skip
+    def predictive(
+        self, params: Params, q: tuple[Params, Params], x: torch.Tensor, regression: bool
+    ) -> torch.Tensor:
         outputs = self.outputs(*q, x)
         if not regression:
             return outputs.log_softmax(-1).logsumexp(0) - math.log(self.samples)
@@ -166,8 +180,14 @@ class ABML(Algorithm):
         variance = torch.exp(2 * params["log_noise_std"]) + outputs.var(0, unbiased=False)
         return torch.cat([mean, variance.sqrt()], dim=-1)
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:  # fmt: skip
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_ways(support_y, ways)
         steps = self.inner_steps if steps is None else steps
         q = self.posterior(params, support_x, support_y, steps, first_order=False)
@@ -177,9 +197,16 @@ class ABML(Algorithm):
     def gaussian(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs  # already (mean, std)
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The queries' (and with score_support the support set's) negative ELBO under the
         adapted q plus the weighted hyper-prior term, per scored example; scored by the
         predictive accuracy (or the mean's squared error) on the queries."""
@@ -216,8 +243,15 @@ def add_pre_activation_noise(
     squared = inputs[0].square()
     bias_variance = None if bias is None else bias.square()
     if isinstance(layer, nn.Conv2d):
-        variance = F.conv2d(squared, weight.square(), bias_variance, layer.stride,
-                            layer.padding, layer.dilation, layer.groups)  # fmt: skip
+        variance = F.conv2d(
+            squared,
+            weight.square(),
+            bias_variance,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+        )
     else:
         variance = F.linear(squared, weight.square(), bias_variance)
     return output + variance.clamp_min(1e-30).sqrt() * torch.randn_like(output)

@@ -137,8 +137,14 @@ class BayesianMAML(Algorithm):
             likelihood = likelihood.view(self.particles, -1).sum(1)
         return (likelihood + prior).sum()
 
-    def svgd(self, particles: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int,
-             first_order: bool) -> torch.Tensor:  # fmt: skip
+    def svgd(
+        self,
+        particles: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: int,
+        first_order: bool,
+    ) -> torch.Tensor:
         rates = torch.ones_like(particles[0])
         rates[-2:] = self.precision_lr_scale  # the log precisions' own step (their lambda_lr)
         for _ in range(steps):
@@ -161,8 +167,14 @@ class BayesianMAML(Algorithm):
         variance = (noise_variance + outputs.square()).mean(0) - mean.square()
         return torch.cat([mean, variance.clamp_min(1e-12).sqrt()], dim=-1)
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:  # fmt: skip
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_ways(support_y, ways)
         steps = self.inner_steps if steps is None else steps
         chaser = self.svgd(self.initial_particles(params), support_x, support_y, steps, False)
@@ -172,14 +184,22 @@ class BayesianMAML(Algorithm):
     def gaussian(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs  # already (mean, std)
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chaser loss; scored by the chaser ensemble's query accuracy (or mean's squared error)."""
         self.check_ways(support_y, ways)
         steps = self.inner_steps if steps is None else steps
-        chaser = self.svgd(self.initial_particles(params), support_x, support_y, steps,
-                           self.first_order)  # fmt: skip
+        chaser = self.svgd(
+            self.initial_particles(params), support_x, support_y, steps, self.first_order
+        )
         both_x, both_y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
         leader = self.svgd(chaser.detach(), both_x, both_y, self.leader_steps, True)
         loss = (chaser[:, :-2] - leader[:, :-2]).square().sum()

@@ -33,16 +33,28 @@ def relu_mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class CNP(Algorithm):
-    def __init__(self, backbone: nn.Module, out_features: int, encoder: list[int] = (128,) * 4,
-                 decoder: list[int] = (128, 128), min_std: float = 0.1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        encoder: list[int] = (128,) * 4,
+        decoder: list[int] = (128, 128),
+        min_std: float = 0.1,
+    ) -> None:
         super().__init__()
         self.model, self.out_features, self.min_std = backbone, out_features, min_std
         features = backbone.out_features
         self.encoder = relu_mlp([features + out_features, *encoder])
         self.decoder = relu_mlp([encoder[-1] + features, *decoder, 2])
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:  # fmt: skip
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         regression = support_y.dtype.is_floating_point
         if not regression:
             self.check_ways(support_y, ways)
@@ -58,22 +70,30 @@ class CNP(Algorithm):
 
         return predict
 
-    def encode(self, params: Params, encoder: str, x: torch.Tensor, y: torch.Tensor,
-               ways: int) -> torch.Tensor:  # fmt: skip
+    def encode(
+        self, params: Params, encoder: str, x: torch.Tensor, y: torch.Tensor, ways: int
+    ) -> torch.Tensor:
         """The submodule `encoder` on every (embedding of x, y or one-hot label) pair: [N, r]."""
         features = self.run(params, x)
         labels = y if y.dtype.is_floating_point else F.one_hot(y, ways).to(features.dtype)
         return self.part(params, encoder, torch.cat([features, labels], dim=-1))
 
-    def decode(self, params: Params, representations: torch.Tensor, support_x: torch.Tensor,
-               query_x: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def decode(
+        self,
+        params: Params,
+        representations: torch.Tensor,
+        support_x: torch.Tensor,
+        query_x: torch.Tensor,
+    ) -> torch.Tensor:
         """The decoder on every (representation row, query embedding) pair: [Q, rows, 2]."""
         queries = self.on_queries(lambda x: self.run(params, x), support_x, query_x)
         pairs = torch.cat(
-            [representations.expand(len(queries), -1, -1),
-             queries.unsqueeze(1).expand(-1, len(representations), -1)],
+            [
+                representations.expand(len(queries), -1, -1),
+                queries.unsqueeze(1).expand(-1, len(representations), -1),
+            ],
             dim=-1,
-        )  # fmt: skip
+        )
         return self.part(params, "decoder", pairs)
 
     def bounded(self, decoded: torch.Tensor) -> torch.Tensor:
@@ -88,9 +108,16 @@ class CNP(Algorithm):
     def gaussian(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs  # already (mean, std)
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Regression: the targets' Gaussian negative log-likelihood, scored by the mean's squared
         error. Classification: cross-entropy and accuracy."""
         outputs = self.adapt(params, support_x, support_y, ways)(query_x)

@@ -56,16 +56,28 @@ class LSTMMetaLearner(Algorithm):
             for (name, shape), part in zip(self.shapes.items(), flat.split(sizes))
         }
 
-    def _gate(self, name: str, params: Params, hidden: torch.Tensor, cell: torch.Tensor,
-              previous: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def _gate(
+        self,
+        name: str,
+        params: Params,
+        hidden: torch.Tensor,
+        cell: torch.Tensor,
+        previous: torch.Tensor,
+    ) -> torch.Tensor:
         """One gate per coordinate, from the LSTM state, the weight and its last value: [n, 1]."""
         inputs = torch.cat([hidden, cell.unsqueeze(1), previous], 1)
         return torch.sigmoid(
             functional_call(getattr(self, name), params_under(params, f"{name}."), (inputs,))
         )
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:  # fmt: skip
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         self.check_ways(support_y, ways)
         cell = torch.cat(
             [params[name].flatten() for name in self.shapes]

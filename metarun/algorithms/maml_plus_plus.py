@@ -45,8 +45,13 @@ class MAMLPlusPlus(MAML):
         per_step_bn_statistics: bool = False,
         iterations_per_epoch: int = 500,
     ) -> None:
-        super().__init__(backbone, out_features, inner_lr=inner_lr, inner_steps=inner_steps,
-                         first_order=first_order)  # fmt: skip
+        super().__init__(
+            backbone,
+            out_features,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            first_order=first_order,
+        )
         self.multi_step_loss, self.msl_epochs = multi_step_loss, msl_epochs
         self.first_order_epochs, self.iterations_per_epoch = (
             first_order_epochs,

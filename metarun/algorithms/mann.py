@@ -87,8 +87,11 @@ class MANN(SequenceLearner):
             )
         self.model, self.out_features = backbone, out_features
         self.slots, self.width, self.heads, self.decay = (
-            memory_slots, memory_width, read_heads, usage_decay
-        )  # fmt: skip
+            memory_slots,
+            memory_width,
+            read_heads,
+            usage_decay,
+        )
         reads = read_heads * memory_width
         self.controller = nn.LSTMCell(backbone.out_features + out_features + reads, hidden)
         self.keys = nn.Linear(hidden, reads) if read_heads else None
@@ -113,8 +116,11 @@ class MANN(SequenceLearner):
         batch, steps = features.shape[:2]
         weight_ih, weight_hh = params["controller.weight_ih"], params["controller.weight_hh"]
         given = features.shape[-1] + labels.shape[-1]
-        inputs = F.linear(torch.cat([features, labels], dim=-1), weight_ih[:, :given],
-                          params["controller.bias_ih"] + params["controller.bias_hh"])  # fmt: skip
+        inputs = F.linear(
+            torch.cat([features, labels], dim=-1),
+            weight_ih[:, :given],
+            params["controller.bias_ih"] + params["controller.bias_hh"],
+        )
         hidden = cell = features.new_zeros(batch, weight_hh.shape[-1])
         reads = features.new_zeros(batch, self.heads * self.width)
         memory, states = self.initial_memory(batch, features), []

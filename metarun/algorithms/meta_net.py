@@ -75,8 +75,11 @@ def augmented(
             weights = params_under(slow, f"{name}.")
             paths = [functional_call(layer, weights, (h,))]
             if fast is not None and f"{name}.weight" in fast:
-                paths.append(functional_call(layer, {**weights, "weight": fast[f"{name}.weight"],
-                                                     "bias": None}, (h,)))  # fmt: skip
+                paths.append(
+                    functional_call(
+                        layer, {**weights, "weight": fast[f"{name}.weight"], "bias": None}, (h,)
+                    )
+                )
         else:
             if join_before_pooling and isinstance(layer, nn.MaxPool2d):
                 paths = [sum(F.relu(p) for p in paths)]
@@ -109,9 +112,12 @@ class MetaNet(Algorithm):
         del head.weight
         head.register_buffer("weight", weight)
         self.base_weights = nn.Sequential(  # gradient -> fast weight, per coordinate
-            nn.Linear(2, meta_hidden), nn.ReLU(), nn.Linear(meta_hidden, meta_hidden), nn.ReLU(),
+            nn.Linear(2, meta_hidden),
+            nn.ReLU(),
+            nn.Linear(meta_hidden, meta_hidden),
+            nn.ReLU(),
             nn.Linear(meta_hidden, 1),
-        )  # fmt: skip
+        )
         self.representation_weights = copy.deepcopy(self.base_weights)
 
     def _fast_weights(self, params: Params, network: str, gradients: Params) -> Params:

@@ -31,10 +31,17 @@ Pairs = tuple[torch.Tensor, torch.Tensor]  # inputs x and targets y
 
 
 class NeuralProcess(CNP):
-    def __init__(self, backbone: nn.Module, out_features: int, encoder: list[int] = (128,) * 4,
-                 latent_encoder: list[int] = (128,) * 4, latents: int = 128,
-                 decoder: list[int] = (128, 128), min_std: float = 0.1,
-                 samples: int = 10) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_features: int,
+        encoder: list[int] = (128,) * 4,
+        latent_encoder: list[int] = (128,) * 4,
+        latents: int = 128,
+        decoder: list[int] = (128, 128),
+        min_std: float = 0.1,
+        samples: int = 10,
+    ) -> None:
         super().__init__(backbone, out_features, encoder, decoder, min_std)
         features, width = backbone.out_features, latent_encoder[-1]
         self.latent_encoder = relu_mlp([features + out_features, *latent_encoder])
@@ -67,15 +74,22 @@ class NeuralProcess(CNP):
         x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
         return self.latent(params, x, y, weights)
 
-    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
-              steps: int | None = None) -> Predictor:  # fmt: skip
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> Predictor:
         check_regression(support_y)
         representation = self.encode(params, "encoder", support_x, support_y, 1).mean(0)
         mean, std = self.latent(params, support_x, support_y)
 
         def predict(query_x: torch.Tensor) -> torch.Tensor:
-            z = mean + std * torch.randn(self.samples, len(mean), dtype=mean.dtype,
-                                         device=mean.device)  # fmt: skip
+            z = mean + std * torch.randn(
+                self.samples, len(mean), dtype=mean.dtype, device=mean.device
+            )
             rows = torch.cat([representation.expand(self.samples, -1), z], dim=-1)
             means, stds = self.bounded(self.decode(params, rows, support_x, query_x)).unbind(-1)
             mixture_mean = means.mean(1)  # over draws of z
@@ -84,9 +98,16 @@ class NeuralProcess(CNP):
 
         return predict
 
-    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int,
-                  steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def task_loss(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        ways: int,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative ELBO per target, scored by the squared error of the mean under that z."""
         check_regression(support_y)
         representation = self.encode(params, "encoder", support_x, support_y, 1).mean(0)

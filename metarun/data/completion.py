@@ -97,12 +97,14 @@ class ImageCompletion:
             "targets": "contexts plus queries (training); every pixel (test)",
         }
 
-    def sampler(self, split: str, ways: int, shots: int, queries: int,
-                device: torch.device) -> CompletionSampler:  # fmt: skip
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> CompletionSampler:
         if split not in self._split_images:
             self._split_images[split] = self.images.split_images(split)
         images = self._split_images[split].to(device)
         if images.shape[2] != 1:
-            raise ConfigError("Image completion reads one-channel images; these have "
-                              f"{images.shape[2]} channels.")  # fmt: skip
+            raise ConfigError(
+                f"Image completion reads one-channel images; these have {images.shape[2]} channels."
+            )
         return CompletionSampler(images, split, shots, queries)

@@ -29,8 +29,9 @@ def squared_exponential(
 
 
 class GaussianProcessSampler:
-    def __init__(self, dataset: GaussianProcess1D, split: str, shots: int, queries: int,
-                 device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self, dataset: GaussianProcess1D, split: str, shots: int, queries: int, device: torch.device
+    ) -> None:
         if min(shots, queries) <= 0:
             raise ConfigError(
                 f"gp_1d episodes need at least one context (shots) and one target (queries); "
@@ -98,6 +99,7 @@ class GaussianProcess1D(ScalarRegression):
             "targets": "contexts plus queries (training); queries evenly spaced (test)",
         }
 
-    def sampler(self, split: str, ways: int, shots: int, queries: int,
-                device: torch.device) -> GaussianProcessSampler:  # fmt: skip
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, device: torch.device
+    ) -> GaussianProcessSampler:
         return GaussianProcessSampler(self, split, shots, queries, device)

@@ -230,8 +230,13 @@ def decode_all(folder: Path, image_size: int, download: bool) -> dict:
             f"{short[0]}: {counts[short[0]]}). The dataset folder is partial: restore the "
             "official zips (or their folders)."
         )
-    return {"version": CACHE_VERSION, "image_size": image_size, "names": names,
-            "images": torch.stack(images), "background_count": background_count}  # fmt: skip
+    return {
+        "version": CACHE_VERSION,
+        "image_size": image_size,
+        "names": names,
+        "images": torch.stack(images),
+        "background_count": background_count,
+    }
 
 
 def fetch(folder: Path, download: bool) -> None:
