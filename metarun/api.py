@@ -40,7 +40,7 @@ class MetaModel:
         self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
     ) -> Learner:
         """Fits one task from its support set (labels 0..ways-1, or float targets)."""
-        if hasattr(self.algo, "objective"):
+        if self.algo.capabilities.learns_from == "environments":
             raise ConfigError(
                 f"{type(self.algo).__name__} adapts by collecting trajectories in an "
                 "environment, not from a support set. Use model.algo.adapt(model.algo.params(), "

@@ -166,7 +166,7 @@ def _labelled_classes(cfg: DictConfig, dataset) -> int:
 def _check_task_kind(cfg: DictConfig, dataset) -> None:
     """Environment tasks need an algorithm that collects its own trajectories, and only those."""
     environments = isinstance(dataset, EnvironmentDataset)
-    collects = hasattr(_algorithm_class(cfg), "objective")
+    collects = _algorithm_class(cfg).capabilities.learns_from == "environments"
     if environments == collects:
         return
     name = cfg.algo._target_.rsplit(".", 1)[-1]
@@ -189,8 +189,10 @@ def _check_nll_request(cfg: DictConfig, dataset) -> None:
     checked before any training. A classifier's probabilities always give one."""
     if not _select(cfg, "eval.require_nll") or getattr(dataset, "metric", None) != "mse":
         return
-    predicts_spread = _algorithm_class(cfg).gaussian is not Algorithm.gaussian
-    if predicts_spread or _select(cfg, "eval.noise_std") is not None:
+    if (
+        _algorithm_class(cfg).capabilities.predicts_distribution
+        or _select(cfg, "eval.noise_std") is not None
+    ):
         return
     name = cfg.algo._target_.rsplit(".", 1)[-1]
     raise ConfigError(
@@ -208,7 +210,7 @@ def _check_protocol(cfg: DictConfig, dataset) -> None:
     if not key:
         return
     name = cfg.algo._target_.rsplit(".", 1)[-1]
-    if not _algorithm_class(cfg).reads_sequences:
+    if not _algorithm_class(cfg).capabilities.reads_sequences:
         raise ConfigError(
             f"{key}=online shows an episode as one sequence, predicting each example before its "
             f"label, but algo={name} does not read sequences. Use a sequence learner (algo=mann, "
@@ -227,7 +229,7 @@ def build_algorithm(cfg: DictConfig, dataset) -> Algorithm:
     _check_protocol(cfg, dataset)
     _check_nll_request(cfg, dataset)
     backbone = build("backbone", cfg.backbone, input_shape=tuple(dataset.input_shape))
-    if _algorithm_class(cfg).episodic:
+    if _algorithm_class(cfg).capabilities.learns_from != "labelled_batches":
         classes = dataset.out_features(cfg.task.ways)
     else:
         classes = _labelled_classes(cfg, dataset)
@@ -244,7 +246,7 @@ def _train_attack(cfg: DictConfig, dataset) -> Attack | None:
     kind, cls = _select(cfg, "task.attack") or "none", _algorithm_class(cfg)
     name = cfg.algo._target_.rsplit(".", 1)[-1]
     if kind == "none":
-        if cls.needs_train_attack:
+        if cls.capabilities.needs_train_attack:
             raise ConfigError(
                 f"algo={name} meta-trains on adversarial examples, and task.attack=none gives "
                 "it none. Set task.attack=fgsm (or pgd) and task.epsilon (e.g. "

@@ -28,9 +28,9 @@ COMPILE_PAYS_AFTER = 500
 def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations: int = 0) -> bool:
     """auto: compile the vmapped meta-batch of a model without convolutions (5x plain vmap on the
     sinusoid MLP, seconds to compile), and a convolutional meta-gradient checked compiled
-    (`algo.compiles`), looped or vmapped, when the run plans at least COMPILE_PAYS_AFTER
-    meta-batches. Never with running BatchNorm statistics, which only the uncompiled loop
-    updates, nor for tasks in sequence (`algo.sequential_setting`)."""
+    (`algo.capabilities.compiles`), looped or vmapped, when the run plans at least
+    COMPILE_PAYS_AFTER meta-batches. Never with running BatchNorm statistics, which only the
+    uncompiled loop updates, nor for tasks in sequence (`algo.sequential_setting`)."""
     if compile not in COMPILE:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
@@ -39,7 +39,7 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations:
         return False
     if not has_convolutions(algo):
         return mode == "vmap"
-    return algo.compiles and iterations >= COMPILE_PAYS_AFTER
+    return algo.capabilities.compiles and iterations >= COMPILE_PAYS_AFTER
 
 
 def meta_gradient(algo: Algorithm, vmapped: bool, ways: int, steps: int | None):

@@ -126,7 +126,7 @@ def plan_processes(
         threads = _count("threads", threads_setting) or _omp_threads() or 1
         small_images = len(input_shape) == 3 and max(input_shape[1:]) <= SMALL_IMAGE
         worth_it = (
-            algo.episodic
+            algo.capabilities.learns_from == "episodes"
             and not environments
             and small_images
             and not getattr(algo, "sequential_setting", None)
@@ -168,7 +168,7 @@ def use_the_machine(
     if processes > 1 and getattr(algo, "sequential_setting", None):
         raise sequential_error(algo.sequential_setting, "processes=1")
     if processes > world.size:
-        if environments or not algo.episodic:
+        if environments or algo.capabilities.learns_from != "episodes":
             kind = "environment tasks" if environments else "labelled batches"
             raise ConfigError(
                 f"processes={processes} splits each meta-batch of episodes between processes, "

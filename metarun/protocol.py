@@ -63,7 +63,7 @@ def train_sampler(cfg: DictConfig, dataset, algo, device: torch.device):
     """Meta-training episodes (each meta-batch's shots drawn from task.min_shots..task.shots
     and its queries from task.min_queries..task.queries where those are set), or labelled
     batches for algorithms trained as classifiers."""
-    if not algo.episodic:
+    if algo.capabilities.learns_from == "labelled_batches":
         return dataset.labelled_batches("train", cfg.task.batch_size, device)
     keys = (
         _key_set(cfg, "task.train_ways", "task.ways"),

@@ -104,7 +104,7 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
         )
         test = f"{cfg.eval.episodes} tasks, {cfg.eval.shots} trajectories per step"
         computing = "the algorithm collects and differentiates (engine settings do not apply)"
-    elif algo.episodic:
+    elif algo.capabilities.learns_from == "episodes":
         shape = episode(
             task.train_ways,
             task.shots,

@@ -157,7 +157,7 @@ def test_compiled_engine_matches_reference_loop(mode, first_order, downsampling)
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 @pytest.mark.parametrize("algorithm", [ANIL, MetaSGD])
 def test_algorithms_compile_auto_may_compile_match_their_plain_loop(algorithm, mode):
-    assert algorithm.compiles
+    assert algorithm.capabilities.compiles
     torch.manual_seed(0)
     algo = algorithm(Conv4((1, 12, 12), hidden=4, blocks=1), 3, inner_lr=0.4, inner_steps=1)
     batch = classification_batch()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob, params_under
 from metarun.errors import ConfigError
 
@@ -51,6 +51,8 @@ def weights_kl(
 
 
 class ABML(Algorithm):
+    capabilities = Capabilities(predicts_distribution=True)
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from metarun.algorithms.base import Capabilities
 from metarun.algorithms.functional import Params
 from metarun.algorithms.maml import MAML
 from metarun.attacks import nll_of
@@ -26,8 +27,8 @@ from metarun.metrics import task_loss_and_score
 
 
 class ADML(MAML):
-    needs_train_attack = True
-    compiles = False  # its attack inside the meta-gradient is not tested compiled
+    # not compiled: its attack inside the meta-gradient is not tested compiled
+    capabilities = Capabilities(needs_train_attack=True)
 
     def task_loss(
         self,

@@ -6,7 +6,8 @@ home of adaptation code: training, validation, testing and `metarun.load` all ca
 it. `task_loss` (adapt, then score the queries) is written for a single task so the
 engine can either loop over tasks or vmap it over the task dimension.
 
-Algorithms of environment tasks (metarun.data.environments; MAML-RL) collect their own data:
+Algorithms of environment tasks (metarun.data.environments; MAML-RL; `Capabilities.learns_from`
+"environments") collect their own data:
 their `adapt(params, tasks, steps)` collects support trajectories and returns each task's
 adapted policy weights, `objective(tasks)` returns the meta-batch's surrogate-and-KL objective
 (the engine backpropagates it and hands it to the optimiser's step), and
@@ -16,6 +17,8 @@ adapted policy weights, `objective(tasks)` returns the meta-batch's surrogate-an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -30,26 +33,45 @@ from metarun.metrics import task_loss_and_score
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an algorithm can learn from and how it may be run: declared once per class
+    (`capabilities = Capabilities(...)`), read when a run is built and planned."""
+
+    # episodes | labelled_batches (an ordinary classifier of every training class: episodes with
+    # an empty support set, `out_features` the training class count) | environments (it
+    # collects its own trajectories: `objective(tasks)` forms the meta-objective).
+    learns_from: str = "episodes"
+    # Reads an episode as a sequence, so it can also learn the online protocol
+    # (task.protocol=online; metarun.algorithms.sequence).
+    reads_sequences: bool = False
+    # A regressor with a predictive distribution of its own (overrides `gaussian`), so the test
+    # reports its NLL without eval.noise_std.
+    predicts_distribution: bool = False
+    # Its meta-training is defined by its attack (ADML), so task.attack must name one.
+    needs_train_attack: bool = False
+    # Its compiled meta-gradient is tested against the plain one, so compile=auto may compile it
+    # on long runs (metarun.compiling.resolve_compile).
+    compiles: bool = False
+
+    def __post_init__(self) -> None:
+        if self.learns_from not in LEARNS_FROM:
+            raise ValueError(f"learns_from={self.learns_from!r} is not one of {LEARNS_FROM}")
+
+
+LEARNS_FROM = ("episodes", "labelled_batches", "environments")
+
+
 class Algorithm(nn.Module):
     """Subclasses set `self.model` and implement `adapt`; most need nothing else."""
 
     model: nn.Module
+    capabilities: ClassVar[Capabilities] = Capabilities()
     bn: str = (
         "transductive"  # the `bn` setting (metarun.batchnorm.MODES), applied by batchnorm.use_mode
     )
-    # False: meta-trained as an ordinary classifier of every training class, on labelled batches
-    # (episodes with an empty support set; `out_features` is then the training class count).
-    episodic: bool = True
-    # True: reads an episode as a sequence, so it can also learn the online protocol
-    # (task.protocol=online; metarun.algorithms.sequence).
-    reads_sequences: bool = False
     # task.attack (metarun.attacks), set by build_algorithm: meta-train on adversarial examples.
     train_attack: Attack | None = None
-    # True: the algorithm's meta-training is defined by its attack (ADML), so it needs one.
-    needs_train_attack: bool = False
-    # True: its compiled meta-gradient is tested against the plain one, so compile=auto may
-    # compile it on long runs (metarun.compiling.resolve_compile).
-    compiles: bool = False
     # The setting (e.g. "algo.inner_state=carried") under which a task's adaptation starts from
     # state the previous task left, so that a meta-batch runs task after task, in one process,
     # uncompiled (metarun.engine.sequential_error); None: tasks are independent.
@@ -59,7 +81,7 @@ class Algorithm(nn.Module):
     def applies_train_attack(cls) -> bool:
         """Whether task.attack reaches the meta-training loss: the shared `task_loss` perturbs
         the queries; an algorithm with its own loss applies it only if it needs one."""
-        return cls.task_loss is Algorithm.task_loss or cls.needs_train_attack
+        return cls.task_loss is Algorithm.task_loss or cls.capabilities.needs_train_attack
 
     def set_progress(self, iteration: int) -> None:
         """Told the meta-training iteration before each meta-batch; for schedules inside an

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
 
-from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, class_means
 from metarun.errors import ConfigError
 
@@ -26,7 +26,7 @@ HEADS = ("linear", "cosine")
 
 
 class Baseline(Algorithm):
-    episodic = False
+    capabilities = Capabilities(learns_from="labelled_batches")
 
     def __init__(
         self,

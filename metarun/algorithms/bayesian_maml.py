@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params
 from metarun.errors import ConfigError
 
@@ -50,6 +50,8 @@ def gamma_log_prior(log_precision: torch.Tensor, shape: float, rate: float) -> t
 
 
 class BayesianMAML(Algorithm):
+    capabilities = Capabilities(predicts_distribution=True)
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, class_means, gaussian_log_prob, params_under
 from metarun.metrics import task_loss_and_score
 
@@ -33,6 +33,8 @@ def relu_mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class CNP(Algorithm):
+    capabilities = Capabilities(predicts_distribution=True)
+
     def __init__(
         self,
         backbone: nn.Module,

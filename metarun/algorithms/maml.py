@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, inner_gradient, sgd_step
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
 
 class MAML(Algorithm):
-    compiles = True  # with ANIL and Meta-SGD (tests/test_maml.py)
+    capabilities = Capabilities(compiles=True)  # with ANIL and Meta-SGD (tests/test_maml.py)
 
     def __init__(
         self,

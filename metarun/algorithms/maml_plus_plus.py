@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from metarun import batchnorm
+from metarun.algorithms.base import Capabilities
 from metarun.algorithms.functional import Params, sgd_step
 from metarun.algorithms.maml import MAML
 from metarun.metrics import task_loss_and_score
 
 
 class MAMLPlusPlus(MAML):
-    compiles = False  # not tested compiled (loss weights, derivative order change as it trains)
+    # not tested compiled (loss weights, derivative order change as it trains)
+    capabilities = Capabilities()
 
     def __init__(
         self,

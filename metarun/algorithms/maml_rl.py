@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from metarun.algorithms.base import Algorithm
+from metarun.algorithms.base import Algorithm, Capabilities
 from metarun.algorithms.functional import Params, inner_gradient, params_under, sgd_step
 from metarun.algorithms.policy_gradient import (
     Collected,
@@ -33,6 +33,8 @@ from metarun.errors import ConfigError
 
 
 class MAMLRL(Algorithm):
+    capabilities = Capabilities(learns_from="environments")
+
     def __init__(
         self,
         backbone: nn.Module,

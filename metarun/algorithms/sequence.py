@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metarun.algorithms.base import Algorithm, Predictor
+from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params
 from metarun.metrics import accuracy_by_instance
 
 
 class SequenceLearner(Algorithm):
-    reads_sequences = True
+    capabilities = Capabilities(reads_sequences=True)
     out_features: int  # classes the label encoding and the output can hold
 
     def read(self, params: Params, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,8 @@ class Dataset(Protocol):
 @runtime_checkable
 class LabelledDataset(Dataset, Protocol):
     """A classification dataset that can also serve labelled batches of every class of a split,
-    for algorithms trained as ordinary classifiers (`Algorithm.episodic = False`)."""
+    for algorithms trained as ordinary classifiers (`Capabilities.learns_from`
+    "labelled_batches")."""
 
     def num_classes(self, split: str) -> int: ...
 

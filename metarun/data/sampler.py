@@ -92,7 +92,7 @@ class ClassImageSampler:
 
 class LabelledImageSampler:
     """Batches of labelled images drawn uniformly (with replacement) from every class of a split,
-    for algorithms trained as ordinary classifiers (`Algorithm.episodic = False`, e.g. Baseline).
+    for algorithms trained as ordinary classifiers (`learns_from="labelled_batches"`: Baseline).
     Images are laid out as for ClassImageSampler.
 
     Each batch is an Episode with an empty support set whose queries carry the split's class
