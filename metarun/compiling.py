@@ -11,18 +11,12 @@ from torch.func import vmap
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.auto_rules import COMPILE_PAYS_AFTER
 from metarun.backbones import has_convolutions
 from metarun.errors import ConfigError
 
 COMPILE = ("auto", True, False)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's mode
-
-
-# Meta-batches a run must plan before compile=auto compiles a convolutional meta-gradient.
-# Measured on 2 cores (docs/results.md): compiling cost 54 s (W1) / 149 s (W3) and saved 0.42 /
-# 0.95 s per meta-batch, so it paid after 130 / 157; the margin covers slower compilers and
-# shapes not measured, and keeps short and smoke runs uncompiled.
-COMPILE_PAYS_AFTER = 500
 
 
 def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations: int = 0) -> bool:

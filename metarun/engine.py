@@ -15,8 +15,8 @@ Under torchrun each process computes its share of the meta-batch and the shares'
 gradients are averaged (metarun.distributed); evaluation episodes are split the same way.
 Measured with scripts/bench.py on a 2-core CPU (docs/results.md): for Conv-4 the loop is about
 2x faster than vmap with 1/15 of its memory (all tasks' activations at once fall out of
-cache), except for tiny tasks compiled (SMALL_TASK_IMAGES); for the sinusoid MLP vmap is 7x
-and compiled vmap about 40x the fastest peer;
+cache), except for tiny tasks compiled (auto_rules.SMALL_TASK_IMAGES); for the sinusoid MLP
+vmap is 7x and compiled vmap about 40x the fastest peer;
 channels_last speeds first-order convolutional training (a metric method's) 1.5x but slows a
 second-order double backward. `auto` encodes that.
 """
@@ -34,6 +34,7 @@ from torch.func import vmap
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.auto_rules import SMALL_TASK_IMAGES
 from metarun.backbones import has_convolutions
 from metarun.compiling import COMPILE_MODES, compile_options, meta_gradient, resolve_compile
 from metarun.data.environments import EnvironmentTasks
@@ -44,14 +45,6 @@ from metarun.runtime import keep_freed_memory
 
 MODES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "bf16")
-
-
-# Largest meta-training task (support + query images) whose meta-batch a CPU vmaps. Measured
-# with 2 processes x 1 thread, both compiled (docs/results.md, issue 19's eighth and ninth
-# sessions): 10 images (5-way 1-shot, 1 query: the MAML, ANIL and Meta-SGD presets' training
-# tasks) vmap 1.15-1.55x the loop for MAML, 1.4x for ANIL, 1.2x for Meta-SGD; 20 (3 queries)
-# even; 40 (20-way, 1 query, 5 steps) and 80 (15 queries) loop 1.15-1.4x.
-SMALL_TASK_IMAGES = 16
 
 
 def resolve_mode(

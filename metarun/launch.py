@@ -1,27 +1,13 @@
 """How a run uses the machine: worker processes, threads per process, and starting the workers.
 
-The rule `processes=auto` and `threads=auto` follow, measured on a 2-core CPU
-(docs/results.md, "Using the whole machine"):
-- Conv-4 on 28x28 Omniglot: two processes of one thread, each computing half of the
-  meta-batch, ran MAML 5w1s 1.4x faster than one process whose two intra-op threads split
-  every (small) operation.
-- At 84x84 the convolutions are large enough for threads: two processes were 1.0x one
-  process of two threads (MAML and Relation Networks on miniImageNet-sized images).
-- Models without convolutions are left to one process: the sinusoid MLP's whole compiled,
-  vmapped meta-batch takes about half a millisecond (W5), too little to share (not measured
-  with processes).
-- Starting a second process (Python, torch, the dataset, joining the process group) added
-  4.3 s to a one-iteration run (9.5 s against 5.2 s); MAML 5w1s gains about 0.2 s per
-  iteration, so it pays after some 20 iterations and a run shorter than MIN_ITERATIONS keeps
-  one process.
-- A process peaked at 1.0 GB (looped) to 3.1 GB (compiled vmap, Meta-SGD) during a run of
-  a 5-way 1-shot Omniglot preset, compilation included; hence MEMORY_PER_PROCESS.
-So on a CPU, auto gives one process per core (as many as divide the meta-batch, and at most
-one per MEMORY_PER_PROCESS of the memory this process may use) to episodic meta-training of
-a convolutional model on images of at most SMALL_IMAGE pixels a side, and one process with
-every core as threads otherwise. On CUDA it gives one process per visible GPU (each vmaps its
-share of the meta-batch). An explicit setting always wins; under torchrun the world torchrun
-started is kept.
+On a CPU, `processes=auto` gives one process per core (as many as divide the meta-batch, and at
+most one per MEMORY_PER_PROCESS of the memory this process may use) to episodic meta-training
+of a convolutional model on images of at most SMALL_IMAGE pixels a side, for runs of at least
+MIN_ITERATIONS, and one process with every core as threads otherwise; models without
+convolutions keep one process (the sinusoid MLP's compiled, vmapped meta-batch takes about half
+a millisecond, too little to share). The thresholds and the measurements behind them are in
+metarun.auto_rules. On CUDA it gives one process per visible GPU (each vmaps its share of the
+meta-batch). An explicit setting always wins; under torchrun the world torchrun started is kept.
 
 metarun starts the workers itself rather than through torchrun: after a stop signal torchrun
 gives its workers a fixed time before killing them and exits with its own traceback, while a
@@ -45,15 +31,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from metarun.auto_rules import MEMORY_PER_PROCESS, MIN_ITERATIONS, SMALL_IMAGE
 from metarun.backbones import has_convolutions
 from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
 from metarun.engine import sequential_error
 from metarun.errors import ConfigError
 
-SMALL_IMAGE = 32  # largest image side at which processes beat threads for a convolutional model
-MIN_ITERATIONS = 100  # shorter runs keep one process: starting workers would not pay
-MEMORY_PER_PROCESS = 3 * 2**30  # bytes a process may peak at (module docstring)
 # A container's memory limit, cgroup v2 then v1 ("max" or a huge number when there is none).
 CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),
@@ -137,6 +121,22 @@ def plan_processes(
     return max(p for p in range(1, max(available, 1) + 1) if meta_batch_size % p == 0)
 
 
+def environment_reason(threads_setting, processes: int, processes_without_it: int) -> str:
+    """Why a lone process computes as it does when $OMP_NUM_THREADS, not a setting, fixed its
+    threads ("" otherwise). Many cluster profiles export it; it also keeps processes=auto from
+    sharing the cores when `processes_without_it` (the plan without the variable) is larger."""
+    omp = _omp_threads()
+    if threads_setting != "auto" or omp is None or processes > 1:
+        return ""
+    reason = f"threads from $OMP_NUM_THREADS={omp}"
+    if processes_without_it > processes:
+        reason += (
+            f", which keeps processes=auto to one where it would start {processes_without_it}: "
+            "unset it to use every core"
+        )
+    return reason
+
+
 def plan_threads(setting, processes: int) -> int:
     """Intra-op threads per process: explicit, else $OMP_NUM_THREADS, else cores / processes."""
     return _count("threads", setting) or _omp_threads() or max(1, cores() // processes)
@@ -144,10 +144,11 @@ def plan_threads(setting, processes: int) -> int:
 
 def use_the_machine(
     cfg: DictConfig, dataset, algo, device: torch.device, world: World, start_workers: bool
-) -> None:
+) -> str:
     """Sets this process's threads by the rule above for the whole run (a resumed run plans as
     the run it continues, so it computes bit for bit as that run); a lone process whose plan
-    asks for several raises StartWorkers before anything is trained."""
+    asks for several raises StartWorkers before anything is trained. Returns what the banner
+    says about the choice when an environment variable made it (environment_reason)."""
     environments = isinstance(dataset, EnvironmentDataset)
     if world.size > 1:
         processes = world.size  # torchrun's, or the workers this run started
@@ -165,6 +166,19 @@ def use_the_machine(
             threads_setting=cfg.threads,
         )
     threads = plan_threads(cfg.threads, processes)
+    without_variable = processes
+    if processes == 1 and cfg.processes == "auto" and start_workers and world.size == 1:
+        without_variable = plan_processes(
+            "auto",
+            device=device,
+            algo=algo,
+            input_shape=dataset.input_shape,
+            environments=environments,
+            meta_batch_size=cfg.task.meta_batch_size,
+            iterations=cfg.trainer.iterations,
+            threads_setting=1,  # what auto gives without $OMP_NUM_THREADS
+        )
+    reason = environment_reason(cfg.threads, processes, without_variable)
     if processes > 1 and getattr(algo, "sequential_setting", None):
         raise sequential_error(algo.sequential_setting, "processes=1")
     if processes > world.size:
@@ -184,6 +198,7 @@ def use_the_machine(
             )
         raise StartWorkers(processes, threads)
     torch.set_num_threads(threads)
+    return reason
 
 
 def _die_with_parent() -> None:

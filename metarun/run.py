@@ -183,7 +183,7 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
     done = resumed[0]["iteration"] if resumed else 0
     # Processes, engine and compilation are planned for the whole run, not for what a resumed
     # run has left: a resumed run then computes as the run it continues, bit for bit.
-    use_the_machine(cfg, dataset, algo, device, world, start_workers)
+    machine_note = use_the_machine(cfg, dataset, algo, device, world, start_workers)
     engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}
@@ -204,7 +204,8 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
                 print(warning, file=sys.stderr)
         record_code(run_dir, code, state.progress.iteration, computation)
         print(
-            banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration), file=sys.stderr
+            banner(cfg, run_dir, algo, dataset, engine, state.progress.iteration, machine_note),
+            file=sys.stderr,
         )
     training = _fit(cfg, run_dir, state, engine, samplers, dataset.metric, world)
     world.barrier()  # rank 0 has finished writing best.pt

@@ -86,7 +86,9 @@ def render(values: dict) -> str:
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in values.items())
 
 
-def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) -> str:
+def banner(
+    cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int, machine_note: str = ""
+) -> str:
     """What a run is about to do and where its output goes, printed before the first iteration."""
     t, task, data, e = cfg.trainer, cfg.task, dataset.protocol(), engine.describe()
     split = f" ({data['split']} split)" if "split" in data else ""
@@ -124,6 +126,7 @@ def banner(cfg: DictConfig, run_dir: Path, algo, dataset, engine, start: int) ->
     processes, threads = engine.world.size, torch.get_num_threads()
     plural = lambda count, word, ending: f"{count} {word}{ending if count > 1 else ''}"
     machine = f"{plural(processes, 'process', 'es')} x {plural(threads, 'thread', 's')}"
+    machine += f" ({machine_note})" if machine_note else ""
     resumed = f", resuming at {start}" if start else ""
     return (
         f"metarun train: {type(algo).__name__} on {data['dataset']}{split}: {training}\n"

@@ -8,9 +8,10 @@ import torch
 from metarun import batchnorm, launch, run
 from metarun.algorithms.maml import MAML
 from metarun.algorithms.protonet import ProtoNet
+from metarun.auto_rules import COMPILE_PAYS_AFTER, MEMORY_PER_PROCESS, MIN_ITERATIONS
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
-from metarun.compiling import COMPILE_PAYS_AFTER, resolve_compile
+from metarun.compiling import resolve_compile
 from metarun.engine import resolve_mode
 from metarun.errors import ConfigError
 
@@ -25,7 +26,7 @@ def conv_maml(shape=OMNIGLOT):
 def a_machine(monkeypatch, cores: int) -> None:
     """This process sees `cores` cores, memory enough for a process on each, no OMP_NUM_THREADS."""
     monkeypatch.setattr(launch, "cores", lambda: cores)
-    monkeypatch.setattr(launch, "memory", lambda: cores * launch.MEMORY_PER_PROCESS)
+    monkeypatch.setattr(launch, "memory", lambda: cores * MEMORY_PER_PROCESS)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
 
@@ -62,7 +63,7 @@ def test_a_long_conv_run_on_small_images_takes_a_process_per_core(four_cores):
 
 
 def test_processes_are_capped_by_the_memory_they_may_use(four_cores, monkeypatch):
-    monkeypatch.setattr(launch, "memory", lambda: 2 * launch.MEMORY_PER_PROCESS + 2**30)
+    monkeypatch.setattr(launch, "memory", lambda: 2 * MEMORY_PER_PROCESS + 2**30)
     assert processes() == 2  # of the 4 cores
 
 
@@ -84,7 +85,7 @@ def test_the_process_count_divides_the_meta_batch(four_cores):
     "case",
     [
         dict(shape=(3, 84, 84)),  # large images: threads use the cores as well
-        dict(iterations=launch.MIN_ITERATIONS - 1),  # starting workers would not pay
+        dict(iterations=MIN_ITERATIONS - 1),  # starting workers would not pay
         dict(algo=MAML(MLP((1,), [8]), 1, inner_lr=0.01, inner_steps=1), shape=(1,)),
         dict(environments=True),
     ],
@@ -181,7 +182,7 @@ def plan_of_resumed_run(tiny_cfg, run_dir, monkeypatch, iterations: int):
 
 
 def test_a_resumed_run_starts_the_workers_of_the_whole_run(tiny_cfg, tmp_path, monkeypatch):
-    resume = plan_of_resumed_run(tiny_cfg, tmp_path, monkeypatch, launch.MIN_ITERATIONS + 1)
+    resume = plan_of_resumed_run(tiny_cfg, tmp_path, monkeypatch, MIN_ITERATIONS + 1)
     with pytest.raises(launch.StartWorkers) as plan:
         resume(start_workers=True)
     assert plan.value.processes == 2
@@ -211,3 +212,30 @@ def test_impossible_process_settings_are_named(tiny_cfg, tmp_path, overrides, me
 def test_a_sweep_job_does_not_start_workers(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="a sweep \\(-m\\) runs each job in one process"):
         run.train(tiny_cfg("processes=2"), tmp_path, start_workers=False)
+
+
+def test_the_banner_says_when_omp_num_threads_decided(four_cores, monkeypatch):
+    assert launch.environment_reason("auto", 1, 4) == ""
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert processes() == 1  # the variable's threads leave no core for a second process
+    assert launch.environment_reason("auto", 1, 4) == (
+        "threads from $OMP_NUM_THREADS=4, which keeps processes=auto to one where it would "
+        "start 4: unset it to use every core"
+    )
+    assert launch.environment_reason("auto", 1, 1) == "threads from $OMP_NUM_THREADS=4"
+    assert launch.environment_reason(2, 1, 4) == ""  # a setting decided
+
+
+def test_a_run_under_omp_num_threads_says_why_it_keeps_one_process(
+    tiny_cfg, tmp_path, monkeypatch, capsys
+):
+    a_machine(monkeypatch, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+
+    def planned(cfg, run_dir, state, engine, *rest):
+        raise Planned(engine)  # after the banner, before any training
+
+    monkeypatch.setattr(run, "_fit", planned)
+    with pytest.raises(Planned):
+        run.train(tiny_cfg(f"trainer.iterations={MIN_ITERATIONS}"), tmp_path, start_workers=True)
+    assert "keeps processes=auto to one where it would start 2" in capsys.readouterr().err

@@ -31,15 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarun.auto_rules import PATCH_VALUES_FOR_PRODUCT
 from metarun.backbones import image_shape
 from metarun.backbones.pooling import MaxPool2x2, max_of_window
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
 
 DOWNSAMPLING = ("maxpool", "stride")
-# Most values in a patch (input channels x 9) for which the first block is one product when
-# compiled on a CPU: one channel measured 1.21x (Omniglot), three 0.97x (84x84, miniImageNet).
-PATCH_VALUES_FOR_PRODUCT = 9
 
 
 class Conv4(nn.Module):
