@@ -37,6 +37,7 @@ from torch.func import functional_call, grad
 
 from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob, params_under
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 
@@ -55,7 +56,7 @@ class ABML(Algorithm):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float = 0.01,

@@ -20,6 +20,7 @@ from torch.func import grad
 
 from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, class_means
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 HEADS = ("linear", "cosine")
@@ -30,7 +31,7 @@ class Baseline(Algorithm):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         head: str = "linear",

@@ -26,6 +26,7 @@ from torch.func import functional_call, grad
 
 from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 
@@ -54,7 +55,7 @@ class BayesianMAML(Algorithm):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         particles: int = 10,

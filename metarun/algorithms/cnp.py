@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, class_means, gaussian_log_prob, params_under
+from metarun.backbones import Backbone
 from metarun.metrics import task_loss_and_score
 
 
@@ -37,7 +38,7 @@ class CNP(Algorithm):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         encoder: list[int] = (128,) * 4,
         decoder: list[int] = (128, 128),

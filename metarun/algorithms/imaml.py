@@ -32,6 +32,7 @@ from torch.func import grad, jvp, vjp
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, inner_gradient, loss_with_gradient, sgd_step
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -85,7 +86,7 @@ def _conjugate_gradient(apply, target: Params, steps: int, truncated: bool = Fal
 class IMAML(Algorithm):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float,

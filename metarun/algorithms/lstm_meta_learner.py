@@ -17,6 +17,7 @@ from torch.func import functional_call, grad_and_value
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, lstm_cell, params_under, preprocess
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -24,7 +25,7 @@ from metarun.metrics import task_loss_and_score
 class LSTMMetaLearner(Algorithm):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_steps: int,

@@ -10,6 +10,7 @@ from torch import nn
 
 from metarun.algorithms.base import Algorithm, Capabilities, Predictor
 from metarun.algorithms.functional import Params, inner_gradient, sgd_step
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -19,7 +20,7 @@ class MAML(Algorithm):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float,

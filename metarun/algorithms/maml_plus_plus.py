@@ -24,6 +24,7 @@ from metarun import batchnorm
 from metarun.algorithms.base import Capabilities
 from metarun.algorithms.functional import Params, sgd_step
 from metarun.algorithms.maml import MAML
+from metarun.backbones import Backbone
 from metarun.metrics import task_loss_and_score
 
 
@@ -33,7 +34,7 @@ class MAMLPlusPlus(MAML):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float,

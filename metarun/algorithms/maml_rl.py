@@ -28,6 +28,7 @@ from metarun.algorithms.policy_gradient import (
     gaussian_log_prob,
     masked_mean,
 )
+from metarun.backbones import Backbone
 from metarun.data.environments import EnvironmentTasks, Policy
 from metarun.errors import ConfigError
 
@@ -37,7 +38,7 @@ class MAMLRL(Algorithm):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float,

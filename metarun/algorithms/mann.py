@@ -27,6 +27,7 @@ from torch import nn
 
 from metarun.algorithms.functional import Params, lstm_update
 from metarun.algorithms.sequence import SequenceLearner
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 INITIAL_MEMORY = 1e-6  # a small constant: every slot has a direction for the cosine
@@ -69,7 +70,7 @@ def memory_step(
 class MANN(SequenceLearner):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         hidden: int = 200,

@@ -17,13 +17,14 @@ from torch import nn
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, lstm_cell, params_under
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 
 class MatchingNet(Algorithm):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         fce: bool = False,

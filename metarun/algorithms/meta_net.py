@@ -36,6 +36,7 @@ from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, params_under, preprocess
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 
@@ -43,7 +44,7 @@ class Learner(nn.Module):
     """Backbone -> fc1 (ReLU) -> fc2, without biases on the dense layers (as in the paper's code);
     fc1's output is the representation, fc2 classifies."""
 
-    def __init__(self, backbone: nn.Module, width: int, classes: int) -> None:
+    def __init__(self, backbone: Backbone, width: int, classes: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.fc1 = nn.Linear(backbone.out_features, width, bias=False)
@@ -91,7 +92,7 @@ def augmented(
 class MetaNet(Algorithm):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         width: int = 64,

@@ -10,12 +10,13 @@ from torch import nn
 
 from metarun.algorithms.functional import Params, sgd_step
 from metarun.algorithms.maml import MAML
+from metarun.backbones import Backbone
 
 
 class MetaSGD(MAML):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float,

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, class_means
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 RULES, METRICS = ("example", "class_mean"), ("euclidean", "cosine")
@@ -24,7 +24,7 @@ RULES, METRICS = ("example", "class_mean"), ("euclidean", "cosine")
 class NearestNeighbour(Algorithm):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         rule: str = "example",

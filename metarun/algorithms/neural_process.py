@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from metarun.algorithms.base import Predictor
 from metarun.algorithms.cnp import CNP, relu_mlp
 from metarun.algorithms.functional import Params, gaussian_kl, gaussian_log_prob
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 Pairs = tuple[torch.Tensor, torch.Tensor]  # inputs x and targets y
@@ -33,7 +33,7 @@ Pairs = tuple[torch.Tensor, torch.Tensor]  # inputs x and targets y
 class NeuralProcess(CNP):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         encoder: list[int] = (128,) * 4,
         latent_encoder: list[int] = (128,) * 4,

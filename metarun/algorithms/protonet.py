@@ -9,13 +9,13 @@ embedding's dimensions, which keeps the first logits of a 16,000-d ResNet-12 emb
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from metarun.algorithms.nearest_neighbour import NearestNeighbour
+from metarun.backbones import Backbone
 
 
 class ProtoNet(NearestNeighbour):
-    def __init__(self, backbone: nn.Module, out_features: int, mean_distance: bool = False) -> None:
+    def __init__(self, backbone: Backbone, out_features: int, mean_distance: bool = False) -> None:
         super().__init__(backbone, out_features, rule="class_mean", metric="euclidean")
         self.mean_distance = mean_distance
 

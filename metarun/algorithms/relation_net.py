@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, params_under
+from metarun.backbones import Backbone
 from metarun.backbones.pooling import MaxPool2x2
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
@@ -46,7 +47,7 @@ def _relation_module(
 
 class RelationNet(Algorithm):
     def __init__(
-        self, backbone: nn.Module, out_features: int, *, hidden: int = 64, units: int = 8
+        self, backbone: Backbone, out_features: int, *, hidden: int = 64, units: int = 8
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "out_shape"):

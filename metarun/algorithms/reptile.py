@@ -30,6 +30,7 @@ from torch.func import grad
 
 from metarun.algorithms.base import Algorithm, Predictor
 from metarun.algorithms.functional import Params, loss_with_gradient
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 from metarun.metrics import task_loss_and_score
 
@@ -37,7 +38,7 @@ from metarun.metrics import task_loss_and_score
 class Reptile(Algorithm):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         inner_lr: float,

@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from metarun.algorithms.functional import Params, params_under
 from metarun.algorithms.sequence import SequenceLearner
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 
@@ -90,7 +91,7 @@ def tc_block(
 class SNAIL(SequenceLearner):
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         out_features: int,
         *,
         length: int,

@@ -7,6 +7,13 @@ from torch import nn
 from metarun.errors import ConfigError
 
 
+class Backbone(nn.Module):
+    """A feature extractor: `out_features` features per example, set in `__init__`, so that
+    an algorithm sizes its head from it."""
+
+    out_features: int
+
+
 def has_convolutions(algo: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.modules())
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.auto_rules import PATCH_VALUES_FOR_PRODUCT
-from metarun.backbones import image_shape
+from metarun.backbones import Backbone, image_shape
 from metarun.backbones.pooling import MaxPool2x2, max_of_window
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
@@ -40,7 +40,7 @@ from metarun.errors import ConfigError
 DOWNSAMPLING = ("maxpool", "stride")
 
 
-class Conv4(nn.Module):
+class Conv4(Backbone):
     def __init__(
         self,
         input_shape: tuple[int, ...],

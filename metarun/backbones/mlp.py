@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
 
-class MLP(nn.Module):
+class MLP(Backbone):
     def __init__(self, input_shape: tuple[int, ...], hidden: list[int] = (40, 40)) -> None:
         super().__init__()
         if len(input_shape) != 1:

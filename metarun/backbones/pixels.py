@@ -7,8 +7,10 @@ import math
 
 from torch import nn
 
+from metarun.backbones import Backbone
 
-class Pixels(nn.Flatten):
+
+class Pixels(nn.Flatten, Backbone):
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.out_features = math.prod(input_shape)

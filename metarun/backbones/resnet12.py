@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.backbones import image_shape
+from metarun.backbones import Backbone, image_shape
 from metarun.backbones.pooling import MaxPool2x2
 from metarun.batchnorm import TaskBatchNorm2d
 from metarun.errors import ConfigError
@@ -61,7 +61,7 @@ class Block(nn.Module):
         return self.out(self.body(x) + self.shortcut(x))
 
 
-class ResNet12(nn.Module):
+class ResNet12(Backbone):
     def __init__(
         self,
         input_shape: tuple[int, ...],

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from metarun.backbones import image_shape
+from metarun.backbones import Backbone, image_shape
 from metarun.batchnorm import TaskBatchNorm2d
 
 
-class ResNet18(nn.Module):
+class ResNet18(Backbone):
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         channels = image_shape("resnet18", input_shape)[0]
