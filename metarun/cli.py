@@ -68,12 +68,12 @@ def _train_here_or_with_workers(cfg: DictConfig, run_dir: Path, start_workers: b
     folder; their output in <run folder>/workers/)."""
     try:
         return run.train(cfg, run_dir, start_workers=start_workers)
-    except launch.StartWorkers as plan:  # raised before anything was trained or written
-        processes, threads = plan.processes, plan.threads
+    except launch.StartWorkers as raised:  # before anything was trained or written
+        plan = raised
     arguments = ["train", *HydraConfig.get().overrides.task, f"hydra.run.dir={run_dir}"]
-    with launch.workers(processes, threads, arguments, run_dir / "workers"):
+    with launch.workers(plan.processes, plan.threads, arguments, run_dir / "workers"):
         distributed.start()
-        return run.train(cfg, run_dir)
+        return run.train(cfg, run_dir, built=plan.built)
 
 
 def _eval(cfg: DictConfig) -> None:

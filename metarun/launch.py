@@ -46,11 +46,14 @@ CGROUP_LIMITS = (
 
 
 class StartWorkers(Exception):
-    """Raised by a lone process whose plan asks for several: the caller starts the others."""
+    """Raised by a lone process whose plan asks for several: the caller starts the others, then
+    trains as rank 0 with `built` (what this process had built, set by run.train), so that
+    nothing is built twice."""
 
     def __init__(self, processes: int, threads: int) -> None:
         super().__init__(f"{processes} processes of {threads} threads")
         self.processes, self.threads = processes, threads
+        self.built: tuple | None = None
 
 
 def cores() -> int:

@@ -32,7 +32,7 @@ from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
 from metarun.engine import Engine, make_engine
 from metarun.errors import ConfigError
-from metarun.launch import plan_threads, use_the_machine
+from metarun.launch import StartWorkers, plan_threads, use_the_machine
 from metarun.old_runs import upgrade_old_config
 from metarun.protocol import (
     eval_sampler,
@@ -43,7 +43,12 @@ from metarun.protocol import (
     validation_seed,
 )
 from metarun.provenance import changed_computation, code_stamp, record_code
-from metarun.runtime import resolve_device, seed_everything
+from metarun.runtime import (
+    generator_states,
+    resolve_device,
+    restore_generator_states,
+    seed_everything,
+)
 from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
 
@@ -162,12 +167,16 @@ def _fit(
             logger.close()
 
 
-def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
+def train(
+    cfg: DictConfig, run_dir: Path, start_workers: bool = False, built: tuple | None = None
+) -> dict:
     """Meta-trains, then tests the best-validation checkpoint; writes the run folder.
 
     Under torchrun every process calls this with the same settings and run folder.
     start_workers: a lone process may raise StartWorkers when its plan asks for several
-    processes (the caller starts them and calls again as rank 0); else it trains alone."""
+    processes (the caller starts them and calls again as rank 0, passing the exception's
+    `built`: the dataset and model it had built and the generators' states after building);
+    else it trains alone."""
     check_settings(cfg)
     world, run_dir = World.current(), Path(run_dir)
     _absolute_paths(cfg)
@@ -177,13 +186,22 @@ def train(cfg: DictConfig, run_dir: Path, start_workers: bool = False) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     seed_everything(cfg.seed)
-    dataset = build("dataset", cfg.dataset)
-    algo = _starting_model(cfg, dataset, device, world)
+    if built is None:
+        dataset = build("dataset", cfg.dataset)
+        algo = _starting_model(cfg, dataset, device, world)
+    else:  # as built before the workers started: the generators continue from there
+        dataset, algo, states = built
+        restore_generator_states(states)
+        world.broadcast_state(algo)
     resumed = _checkpoint_to_resume(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
     done = resumed[0]["iteration"] if resumed else 0
     # Processes, engine and compilation are planned for the whole run, not for what a resumed
     # run has left: a resumed run then computes as the run it continues, bit for bit.
-    machine_note = use_the_machine(cfg, dataset, algo, device, world, start_workers)
+    try:
+        machine_note = use_the_machine(cfg, dataset, algo, device, world, start_workers)
+    except StartWorkers as plan:
+        plan.built = (dataset, algo, generator_states())
+        raise
     engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
     # Every split is checked before training starts, so an impossible test episode fails now.
     samplers = {split: eval_sampler(cfg, dataset, split, device) for split in ("test", "val")}

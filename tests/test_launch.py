@@ -11,9 +11,12 @@ from metarun.algorithms.protonet import ProtoNet
 from metarun.auto_rules import COMPILE_PAYS_AFTER, MEMORY_PER_PROCESS, MIN_ITERATIONS
 from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
+from metarun.build import build
 from metarun.compiling import resolve_compile
+from metarun.distributed import World
 from metarun.engine import resolve_mode
 from metarun.errors import ConfigError
+from metarun.runtime import seed_everything
 
 CPU = torch.device("cpu")
 OMNIGLOT = (1, 28, 28)
@@ -239,3 +242,18 @@ def test_a_run_under_omp_num_threads_says_why_it_keeps_one_process(
     with pytest.raises(Planned):
         run.train(tiny_cfg(f"trainer.iterations={MIN_ITERATIONS}"), tmp_path, start_workers=True)
     assert "keeps processes=auto to one where it would start 2" in capsys.readouterr().err
+
+
+def test_the_workers_start_from_what_this_process_built(tiny_cfg, tmp_path, monkeypatch):
+    """Rank 0 trains with the dataset and model it built before starting the workers, the
+    generators where building left them: as if it had built them again, without doing so."""
+    a_machine(monkeypatch, 2)
+    cfg = tiny_cfg(f"trainer.iterations={MIN_ITERATIONS}")
+    with pytest.raises(launch.StartWorkers) as plan:
+        run.train(cfg, tmp_path, start_workers=True)
+    dataset, algo, states = plan.value.built
+    seed_everything(cfg.seed)
+    rebuilt = run._starting_model(cfg, build("dataset", cfg.dataset), CPU, World.current())
+    for name, tensor in rebuilt.state_dict().items():
+        assert torch.equal(algo.state_dict()[name], tensor), name
+    assert torch.equal(states[2], torch.get_rng_state())
