@@ -43,8 +43,9 @@ class MetaModel:
         if self.algo.capabilities.learns_from == "environments":
             raise ConfigError(
                 f"{type(self.algo).__name__} adapts by collecting trajectories in an "
-                "environment, not from a support set. Use model.algo.adapt(model.algo.params(), "
-                "tasks, steps) with tasks from model.dataset.sampler(...), or `metarun eval`."
+                "environment, not from a support set. Use "
+                "model.algo.adapt_policies(model.algo.params(), tasks, steps) with tasks from "
+                "model.dataset.sampler(...), or `metarun eval`."
             )
         ways = 1 if support_y.dtype.is_floating_point else int(support_y.max()) + 1
         with torch.no_grad():
@@ -54,7 +55,7 @@ class MetaModel:
 
 def load(path: str | Path) -> MetaModel:
     """Loads a run folder (its best checkpoint) or a checkpoint file, on the CPU."""
-    path = checkpoint_file(path)
+    path = checkpoint_file(Path(path))
     state = load_checkpoint(path)
     config = upgrade_old_config(OmegaConf.create(state["config"]))
     dataset = build("dataset", config.dataset)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 import torch
@@ -63,24 +63,24 @@ def _changed(**changes) -> Iterator[None]:
         _flags.reset(token)
 
 
-def vmap_safe() -> contextmanager:
+def vmap_safe() -> AbstractContextManager[None]:
     """Within this block every TaskBatchNorm2d uses the formulation that is correct under vmap."""
     return _changed(vmap_safe=True)
 
 
-def at_step(step: int) -> contextmanager:
+def at_step(step: int) -> AbstractContextManager[None]:
     """Within this block a per-step TaskBatchNorm2d uses the scale, shift and running
     statistics of inner step `step`."""
     return _changed(step=step)
 
 
-def statistics_from(rows: int) -> contextmanager:
+def statistics_from(rows: int) -> AbstractContextManager[None]:
     """Within this block BatchNorm normalises every row with the statistics of the first `rows`
     (the support set), so queries appended after them do not influence each other."""
     return _changed(statistics_rows=rows)
 
 
-def not_recording() -> contextmanager:
+def not_recording() -> AbstractContextManager[None]:
     """Within this block no layer notes its batches (an attacker's trial passes are not data)."""
     return _changed(recording=frozenset())
 
@@ -139,18 +139,18 @@ def use_mode(model: nn.Module, mode: str) -> None:
     if mode not in MODES:
         raise ConfigError(f"bn={mode!r} is not one of {', '.join(MODES)}. Set bn to one of them.")
     foreign = [
-        (path, layer)
-        for path, layer in model.named_modules()
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        (path, module)
+        for path, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
     ]
     if foreign:
-        path, layer = foreign[0]
+        path, module = foreign[0]
         raise ConfigError(
-            f"bn={mode}: backbone {_owner(model, path)} uses torch's {type(layer).__name__} "
+            f"bn={mode}: backbone {_owner(model, path)} uses torch's {type(module).__name__} "
             f"({path}), which metarun's BatchNorm modes cannot steer (its statistics would "
             "bypass the mode). Build the backbone with metarun.batchnorm.TaskBatchNorm2d instead."
         )
-    model.bn = mode
+    model.bn = mode  # type: ignore[assignment]  # an Algorithm's setting, typed there
     for layer in _layers(model):
         layer.use_running_statistics(mode == "running")
 
@@ -178,6 +178,8 @@ class TaskBatchNorm2d(nn.Module):
         self.eps, self.momentum = eps, momentum
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.running_mean: torch.Tensor | None
+        self.running_var: torch.Tensor | None
         self.register_buffer("running_mean", None)  # [steps, C] once running statistics are used
         self.register_buffer("running_var", None)
         self.uses_running_statistics = False
@@ -199,30 +201,30 @@ class TaskBatchNorm2d(nn.Module):
         > 1) when enabled; they are created at their torch defaults on first use."""
         if enabled and self.running_mean is None:
             channels = self.weight.shape[-1]
-            like = {"device": self.weight.device, "dtype": self.weight.dtype}
-            self.running_mean = torch.zeros(self.statistics_steps, channels, **like)
-            self.running_var = torch.ones(self.statistics_steps, channels, **like)
+            self.running_mean = self.weight.new_zeros(self.statistics_steps, channels)
+            self.running_var = self.weight.new_ones(self.statistics_steps, channels)
         self.uses_running_statistics = enabled
 
     def fold_recorded_batches(
         self, gather: Callable[[torch.Tensor], torch.Tensor] = _unchanged
     ) -> None:
         """Moves the running statistics towards each recorded batch's, as torch's BatchNorm does."""
-        channels = self.running_mean.shape[1]
+        running_mean, running_var = self._running()
+        channels = running_mean.shape[1]
         steps = torch.tensor([step for step, _, _ in self._recorded], dtype=torch.long)
         statistics = (
             torch.stack([torch.cat([mean, var]) for _, mean, var in self._recorded])
             if self._recorded
-            else self.running_mean.new_zeros(0, 2 * channels)
+            else running_mean.new_zeros(0, 2 * channels)
         )  # [batches, 2C]
         self._recorded.clear()
-        statistics = gather(statistics.to(self.running_mean.dtype))
+        statistics = gather(statistics.to(running_mean.dtype))
         with torch.no_grad():
             for step, row in zip(
                 gather(steps).tolist(), statistics
             ):  # step indices stay on the host
-                self.running_mean[step].lerp_(row[:channels], self.momentum)
-                self.running_var[step].lerp_(row[channels:], self.momentum)
+                running_mean[step].lerp_(row[:channels], self.momentum)
+                running_var[step].lerp_(row[channels:], self.momentum)
 
     def _scale_and_shift(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.weight.dim() == 1:
@@ -230,8 +232,13 @@ class TaskBatchNorm2d(nn.Module):
         index = min(step, self.weight.shape[0] - 1)
         return self.weight[index], self.bias[index]
 
+    def _running(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running mean and variance [steps, C]; they exist once running statistics are used."""
+        assert self.running_mean is not None and self.running_var is not None
+        return self.running_mean, self.running_var
+
     def _statistics_index(self, step: int) -> int:
-        return min(step, self.running_mean.shape[0] - 1)
+        return min(step, self._running()[0].shape[0] - 1)
 
     def folded_into(
         self, conv: nn.Conv2d, patches: torch.Tensor
@@ -247,7 +254,8 @@ class TaskBatchNorm2d(nn.Module):
         conv_bias = conv.bias if conv.bias is not None else kernel.new_zeros(kernel.shape[0])
         if self.uses_running_statistics and not self.training:
             index = self._statistics_index(flags.step)
-            mean, var = self.running_mean[index], self.running_var[index]
+            running_mean, running_var = self._running()
+            mean, var = running_mean[index], running_var[index]
         else:
             rows = patches if flags.statistics_rows is None else patches[: flags.statistics_rows]
             count = rows.shape[0] * rows.shape[2]
@@ -270,11 +278,12 @@ class TaskBatchNorm2d(nn.Module):
         batch_statistics = None, None  # buffers the fused call fills while it normalises
         if self.uses_running_statistics:
             index = self._statistics_index(flags.step)
+            running_mean, running_var = self._running()
             if not self.training:
                 return F.batch_norm(
                     x,
-                    self.running_mean[index],
-                    self.running_var[index],
+                    running_mean[index],
+                    running_var[index],
                     weight,
                     bias,
                     training=False,
@@ -282,7 +291,7 @@ class TaskBatchNorm2d(nn.Module):
                 )
             if id(self) in flags.recording:
                 if fused:  # statistics from the normalising pass itself, not a second pass
-                    mean, var = self.running_mean.new_zeros(2, x.shape[1])
+                    mean, var = running_mean.new_zeros(2, x.shape[1])
                     batch_statistics = mean, var
                 else:
                     var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=True)

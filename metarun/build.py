@@ -93,7 +93,8 @@ def check_settings(cfg: DictConfig) -> None:
         value = _select(cfg, key)
         if value is not None and value not in allowed:
             raise ConfigError(
-                f"{key}={value!r} is not one of {', '.join(allowed)}. Set {key} to one of them."
+                f"{key}={value!r} is not one of {', '.join(map(str, allowed))}. Set {key} to "
+                "one of them."
             )
     for key in COUNTS + STEP_COUNTS + RATES:
         value = _select(cfg, key)
@@ -143,7 +144,7 @@ def build(group: str, node: DictConfig, **kwargs):
         ) from None
 
 
-def _algorithm_class(cfg: DictConfig) -> type:
+def _algorithm_class(cfg: DictConfig) -> type[Algorithm]:
     try:
         return get_class(cfg.algo._target_)
     except Exception as error:
@@ -261,15 +262,13 @@ def _train_attack(cfg: DictConfig, dataset) -> Attack | None:
             "task.attack=none, or use an algorithm scored on its adapted queries (maml, "
             "protonet, matching_net, anil, meta_sgd) or algo=adml."
         )
-    return make_attack(
-        kind,
-        *(_select(cfg, f"task.{key}") for key in ATTACK_KEYS),
-        pixel_range(dataset, "task.attack"),
-        "task",
-    )
+    epsilon, steps, step_size = (_select(cfg, f"task.{key}") for key in ATTACK_KEYS)
+    return make_attack(kind, epsilon, steps, step_size, pixel_range(dataset, "task.attack"), "task")
 
 
-def build_optimizer(cfg: DictConfig, algo: Algorithm) -> tuple[torch.optim.Optimizer, object]:
+def build_optimizer(
+    cfg: DictConfig, algo: Algorithm
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """The outer optimiser and, when configured, its learning-rate scheduler."""
     optimizer = build("optimizer", cfg.optimizer)(algo.parameters())
     scheduler = build("scheduler", cfg.scheduler)(optimizer) if cfg.get("scheduler") else None

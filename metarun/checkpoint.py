@@ -15,11 +15,15 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy
 import torch
 
 from metarun.errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from metarun.algorithms.base import Algorithm
 
 FORMAT_VERSION = 1
 RESUME_ORDER = ("last.pt", "previous.pt")
@@ -52,7 +56,8 @@ def atomic_save(obj: dict, path: Path, previous: Path | None = None) -> None:
 
 def capture_rng(sampler: torch.Generator) -> dict:
     """Every random generator's state: Python, NumPy, torch CPU and CUDA, the episode sampler."""
-    name, keys, position, has_gauss, gauss = numpy.random.get_state()
+    state = cast(tuple[str, numpy.ndarray, int, int, float], numpy.random.get_state())
+    name, keys, position, has_gauss, gauss = state
     return {
         "python": random.getstate(),
         "numpy": (name, torch.from_numpy(keys.astype(numpy.int64)), position, has_gauss, gauss),
@@ -100,9 +105,9 @@ class Progress:
 class TrainingState:
     """Everything that influences the rest of a run, so a resumed run is the same run."""
 
-    model: torch.nn.Module
+    model: Algorithm
     optimizer: torch.optim.Optimizer
-    scheduler: object | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     generator: torch.Generator  # draws the training episodes
     progress: Progress
     config: dict

@@ -6,7 +6,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch import nn
 from torch.func import vmap
 
 from metarun import batchnorm
@@ -19,7 +18,7 @@ COMPILE = ("auto", True, False)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's mode
 
 
-def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations: int = 0) -> bool:
+def resolve_compile(compile: str | bool, mode: str, algo: Algorithm, iterations: int = 0) -> bool:
     """auto: compile the vmapped meta-batch of a model without convolutions (5x plain vmap on the
     sinusoid MLP, seconds to compile), and a convolutional meta-gradient checked compiled
     (`algo.capabilities.compiles`), looped or vmapped, when the run plans at least
@@ -28,7 +27,7 @@ def resolve_compile(compile: str | bool, mode: str, algo: nn.Module, iterations:
     if compile not in COMPILE:
         raise ConfigError(f"compile={compile!r} is not known. Use auto, true or false.")
     if compile != "auto":
-        return compile
+        return bool(compile)
     if batchnorm.keeps_running_statistics(algo) or getattr(algo, "sequential_setting", None):
         return False
     if not has_convolutions(algo):

@@ -26,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
-from torch import nn
 from torch.func import vmap
 
 from metarun import batchnorm
 from metarun.algorithms.base import Algorithm
+from metarun.algorithms.policy_gradient import CollectingAlgorithm
 from metarun.auto_rules import SMALL_TASK_IMAGES
 from metarun.backbones import has_convolutions
 from metarun.compiling import COMPILE_MODES, compile_options, meta_gradient, resolve_compile
@@ -48,7 +48,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_mode(
-    mode: str, algo: nn.Module, device: torch.device, task_images: int = 0, iterations: int = 0
+    mode: str, algo: Algorithm, device: torch.device, task_images: int = 0, iterations: int = 0
 ) -> str:
     """The concrete batching mode for this model, device and run: vmap on CUDA and for models
     without convolutions; on a CPU a convolutional meta-batch is vmapped only when it will be
@@ -103,7 +103,7 @@ class MetaStep(NamedTuple):
 
     loss: float
     score: float
-    closure: object = None
+    closure: Any = None  # an objective with `evaluate` for a trust-region step
     stats: dict = {}
 
 
@@ -139,7 +139,7 @@ class Engine:
         self.compile_mode = compile_mode
         self.channels_last, self.keep_freed_memory = channels_last, keep_freed_memory
         self.world = world or World()
-        self._compiled: dict[tuple, object] = {}
+        self._compiled: dict[tuple, Callable[..., Any]] = {}
 
     def describe(self) -> dict:
         """The settings as the run used them (`auto` resolved), for results.json's protocol."""
@@ -185,7 +185,8 @@ class Engine:
         if isinstance(batch, EnvironmentTasks):
             return self._interactive_backward(algo, batch)
         self.world.check_divides(batch.num_tasks, "task.meta_batch_size")
-        mine = Episode(*map(self.world.my_share, batch.tensors), batch.ways)
+        support_x, support_y, query_x, query_y = map(self.world.my_share, batch.tensors)
+        mine = Episode(support_x, support_y, query_x, query_y, batch.ways)
         with self._computing(batch.support_x.device, self.mode):
             if self.mode == "loop" and not self.compile:
                 with batchnorm.recording(algo, self.world.gather):
@@ -203,7 +204,8 @@ class Engine:
             else:
                 loss, score = self._backward(algo, mine, steps)
         self.world.average_gradients(algo.parameters())
-        return MetaStep(*self.world.mean(loss, score))
+        mean_loss, mean_score = self.world.mean(loss, score)
+        return MetaStep(mean_loss, mean_score)
 
     def _interactive_backward(self, algo: Algorithm, tasks: EnvironmentTasks) -> MetaStep:
         if self.world.size > 1:
@@ -211,7 +213,7 @@ class Engine:
                 "Environment tasks train in one process: the trust-region step is not split "
                 "between processes. Run `metarun train` without torchrun for this dataset."
             )
-        objective = algo.objective(tasks)
+        objective = cast(CollectingAlgorithm, algo).objective(tasks)
         loss = objective.backward()
         return MetaStep(loss.item(), objective.score, objective, objective.stats)
 
@@ -222,13 +224,13 @@ class Engine:
             losses, scores = vmap(fn, randomness="different")(*tensors)
             losses.mean().backward()
             return losses.mean().item(), scores.mean().item()
-        losses, scores = [], []
+        task_losses, task_scores = [], []
         for index in range(tasks):
             loss, score = fn(*(t[index] for t in tensors))
             (loss / tasks).backward()
-            losses.append(loss.detach())
-            scores.append(score)
-        return torch.stack(losses).mean().item(), torch.stack(scores).mean().item()
+            task_losses.append(loss.detach())
+            task_scores.append(score)
+        return torch.stack(task_losses).mean().item(), torch.stack(task_scores).mean().item()
 
     def _compiled_backward(
         self, algo: Algorithm, batch: Episode, steps: int | None
@@ -259,9 +261,14 @@ class Engine:
         """Per-task query scores (accuracy or MSE) after adaptation, in eval mode: [tasks]. For
         environment tasks, the return after 0, 1, ..., steps adaptation steps: [tasks, steps+1]."""
         if isinstance(batch, EnvironmentTasks):
-            return algo.returns_after(batch, steps)
-        score = lambda *task: algo.task_loss(algo.params(), *task, ways=batch.ways, steps=steps)[1]
-        return self.per_task(algo, batch, score)
+            return cast(CollectingAlgorithm, algo).returns_after(batch, steps)
+
+        def score(support_x, support_y, query_x, query_y):
+            return algo.task_loss(
+                algo.params(), support_x, support_y, query_x, query_y, batch.ways, steps
+            )[1]
+
+        return cast(torch.Tensor, self.per_task(algo, batch, score))
 
     @torch.no_grad()
     def query_outputs(
@@ -277,7 +284,7 @@ class Engine:
         def outputs(support_x, support_y, query_x, query_y):
             return read(algo.adapt(algo.params(), support_x, support_y, batch.ways, steps)(query_x))
 
-        return self.per_task(algo, batch, outputs)
+        return cast(torch.Tensor, self.per_task(algo, batch, outputs))
 
     @torch.no_grad()
     def per_task(self, algo: Algorithm, batch: Episode, fn) -> torch.Tensor | tuple:

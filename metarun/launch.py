@@ -58,7 +58,9 @@ class StartWorkers(Exception):
 
 def cores() -> int:
     """CPUs this process may run on (its affinity mask: taskset, cgroup cpusets)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def memory(limits: Sequence[Path] = CGROUP_LIMITS) -> int:

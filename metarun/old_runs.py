@@ -34,7 +34,7 @@ SETTINGS_OF_OLD_RUNS = {
 
 
 # Settings of one class that changed default, by the config group whose _target_ names it.
-SETTINGS_OF_OLD_RUNS_BY_CLASS = {
+SETTINGS_OF_OLD_RUNS_BY_CLASS: dict[tuple[str, str], dict[str, object]] = {
     ("algo", "metarun.algorithms.snail.SNAIL"): {"first_dilation": 1},
     ("algo", "metarun.algorithms.meta_net.MetaNet"): {"join_before_pooling": False},
     ("algo", "metarun.algorithms.maml_rl.MAMLRL"): {"policy_init": "torch"},

@@ -7,11 +7,13 @@ metarun.plot, for the runs they apply to.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from metarun.algorithms.policy_gradient import CollectingAlgorithm
 from metarun.api import load
 from metarun.data.completion import pixel_coordinates
 from metarun.metrics import NORMAL_97_5
@@ -41,8 +43,7 @@ def regression_curves(runs: list[RunResult], output: Path, tasks: int = 4) -> li
             learner = model.adapt(batch.support_x[task], batch.support_y[task])
             with torch.no_grad():
                 prediction = learner.predict(torch.from_numpy(x).unsqueeze(-1))
-                mean, std = model.algo.gaussian(prediction).unbind(-1)
-            mean, std = mean.numpy(), std.numpy()
+                mean, std = (v.numpy() for v in model.algo.gaussian(prediction).unbind(-1))
             ax.plot(x, y, ":", color="black", label="targets")
             ax.plot(x, mean, color="C0", label="predicted mean")
             if (std > 0).any():
@@ -118,11 +119,12 @@ def path_pictures(runs: list[RunResult], output: Path, tasks: int = 4) -> list[P
         if not hasattr(get_class(config.dataset._target_), "draw_paths"):
             continue
         model = load(run.folder)
-        algo, family, steps = model.algo, model.dataset, config.eval.inner_steps
+        algo = cast(CollectingAlgorithm, model.algo)
+        family, steps = model.dataset, config.eval.inner_steps
         sampler = family.sampler("test", 1, config.eval.shots, config.eval.shots, "cpu")
         batch = sampler.sample(tasks, torch.Generator().manual_seed(config.eval.seed))
         with torch.no_grad():
-            weights, supports = algo.adapt(algo.params(), batch, steps)
+            weights, supports = algo.adapt_policies(algo.params(), batch, steps)
             if not supports:
                 supports = [algo.collect(batch, weights, batch.shots, round=0)]
             after = algo.collect(batch, weights, batch.shots, round=steps).trajectories

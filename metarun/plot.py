@@ -134,7 +134,8 @@ def _sweep(runs: list[RunResult], swept: list[str], metric: str, path: Path) -> 
     for name in sorted({group(run) for run in runs}):
         members = [run for run in runs if group(run) == name]
         xs = [values.index(run.overrides[x_key]) for run in members]
-        means, intervals = [run.mean for run in members], [run.ci95 for run in members]
+        means = [float(run.mean or 0.0) for run in members]  # finished runs: a mean each
+        intervals = [float(run.ci95 or 0.0) for run in members]
         axes.errorbar(xs, means, yerr=intervals, fmt="o", capsize=3, label=name or None)
     long = max(map(len, values)) > 8
     axes.set_xticks(

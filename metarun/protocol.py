@@ -100,8 +100,10 @@ def evaluation_attack(cfg: DictConfig, dataset) -> Attack | None:
             f"eval.attack={kind} attacks episodes, but eval.protocol={cfg.eval.protocol} tests "
             "on sequences. Set eval.attack=none, or eval.protocol=episodic."
         )
-    settings = (OmegaConf.select(cfg, f"eval.{key}", default=None) for key in ATTACK_KEYS)
-    return make_attack(kind, *settings, pixel_range(dataset, "eval.attack"), "eval")
+    epsilon, steps, step_size = (
+        OmegaConf.select(cfg, f"eval.{key}", default=None) for key in ATTACK_KEYS
+    )
+    return make_attack(kind, epsilon, steps, step_size, pixel_range(dataset, "eval.attack"), "eval")
 
 
 def score(

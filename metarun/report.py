@@ -85,7 +85,7 @@ def read_run(folder: Path) -> RunResult:
 def _measures(results: dict) -> tuple[tuple[str, float], ...]:
     """The report's further columns a result has: robust accuracy where the test attacked;
     ECE and Brier score for classifiers, 95% coverage for regressors, NLL for both."""
-    values = {}
+    values: dict[str, float] = {}
     if robust := results.get("robust"):
         values |= {"robust": robust["accuracy"]["mean"], "robust ci95": robust["accuracy"]["ci95"]}
     calibration = results.get("calibration") or {}

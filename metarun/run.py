@@ -7,6 +7,7 @@ import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from hydra.utils import get_class
@@ -108,7 +109,7 @@ def _training_state(cfg: DictConfig, algo, metric: str) -> TrainingState:
         scheduler=scheduler,
         generator=torch.Generator().manual_seed(cfg.seed),
         progress=Progress(higher_is_better=metric != "mse"),  # accuracy, return
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=cast(dict, OmegaConf.to_container(cfg, resolve=True)),
     )
 
 
@@ -266,7 +267,9 @@ def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
 def _evaluation_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """The run's saved config with what this command changes: non-null eval.* values, runtime
     settings given on its command line (`overrides`), bn and dataset_root."""
-    run_cfg = upgrade_old_config(OmegaConf.load(Path(cfg.run_dir) / "config.yaml"))
+    run_cfg = upgrade_old_config(
+        cast(DictConfig, OmegaConf.load(Path(cfg.run_dir) / "config.yaml"))
+    )
     for key, value in cfg.eval.items():
         if value is not None and key != "output":
             run_cfg.eval[key] = value

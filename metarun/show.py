@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -46,38 +47,38 @@ def augmentation(dataset: dict) -> str:
     """'none' or the training transforms' names: 'RandomCrop, ColorJitter, RandomHorizontalFlip'."""
     node = dataset.get("augment") or {}
     steps = node.get("transforms", [node] if node else [])
-    return ", ".join(_name(step.get("_target_")) for step in steps) or "none"
+    return ", ".join(str(_name(step.get("_target_"))) for step in steps) or "none"
 
 
 def settings(cfg: DictConfig) -> dict:
     """The values that decide what a run reproduces: episode shapes, rates, inner steps, budget,
     BatchNorm mode and runtime settings, resolved."""
     train_steps, test_steps = inner_steps(cfg)
-    cfg = OmegaConf.to_container(cfg, resolve=True)
-    task, ev = cfg["task"], cfg["eval"]
+    values = cast(dict, OmegaConf.to_container(cfg, resolve=True))
+    task, ev = values["task"], values["eval"]
     ways, shots, queries = task["train_ways"], task["shots"], task["queries"]
-    scheduler, optimizer = cfg.get("scheduler") or {}, cfg["optimizer"]
+    scheduler, optimizer = values.get("scheduler") or {}, values["optimizer"]
     rate = f"lr {optimizer['lr']}" if "lr" in optimizer else f"max_kl {optimizer.get('max_kl')}"
     return {
-        "algorithm": _name(cfg["algo"]["_target_"]),
-        "dataset": _name(cfg["dataset"]["_target_"]),
-        "backbone": _name(cfg["backbone"]["_target_"]),
-        "augment": augmentation(cfg["dataset"]),
+        "algorithm": _name(values["algo"]["_target_"]),
+        "dataset": _name(values["dataset"]["_target_"]),
+        "backbone": _name(values["backbone"]["_target_"]),
+        "augment": augmentation(values["dataset"]),
         "train_episode": episode(
             ways, shots, queries, task["protocol"], task["min_shots"], task["min_queries"]
         ),
         "test_episode": episode(ev["ways"], ev["shots"], ev["queries"], ev["protocol"]),
         "meta_batch_size": task["meta_batch_size"],
-        "inner_lr": cfg["algo"].get("inner_lr"),
+        "inner_lr": values["algo"].get("inner_lr"),
         "inner_steps_train": train_steps,
         "inner_steps_test": test_steps,
         "optimizer": f"{_name(optimizer['_target_'])} {rate}",
         "scheduler": _name(scheduler.get("_target_")),
-        "iterations": cfg["trainer"]["iterations"],
+        "iterations": values["trainer"]["iterations"],
         "train_attack": attack(task),
         "test_attack": attack(ev),
-        "bn": cfg["bn"],
-        **{key: cfg[key] for key in RUNTIME_SETTINGS},
+        "bn": values["bn"],
+        **{key: values[key] for key in RUNTIME_SETTINGS},
     }
 
 

@@ -344,7 +344,7 @@ def test_loaded_rl_model_explains_how_it_adapts(navigation_run):
     with pytest.raises(ConfigError, match="collecting trajectories"):
         model.adapt(torch.zeros(1, 2), torch.zeros(1, 2))
     tasks = model.dataset.sampler("test", 1, 2, 2, "cpu").sample(2, torch.Generator())
-    weights, _ = model.algo.adapt(model.algo.params(), tasks, 1)
+    weights, _ = model.algo.adapt_policies(model.algo.params(), tasks, 1)
     assert weights["log_std"].shape == (2, 2)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,10 @@ def weights_kl(
     mean_q: Params, log_std_q: Params, mean_p: Params, log_std_p: Params
 ) -> torch.Tensor:
     """KL(N(mean_q, std_q^2) || N(mean_p, std_p^2)) summed over every weight."""
-    return sum(
-        gaussian_kl(*(part[name].flatten() for part in (mean_q, log_std_q, mean_p, log_std_p)))
-        for name in mean_q
+    parts = (mean_q, log_std_q, mean_p, log_std_p)
+    return cast(
+        torch.Tensor,
+        sum(gaussian_kl(*(part[name].flatten() for part in parts)) for name in mean_q),
     )
 
 
@@ -111,7 +113,8 @@ class ABML(Algorithm):
                 for part in ("weight", "bias")
                 if f"{name}.{part}" in log_std
             }
-            hooks.append(layer.register_forward_hook(partial(add_pre_activation_noise, **stds)))
+            noise = partial(add_pre_activation_noise, weight=stds["weight"], bias=stds.get("bias"))
+            hooks.append(layer.register_forward_hook(noise))
         try:
             return functional_call(self.model, self.draw(mean, log_std), (x,))
         finally:
@@ -161,7 +164,9 @@ class ABML(Algorithm):
         """-log p(prior): N(0, mean_std^2) on each mean, Gamma on each precision (constants
         dropped)."""
         mean, log_std = self.prior(params)
-        total = sum(0.5 * (m / self.mean_std).square().sum() for m in mean.values())
+        total = cast(
+            torch.Tensor, sum(0.5 * (m / self.mean_std).square().sum() for m in mean.values())
+        )
         for s in log_std.values():
             log_precision = -2 * s
             total = (

@@ -43,6 +43,7 @@ class ADML(MAML):
         if not self.training:
             return super().task_loss(params, support_x, support_y, query_x, query_y, ways, steps)
         attack = self.train_attack
+        assert attack is not None  # build_algorithm refuses ADML without one (its capabilities)
         start = self.inner_loop(params, support_x, support_y, ways, 0)[0]
         initial = lambda s: self.run_at_step(start, s, 0)
         adversarial_support = attack.perturb(nll_of(self, initial, support_y), support_x)

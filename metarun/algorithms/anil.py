@@ -5,7 +5,10 @@ task embeds its support set once and the inner steps are a cheap linear problem.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+from torch import nn
 from torch.func import functional_call
 
 from metarun.algorithms.base import Predictor
@@ -24,7 +27,7 @@ class ANIL(MAML):
         steps: int | None = None,
     ) -> Predictor:
         self.check_ways(support_y, ways)
-        backbone, head = self.model
+        backbone, head = cast(nn.Sequential, self.model)
         body_params, head_params = (
             params_under(params, "model.0."),
             params_under(params, "model.1."),

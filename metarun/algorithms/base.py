@@ -7,9 +7,9 @@ it. `task_loss` (adapt, then score the queries) is written for a single task so 
 engine can either loop over tasks or vmap it over the task dimension.
 
 Algorithms of environment tasks (metarun.data.environments; MAML-RL; `Capabilities.learns_from`
-"environments") collect their own data:
-their `adapt(params, tasks, steps)` collects support trajectories and returns each task's
-adapted policy weights, `objective(tasks)` returns the meta-batch's surrogate-and-KL objective
+"environments") collect their own data: their `adapt_policies(params, tasks, steps)` (not
+`adapt`) collects support trajectories and returns each task's adapted policy weights,
+`objective(tasks)` returns the meta-batch's surrogate-and-KL objective
 (the engine backpropagates it and hands it to the optimiser's step), and
 `returns_after(tasks, steps)` the return per task after 0..steps adaptation steps.
 """

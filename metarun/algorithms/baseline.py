@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import grad
 
 from metarun.algorithms.base import Algorithm, Capabilities, Predictor
-from metarun.algorithms.functional import Params, class_means
+from metarun.algorithms.functional import Params, class_means, params_under
 from metarun.backbones import Backbone
 from metarun.errors import ConfigError
 
@@ -96,10 +96,7 @@ class Baseline(Algorithm):
         if (
             support_x.shape[0] == 0
         ):  # a labelled batch of every training class: the pre-training classifier
-            classifier = {
-                "weight": params["classifier.weight"],
-                "bias": params.get("classifier.bias"),
-            }
+            classifier = params_under(params, "classifier.")  # a cosine head has no bias
             return lambda query_x: self.logits(classifier, self.run(params, query_x))
         frozen = {name: value.detach() for name, value in params.items()}
         embed = lambda x: self.run(frozen, x)  # inputs keep their gradient, for attacks

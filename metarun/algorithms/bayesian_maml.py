@@ -52,6 +52,7 @@ def gamma_log_prior(log_precision: torch.Tensor, shape: float, rate: float) -> t
 
 class BayesianMAML(Algorithm):
     capabilities = Capabilities(predicts_distribution=True)
+    model: nn.ModuleList  # the particles' networks
 
     def __init__(
         self,
@@ -220,6 +221,7 @@ def reinitialised(network: nn.Module) -> nn.Module:
     """A copy of `network` with freshly drawn weights: another initial particle."""
     twin = copy.deepcopy(network)
     for module in twin.modules():
-        if hasattr(module, "reset_parameters") and module is not twin:
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset) and module is not twin:
+            reset()
     return twin

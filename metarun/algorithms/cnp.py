@@ -14,6 +14,8 @@ the paper does not spell out how its decoder combines the class representations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,8 +42,8 @@ class CNP(Algorithm):
         self,
         backbone: Backbone,
         out_features: int,
-        encoder: list[int] = (128,) * 4,
-        decoder: list[int] = (128, 128),
+        encoder: Sequence[int] = (128,) * 4,
+        decoder: Sequence[int] = (128, 128),
         min_std: float = 0.1,
     ) -> None:
         super().__init__()

@@ -26,6 +26,8 @@ tasks still vmap.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.func import grad, jvp, vjp
@@ -43,7 +45,7 @@ ARMIJO = 1e-4
 
 
 def _dot(a: Params, b: Params) -> torch.Tensor:
-    return sum((a[name] * b[name]).sum() for name in a)
+    return cast(torch.Tensor, sum((a[name] * b[name]).sum() for name in a))
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -192,7 +194,7 @@ class IMAML(Algorithm):
         semi-definite, as Martens' Hessian-free optimisation uses, so CG runs its full course."""
         outputs = lambda weights: self.run(weights, support_x)
         loss_of = lambda out: task_loss_and_score(out, support_y)[0]
-        out, pull_back = vjp(outputs, fast)
+        out, pull_back = vjp(outputs, fast)[:2]
 
         def apply(v: Params) -> Params:
             pushed = jvp(outputs, (fast,), (v,))[1]

@@ -119,7 +119,7 @@ class MAMLPlusPlus(MAML):
                 self.on_queries(lambda x: self.run_at_step(weights[0], x, 0), support_x, query_x),
                 query_y,
             )
-        total, score = 0.0, None
+        total, score = query_x.new_zeros(()), None
         for step, (fast, weight) in enumerate(
             zip(weights[1:], self.step_weights(len(weights) - 1))
         ):
@@ -130,4 +130,5 @@ class MAMLPlusPlus(MAML):
             )
             loss, score = task_loss_and_score(predictions, query_y)
             total = total + weight * loss
+        assert score is not None  # the last step's weight is never 0 (step_weights)
         return total, score

@@ -77,7 +77,9 @@ class MAMLRL(Algorithm):
         self.later_inner_lr = inner_lr if later_inner_lr is None else later_inner_lr
         self.discount, self.gae_lambda = discount, gae_lambda
 
-    def distribution(self, weights: Params, observations: torch.Tensor):
+    def distribution(
+        self, weights: Params, observations: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(action mean, log std), both [..., act], of one task's policy with `weights`."""
         mean = functional_call(self.model, params_under(weights, "model."), (observations,))
         return mean, weights["log_std"].expand_as(mean)
@@ -109,7 +111,7 @@ class MAMLRL(Algorithm):
         t = collected.trajectories
         return vmap(one_task)(weights, t.observations, t.actions, collected.advantages, t.alive)
 
-    def adapt(
+    def adapt_policies(
         self,
         params: Params,
         tasks: EnvironmentTasks,
@@ -129,7 +131,7 @@ class MAMLRL(Algorithm):
 
     def objective(self, tasks: EnvironmentTasks) -> MetaObjective:
         """Collects a meta-batch's supports and queries; the surrogate and KL for the update."""
-        weights, supports = self.adapt(self.params(), tasks)
+        weights, supports = self.adapt_policies(self.params(), tasks)
         queries = self.collect(tasks, weights, tasks.queries, round=len(supports))
         old = self.policy(_detached(weights))(queries.trajectories.observations)
         before = supports[0].trajectories.returns if supports else queries.trajectories.returns
@@ -141,7 +143,7 @@ class MAMLRL(Algorithm):
     def returns_after(self, tasks: EnvironmentTasks, steps: int | None = None) -> torch.Tensor:
         """Mean return per task after 0, 1, ..., steps adaptation steps: [tasks, steps + 1]."""
         steps = self.inner_steps if steps is None else steps
-        weights, supports = self.adapt(self.params(), tasks, steps)
+        weights, supports = self.adapt_policies(self.params(), tasks, steps)
         last = self.collect(tasks, weights, tasks.shots, round=steps)
         return torch.stack([c.trajectories.returns.mean(-1) for c in [*supports, last]], dim=1)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class Learner(nn.Module):
 
 
 def augmented(
-    module: nn.Module,
+    module: Learner,
     slow: Params,
     fast: Params | None,
     x: torch.Tensor,
@@ -66,30 +67,35 @@ def augmented(
     layer instead, as relu(slow) + relu(fast) (the authors' code): the ReLU after the pooling
     then changes nothing, the sum being non-negative."""
     paths = [x.unsqueeze(0)]
-    layers = [(f"backbone.features.{i}", m) for i, m in enumerate(module.backbone.features)]
+    features = cast(nn.Sequential, module.backbone.features)
+    layers = [(f"backbone.features.{i}", m) for i, m in enumerate(features)]
     layers += [("fc1", module.fc1), ("relu", nn.ReLU())] + (
         [("fc2", module.fc2)] * (until == "fc2")
     )
     for name, layer in layers:
         if isinstance(layer, nn.Conv2d | nn.Linear):
-            h = sum(paths)
+            h = _summed(paths)
             weights = params_under(slow, f"{name}.")
             paths = [functional_call(layer, weights, (h,))]
             if fast is not None and f"{name}.weight" in fast:
-                paths.append(
-                    functional_call(
-                        layer, {**weights, "weight": fast[f"{name}.weight"], "bias": None}, (h,)
-                    )
-                )
+                fast_only = {**weights, "weight": fast[f"{name}.weight"], "bias": None}
+                paths.append(functional_call(layer, cast(Params, fast_only), (h,)))
         else:
             if join_before_pooling and isinstance(layer, nn.MaxPool2d):
-                paths = [sum(F.relu(p) for p in paths)]
+                paths = [_summed([F.relu(p) for p in paths])]
             weights = params_under(slow, f"{name}.")
             paths = [functional_call(layer, weights, (p,)) for p in paths]
-    return sum(paths)[0]
+    return _summed(paths)[0]
+
+
+def _summed(paths: list[torch.Tensor]) -> torch.Tensor:
+    """The paths' sum, added in order."""
+    return cast(torch.Tensor, sum(paths))
 
 
 class MetaNet(Algorithm):
+    model: Learner
+
     def __init__(
         self,
         backbone: Backbone,
@@ -133,7 +139,7 @@ class MetaNet(Algorithm):
         }
 
     @staticmethod
-    def _loss(module: nn.Module, weights: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(module: Learner, weights: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = vmap(lambda one: augmented(module, weights, None, one))(x)
         return F.cross_entropy(logits, y)
 

@@ -18,6 +18,8 @@ the one of the authors' later notebook (`use_deterministic_path`), which the 201
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -35,10 +37,10 @@ class NeuralProcess(CNP):
         self,
         backbone: Backbone,
         out_features: int,
-        encoder: list[int] = (128,) * 4,
-        latent_encoder: list[int] = (128,) * 4,
+        encoder: Sequence[int] = (128,) * 4,
+        latent_encoder: Sequence[int] = (128,) * 4,
         latents: int = 128,
-        decoder: list[int] = (128, 128),
+        decoder: Sequence[int] = (128, 128),
         min_std: float = 0.1,
         samples: int = 10,
     ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -93,7 +94,7 @@ class Collected:
 
 class MetaObjective:
     """The TRPO surrogate and mean KL of a meta-batch as functions of the meta-parameters:
-    re-adapts from the given weights on the same support trajectories (`algo.adapt(params,
+    re-adapts from the given weights on the same support trajectories (`algo.adapt_policies(params,
     tasks, steps, supports)`, `algo.policy(weights)`, as MAML-RL has them). Also a torch
     closure."""
 
@@ -115,7 +116,7 @@ class MetaObjective:
 
     def _adapted(self, weights: Sequence[torch.Tensor] | None) -> Params:
         params = self.algo.params() if weights is None else dict(zip(self.names, weights))
-        return self.algo.adapt(params, self.tasks, len(self.supports), self.supports)[0]
+        return self.algo.adapt_policies(params, self.tasks, len(self.supports), self.supports)[0]
 
     def _surrogate_and_kl(self, adapted: Params) -> tuple[torch.Tensor, torch.Tensor]:
         t, old = self.queries.trajectories, (self.old_mean, self.old_log_std)
@@ -173,3 +174,26 @@ class MetaObjective:
         for p in self.algo.parameters():
             p.grad = None
         return self.backward()
+
+
+class CollectingAlgorithm(Protocol):
+    """The contract of an algorithm of environment tasks (`Capabilities.learns_from`
+    "environments"), which collects its own trajectories in place of `adapt`'s support set."""
+
+    def params(self) -> Params: ...
+
+    def adapt_policies(
+        self,
+        params: Params,
+        tasks: EnvironmentTasks,
+        steps: int | None = None,
+        supports: list[Collected] | None = None,
+    ) -> tuple[Params, list[Collected]]: ...
+
+    def collect(
+        self, tasks: EnvironmentTasks, weights: Params, trajectories: int, round: int
+    ) -> Collected: ...
+
+    def objective(self, tasks: EnvironmentTasks) -> MetaObjective: ...
+
+    def returns_after(self, tasks: EnvironmentTasks, steps: int | None = None) -> torch.Tensor: ...

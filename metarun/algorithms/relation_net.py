@@ -50,14 +50,16 @@ class RelationNet(Algorithm):
         self, backbone: Backbone, out_features: int, *, hidden: int = 64, units: int = 8
     ) -> None:
         super().__init__()
-        if not hasattr(backbone, "out_shape"):
+        map_shape = getattr(backbone, "out_shape", None)  # convolutional backbones' [C, H, W]
+        if map_shape is None:
             raise ConfigError(
                 f"algo=relation_net compares feature maps, but backbone {type(backbone).__name__} "
                 "gives vectors. Use backbone=conv4."
             )
         self.model = backbone
-        self.map_shape = backbone.out_shape
-        self.relation = _relation_module(*self.map_shape, hidden, units)
+        channels, height, width = map_shape
+        self.map_shape = channels, height, width
+        self.relation = _relation_module(channels, height, width, hidden, units)
 
     def adapt(
         self,

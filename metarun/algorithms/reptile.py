@@ -71,6 +71,9 @@ class Reptile(Algorithm):
         if self.carries_state:
             self.sequential_setting = "algo.inner_state=carried"
             size = sum(p.numel() for p in self.model.parameters())
+            self.adam_first: torch.Tensor
+            self.adam_second: torch.Tensor
+            self.adam_steps: torch.Tensor
             self.register_buffer("adam_first", torch.zeros(size))
             self.register_buffer("adam_second", torch.zeros(size))
             self.register_buffer("adam_steps", torch.zeros((), dtype=torch.long))

@@ -13,6 +13,7 @@ block also sees the step just before.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ class SNAIL(SequenceLearner):
         *,
         length: int,
         filters: int = 128,
-        attention: list[list[int]] = ((64, 32), (256, 128), (512, 256)),
+        attention: Sequence[Sequence[int]] = ((64, 32), (256, 128), (512, 256)),
         first_dilation: int = 2,
     ) -> None:
         super().__init__()
@@ -107,7 +108,7 @@ class SNAIL(SequenceLearner):
                 f"algo.first_dilation={first_dilation} must be 2 (the paper's) or 1."
             )
         self.model, self.out_features, self.length = backbone, out_features, length
-        channels, layers = backbone.out_features + out_features, []
+        channels, layers = backbone.out_features + out_features, list[nn.Module]()
         for index, (key_size, value_size) in enumerate(attention):
             if index > 0:
                 blocks, channels = tc_block(channels, length, filters, first_dilation)

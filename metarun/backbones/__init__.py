@@ -26,4 +26,5 @@ def image_shape(backbone: str, input_shape: tuple[int, ...]) -> tuple[int, int, 
             f"backbone={backbone} needs images [C, H, W] but the dataset gives inputs of "
             f"shape {tuple(input_shape)}. Use backbone=mlp for vector inputs."
         )
-    return tuple(input_shape)
+    channels, height, width = input_shape
+    return channels, height, width

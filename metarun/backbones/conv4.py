@@ -27,6 +27,8 @@ torch's fused BatchNorm and pooling kernels are as fast or faster, so that path 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,9 +99,10 @@ class Conv4(Backbone):
         return self.features(x)
 
     def _first_map_size(self, x: torch.Tensor) -> tuple[int, int]:
-        conv = self.features[0]
-        pad, stride = conv.padding[0], conv.stride[0]
-        return tuple((size + 2 * pad - 3) // stride + 1 for size in x.shape[-2:])
+        conv = cast(nn.Conv2d, self.features[0])
+        pad, stride = cast(tuple[int, int], conv.padding)[0], conv.stride[0]
+        height, width = ((size + 2 * pad - 3) // stride + 1 for size in x.shape[-2:])
+        return height, width
 
     def _first_block_is_one_product(self, x: torch.Tensor) -> bool:
         return (
@@ -112,9 +115,10 @@ class Conv4(Backbone):
 
     def _first_block(self, x: torch.Tensor) -> torch.Tensor:
         """conv -> BatchNorm (-> 2x2 max-pooling) of the first block, as one batched product."""
-        conv, norm = self.features[0], self.features[1]
+        conv, norm = cast(nn.Conv2d, self.features[0]), cast(TaskBatchNorm2d, self.features[1])
         height, width = self._first_map_size(x)
-        patches = F.unfold(x, 3, padding=conv.padding, stride=conv.stride)  # [N, K, H * W]
+        padding = cast(tuple[int, int], conv.padding)
+        patches = F.unfold(x, 3, padding=padding, stride=conv.stride)  # [N, K, H * W]
         count, values = patches.shape[:2]
         if self.pools_first_block:  # order the positions by their place in the pooling window
             patches = patches.view(count, values, height // 2, 2, width // 2, 2)

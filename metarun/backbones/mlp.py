@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from metarun.backbones import Backbone
@@ -9,7 +11,7 @@ from metarun.errors import ConfigError
 
 
 class MLP(Backbone):
-    def __init__(self, input_shape: tuple[int, ...], hidden: list[int] = (40, 40)) -> None:
+    def __init__(self, input_shape: tuple[int, ...], hidden: Sequence[int] = (40, 40)) -> None:
         super().__init__()
         if len(input_shape) != 1:
             raise ConfigError(

@@ -9,6 +9,8 @@ functional inner loops work as with Conv-4.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,7 +67,7 @@ class ResNet12(Backbone):
     def __init__(
         self,
         input_shape: tuple[int, ...],
-        channels: list[int] = (64, 160, 320, 640),
+        channels: Sequence[int] = (64, 160, 320, 640),
         drop_rate: float = 0.0,
         drop_block_size: int = 5,
         average_pool: bool = False,

@@ -20,7 +20,7 @@ from metarun.errors import ConfigError
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 ARCHIVE, FOLDER = "cifar-100-python.tar.gz", "cifar-100-python"
-CIFAR_FS_HELD_OUT = {
+CIFAR_FS_HELD_OUT: dict[str, tuple[str, ...]] = {
     "val": (
         "beaver",
         "otter",
@@ -62,7 +62,7 @@ CIFAR_FS_HELD_OUT = {
         "rocket",
     ),
 }
-FC100_HELD_OUT = {
+FC100_HELD_OUT: dict[str, tuple[str, ...]] = {
     "val": (
         "large_carnivores",
         "large_omnivores_and_herbivores",

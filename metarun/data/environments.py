@@ -125,6 +125,10 @@ class EnvironmentDataset:
         """Task parameters [tasks, parameters] (float64), e.g. goal positions."""
         raise NotImplementedError
 
+    def protocol(self) -> dict:
+        """The settings that define the tasks (dataset name, horizon, ...), for results.json."""
+        raise NotImplementedError
+
     def environments(
         self, tasks: torch.Tensor, trajectories: int, seeds: list[int]
     ) -> VectorEnvironment:

@@ -79,9 +79,9 @@ class Cheetahs:
         return torch.as_tensor(numpy.stack(first), dtype=torch.float32).to(self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        actions = actions.clamp(-1.0, 1.0).double().cpu().numpy()
+        commands = actions.clamp(-1.0, 1.0).double().cpu().numpy()
         observations, velocity, control = [], [], []
-        for env, action in zip(self.envs, actions):
+        for env, action in zip(self.envs, commands):
             observation, _, _, _, info = env.step(action)
             observations.append(observation)
             velocity.append(info["x_velocity"])
@@ -92,7 +92,7 @@ class Cheetahs:
         )
         observations_t = torch.as_tensor(numpy.stack(observations), dtype=torch.float32)
         done = torch.zeros(len(self.envs), dtype=torch.bool)  # the cheetah never falls
-        return tuple(t.to(self.device) for t in (observations_t, reward.float(), done))
+        return observations_t.to(self.device), reward.float().to(self.device), done.to(self.device)
 
 
 class RllabCheetahs:
@@ -131,16 +131,16 @@ class RllabCheetahs:
         return self.observations()
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        actions = actions.clamp(-1.0, 1.0).double().cpu().numpy()
+        commands = actions.clamp(-1.0, 1.0).double().cpu().numpy()
         velocity = []
-        for data, action in zip(self.datas, actions):
+        for data, action in zip(self.datas, commands):
             data.ctrl[:] = action
             self.mujoco.mj_step(self.model, data)
             self.mujoco.mj_forward(self.model, data)  # rllab reads the state after the step
             self.mujoco.mj_subtreeVel(self.model, data)
             velocity.append(data.subtree_linvel[self.torso, 0])
         velocity_t = torch.as_tensor(numpy.array(velocity))
-        control = -CONTROL_COST * torch.as_tensor((actions**2).sum(-1))
+        control = -CONTROL_COST * torch.as_tensor((commands**2).sum(-1))
         reward = task_reward(self.kind, self.goals, velocity_t) + control
         done = torch.zeros(len(self.datas), dtype=torch.bool)
         return self.observations(), reward.float().to(self.device), done.to(self.device)

@@ -4,7 +4,7 @@ random by fractions and a seed. Images are squashed to image_size x image_size."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ class ImageFolder(ClassImages):
         image_size: int = 84,
         augment=None,
         split_files: dict | None = None,
-        fractions: list[float] = (0.6, 0.2, 0.2),
+        fractions: Sequence[float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
     ) -> None:
         super().__init__(root, image_size, augment)
@@ -97,11 +97,12 @@ class ImageFolder(ClassImages):
         return chosen
 
     def _read_names(self, split: str) -> list[str]:
-        if split not in self.split_files:
+        files = self.split_files or {}
+        if split not in files:
             raise ConfigError(
                 f"dataset.split_files needs train, val and test entries; {split} is missing."
             )
-        path = Path(self.split_files[split]).expanduser()
+        path = Path(files[split]).expanduser()
         if not path.exists():
             raise ConfigError(
                 f"dataset.split_files.{split}={str(path)!r} does not exist. Give a "

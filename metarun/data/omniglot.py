@@ -158,6 +158,7 @@ class Omniglot:
                 atomic_save(stored, cache)
             self._names, self._images = stored["names"], stored["images"]
             self._background_count = stored["background_count"]
+        assert self._names is not None and self._images is not None
         return self._names, self._images
 
 

@@ -7,6 +7,8 @@ device; the pixels are gathered on the device in one indexing operation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from metarun.data.base import EpisodeShapeError, check_shape
@@ -147,18 +149,16 @@ class VariableShape:
     K = 1..5, the CNP notebook draws its contexts and targets per batch). All episodes of one
     batch share their shape, so the batch stays one rectangular tensor per field."""
 
-    def __init__(self, samplers: dict[tuple[int, int], object]) -> None:
+    def __init__(self, samplers: dict[tuple[int, int], Any]) -> None:
         self.samplers = samplers
         self.shots = sorted({shots for shots, _ in samplers})
         self.queries = sorted({queries for _, queries in samplers})
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
-        shots = self.shots[torch.randint(len(self.shots), (1,), generator=generator).item()]
+        shots = self.shots[int(torch.randint(len(self.shots), (1,), generator=generator))]
         queries = self.queries[0]
         if len(self.queries) > 1:
-            queries = self.queries[
-                torch.randint(len(self.queries), (1,), generator=generator).item()
-            ]
+            queries = self.queries[int(torch.randint(len(self.queries), (1,), generator=generator))]
         return self.samplers[shots, queries].sample(num_tasks, generator)
 
 

@@ -78,7 +78,7 @@ class SinusoidSampler:
         points = self.shots + self.queries
         amplitude, phase, x = plan[:, :1], plan[:, 1:2], plan[:, 2 : 2 + points]
         after = 2 + points
-        frequency = self.frequency[0]
+        frequency: float | torch.Tensor = self.frequency[0]
         if self.varies_frequency:
             frequency, after = plan[:, after : after + 1], after + 1
         y = amplitude * torch.sin(frequency * x - phase)
@@ -91,6 +91,12 @@ class SinusoidSampler:
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> Episode:
         return self.build(self.draw(num_tasks, generator))
+
+
+def _pair(values) -> tuple[float, float]:
+    """A (low, high) range from the config's two-item list."""
+    low, high = values
+    return float(low), float(high)
 
 
 class Sinusoid(ScalarRegression):
@@ -112,8 +118,8 @@ class Sinusoid(ScalarRegression):
                 f"dataset.train_tasks={train_tasks} must be a positive number of fixed training "
                 "tasks, or null to draw every training task afresh."
             )
-        self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
-        self.noise_std, self.frequency = noise_std, tuple(frequency)
+        self.amplitude, self.phase, self.x_range = _pair(amplitude), _pair(phase), _pair(x_range)
+        self.noise_std, self.frequency = noise_std, _pair(frequency)
         self.noise_per_amplitude, self.train_tasks = noise_per_amplitude, train_tasks
 
     def protocol(self) -> dict:

@@ -79,7 +79,7 @@ class TRPO(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def step(self, closure=None) -> torch.Tensor:
+    def step(self, closure=None) -> torch.Tensor:  # type: ignore[override]  # a closure required
         """One trust-region step from the gradients in .grad; `closure` is the objective."""
         if not hasattr(closure, "evaluate"):
             raise ConfigError(
