@@ -1,16 +1,17 @@
 """docs/reproduction.md from run folders: one row per paper's system listed in
 scripts/reproduction.yaml (the paper's number, the reference code's, the paper's budget, the
 parity result), with ours, its 95% interval, our budget as a fraction of the paper's, the commit
-and the command taken from the newest finished run that matches the row: it sets the row's
-`match` overrides and otherwise only budget and runtime settings.
+and the command taken from the newest finished run that matches the row (of seed 0, the preset's,
+where there is one): it sets the row's `match` overrides and otherwise only budget and runtime
+settings. Runs of other seeds at the same budget are listed after it.
 
     python scripts/reproduction.py outputs/ > docs/reproduction.md
 
 Verdicts: *reproduced* (at the paper's budget or more, and every compared number within the
 two 95% intervals of ours, or better), *below, cause not found* (at the paper's budget or more,
 and not), *below, cause known* (the row names a measured cause), *at parity* (equal to the
-reference implementation at equal budget, as the row's parity result records), *short budget*
-otherwise.
+reference implementation at equal budget, as the row's parity result records), *full budget,
+no paper number* (the paper reports none to compare with), *short budget* otherwise.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def verdict(
         sign = -1 if lower_is_better else 1  # a score better than the paper's is not below it
         within = all(sign * (m - p) >= -(c + pc) for (m, c), (p, pc) in zip(ours, compared))
         return "reproduced" if within else "below, cause not found"
-    return "at parity" if row.get("at_parity") else "short budget"
+    if row.get("at_parity"):
+        return "at parity"
+    return "full budget, no paper number" if fraction >= 1 and not compared else "short budget"
 
 
 # Overrides that change a run's budget or how it computes, not the method: a run with any other
@@ -73,6 +76,10 @@ def matches(run, match: dict) -> bool:
     )
 
 
+def _numbers(ours: list[tuple[float, float]], digits: int) -> str:
+    return " / ".join(f"{m:.{digits}f} +- {c:.{digits}f}" for m, c in ours)
+
+
 def table_row(row: dict, runs: list) -> str:
     found = [run for run in runs if matches(run, row["match"])]
     command = "metarun train " + " ".join(f"{k}={v}" for k, v in row["match"].items())
@@ -80,13 +87,26 @@ def table_row(row: dict, runs: list) -> str:
     if not found:
         cells += ["no run", "", row.get("parity", "not run"), f"`{command}`"]
         return "| " + " | ".join(cells + [verdict(row, [], 0.0)]) + " |"
-    run = max(found, key=lambda r: (r.folder / "results.json").stat().st_mtime)
+    newest = lambda group: max(group, key=lambda r: (r.folder / "results.json").stat().st_mtime)
+    by_seed: dict[str, list] = {}
+    for found_run in found:
+        by_seed.setdefault(found_run.overrides.get("seed", "0"), []).append(found_run)
+    run = newest(by_seed.get("0", found))  # the preset's own seed, else the newest run
     results = json.loads((run.folder / "results.json").read_text())
     iterations = OmegaConf.load(run.folder / "config.yaml").trainer.iterations
     fraction = iterations / row["budget"]
     ours = pick(row, scores(results))
     digits = 3 if results["metric"] == "mse" else 2
-    shown = " / ".join(f"{m:.{digits}f} +- {c:.{digits}f}" for m, c in ours)
+    shown = _numbers(ours, digits)
+    for seed, group in sorted(by_seed.items()):
+        other = newest(group)
+        if (
+            other is run
+            or OmegaConf.load(other.folder / "config.yaml").trainer.iterations != iterations
+        ):
+            continue
+        numbers = pick(row, scores(json.loads((other.folder / "results.json").read_text())))
+        shown += f"; seed {seed}: {_numbers(numbers, digits)}"
     overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items())
     cells += [
         shown,

@@ -11,11 +11,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def navigation_run(folder: Path, iterations: int, after_steps: list[float]) -> Path:
+def navigation_run(
+    folder: Path, iterations: int, after_steps: list[float], seed: int | None = None
+) -> Path:
     """A finished run folder of experiment=maml_rl_navigation_2d as metarun train leaves it."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / "config.yaml").write_text(f"trainer:\n  iterations: {iterations}\n")
     overrides = "- experiment=maml_rl_navigation_2d\n- algo.policy_init=xavier\n"
+    overrides += f"- seed={seed}\n" if seed is not None else ""
     (folder / ".hydra" / "overrides.yaml").write_text(overrides)
     steps = [{"mean": mean, "ci95": 1.0} for mean in after_steps]
     results = {"metric": "return", "return": steps[-1], "return_after_steps": steps}
@@ -49,6 +52,29 @@ def test_a_run_outside_the_intervals_or_short_of_the_budget_is_not(tmp_path):
     navigation_run(tmp_path / "short", 50, [-40.0, -12.0, -3.5, -3.0])
     row = navigation_row(table(tmp_path))  # the newest run is shown
     assert "50 of 100 (50%)" in row and row.endswith("| short budget |")
+
+
+def test_other_seeds_at_the_same_budget_are_listed_after_the_presets_own(tmp_path):
+    navigation_run(tmp_path / "seed1", 100, [-40.0, -12.0, -5.0, -5.0], seed=1)
+    navigation_run(tmp_path / "seed0", 100, [-40.0, -12.0, -3.5, -3.0])
+    navigation_run(tmp_path / "seed2", 50, [-40.0, -12.0, -9.0, -9.0], seed=2)
+    row = navigation_row(table(tmp_path))
+    assert "-3.00 +- 1.00; seed 1: -40.00 +- 1.00 / -12.00 +- 1.00 / -5.00" in row
+    assert "seed 2" not in row  # another budget
+    assert row.endswith("| reproduced |")  # the preset's own seed decides
+
+
+def test_a_full_budget_run_without_a_paper_number_says_so(tmp_path):
+    folder = tmp_path / "np"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "config.yaml").write_text("trainer:\n  iterations: 200000\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=cnp_gp_1d\n- algo=neural_process\n"
+    )
+    results = {"metric": "mse", "mse": {"mean": 0.5, "ci95": 0.02}, "episodes": 1000}
+    (folder / "results.json").write_text(json.dumps(results | {"code": {"commit": "abc"}}))
+    row = next(line for line in table(tmp_path) if line.startswith("| Neural Process"))
+    assert "0.500 +- 0.020" in row and row.endswith("| full budget, no paper number |")
 
 
 def test_every_system_without_a_run_has_a_row(tmp_path):
