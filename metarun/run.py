@@ -186,14 +186,7 @@ def train(
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    seed_everything(cfg.seed)
-    if built is None:
-        dataset = build("dataset", cfg.dataset)
-        algo = _starting_model(cfg, dataset, device, world)
-    else:  # as built before the workers started: the generators continue from there
-        dataset, algo, states = built
-        restore_generator_states(states)
-        world.broadcast_state(algo)
+    dataset, algo = _dataset_and_model(cfg, device, world, built)
     resumed = _checkpoint_to_resume(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
     done = resumed[0]["iteration"] if resumed else 0
     # Processes, engine and compilation are planned for the whole run, not for what a resumed
@@ -230,26 +223,29 @@ def train(
     world.barrier()  # rank 0 has finished writing best.pt
     best = run_dir / "checkpoints" / "best.pt"
     restore_model(algo, load_checkpoint(best), best)
+    test = samplers["test"]
     results = score(
-        cfg,
-        algo,
-        engine,
-        samplers["test"],
-        dataset.metric,
-        cfg.eval.episodes,
-        calibration=True,
-        attack=attack,
+        cfg, algo, engine, test, dataset.metric, cfg.eval.episodes, calibration=True, attack=attack
     )
-    results.update(
-        checkpoint="best",
-        iteration=training["best_iteration"],
-        training=training,
-        protocol=protocol(cfg, dataset, engine, attack),
-        code=code,
-    )
+    stamp = {"protocol": protocol(cfg, dataset, engine, attack), "code": code}
+    results.update(checkpoint="best", iteration=training["best_iteration"], training=training)
+    results.update(stamp)
     if world.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _dataset_and_model(cfg: DictConfig, device: torch.device, world: World, built: tuple | None):
+    """The dataset and the starting model, seeded; or, for rank 0 after it started its workers,
+    what it had built before (the generators continue from where building left them)."""
+    seed_everything(cfg.seed)
+    if built is None:
+        dataset = build("dataset", cfg.dataset)
+        return dataset, _starting_model(cfg, dataset, device, world)
+    dataset, algo, states = built
+    restore_generator_states(states)
+    world.broadcast_state(algo)
+    return dataset, algo
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
