@@ -68,11 +68,15 @@ BUDGET_AND_RUNTIME = ("trainer.", "threads", "processes", "compile", "device", "
 
 
 def matches(run, match: dict) -> bool:
+    """The run sets the row's `match` (on its command line, or as its saved config's value, so a
+    setting that became the default still matches) and otherwise only budget and runtime."""
+    if run.metric is None:
+        return False
+    config = OmegaConf.load(run.folder / "config.yaml")
+    value = lambda key: run.overrides.get(key, OmegaConf.select(config, key, default=None))
     others = [key for key in run.overrides if key not in match]
-    return (
-        run.metric is not None
-        and all(run.overrides.get(key) == str(value) for key, value in match.items())
-        and all(key.startswith(BUDGET_AND_RUNTIME) for key in others)
+    return all(str(value(key)) == str(wanted) for key, wanted in match.items()) and all(
+        key.startswith(BUDGET_AND_RUNTIME) for key in others
     )
 
 

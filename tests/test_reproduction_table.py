@@ -64,6 +64,15 @@ def test_other_seeds_at_the_same_budget_are_listed_after_the_presets_own(tmp_pat
     assert row.endswith("| reproduced |")  # the preset's own seed decides
 
 
+def test_a_setting_that_became_the_default_matches_from_the_saved_config(tmp_path):
+    run = navigation_run(tmp_path / "later", 100, [-40.0, -12.0, -3.5, -3.0])
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=maml_rl_navigation_2d\n")
+    (run / "config.yaml").write_text("trainer:\n  iterations: 100\nalgo:\n  policy_init: xavier\n")
+    assert navigation_row(table(tmp_path)).endswith("| reproduced |")
+    (run / "config.yaml").write_text("trainer:\n  iterations: 100\nalgo:\n  policy_init: torch\n")
+    assert navigation_row(table(tmp_path)).endswith("| short budget |")  # no run matches
+
+
 def test_a_full_budget_run_without_a_paper_number_says_so(tmp_path):
     folder = tmp_path / "np"
     (folder / ".hydra").mkdir(parents=True)
