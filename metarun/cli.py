@@ -145,6 +145,24 @@ def _check_plugins(overrides: list[str]) -> None:
         sys.exit(2)
 
 
+def _check_eval_keys(overrides: list[str], known: set[str]) -> None:
+    """`metarun eval` keeps what the checkpoint's weights fix (algorithm, model, training): a
+    training setting on its command line is named with what eval takes instead."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith("hydra.") or key.split(".", 1)[0] in known:
+            continue
+        print(
+            f"metarun: error: {key} is not a setting of metarun eval, which re-tests a run with "
+            "the algorithm, model and training settings it was trained with (its checkpoint's "
+            f"weights fix them). metarun eval takes: {', '.join(sorted(known))}; e.g. "
+            "eval.inner_steps=10 changes the test's adaptation steps. To change "
+            f"{key}, train a new run with metarun train.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def _check_keys(command: str, overrides: list[str]) -> None:
     """Hydra rejects an unknown key without saying which keys exist; this names them."""
     if any(o.startswith("-") for o in overrides):  # --multirun, --cfg ...: Hydra's own checks
@@ -155,6 +173,8 @@ def _check_keys(command: str, overrides: list[str]) -> None:
         if not o.lstrip("+~").startswith("hydra.") or o.startswith("hydra.searchpath=")
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        if command == "eval":
+            _check_eval_keys(plain, set(compose("eval", [])))
         try:
             compose(command, plain)
             return

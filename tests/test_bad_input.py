@@ -165,6 +165,7 @@ EVAL_MISTAKES = [
     (["run_dir={good}", "eval.shots=30"], "eval.shots + eval.queries = 30 + 2"),
     (["run_dir={good}", "bn=running"], "was trained with bn=transductive"),
     (["run_dir={good}", "eval.ways=3"], "Keep task.train_ways and eval.ways equal to task.ways"),
+    (["run_dir={good}", "algo.inner_steps=3"], "algo.inner_steps is not a setting of metarun eval"),
 ]
 
 
