@@ -81,12 +81,14 @@ def make_engine(
     device, meta-training tasks and planned number of meta-batches, with the model put in its
     memory format."""
     task_images = cfg.task.train_ways * (cfg.task.shots + cfg.task.queries)
+    varying = cfg.task.get("min_shots") is not None or cfg.task.get("min_queries") is not None
+    shapes_vary = iterations > 0 and varying  # training episodes of several shapes
     mode = resolve_mode(cfg.engine, algo, device, task_images, iterations)
     engine = Engine(
         mode,
         evaluation_mode=resolve_mode(cfg.engine, algo, device),  # test tasks are not small
         precision=cfg.precision,
-        compile=resolve_compile(cfg.compile, mode, algo, iterations),
+        compile=resolve_compile(cfg.compile, mode, algo, iterations, shapes_vary),
         compile_mode=cfg.compile_mode,
         channels_last=cfg.channels_last,
         keep_freed_memory=cfg.keep_freed_memory,

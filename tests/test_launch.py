@@ -140,6 +140,7 @@ def test_compile_auto_leaves_untested_algorithms_and_running_statistics_alone():
 def test_compile_auto_compiles_vmap_without_convolutions_and_explicit_wins():
     mlp = MAML(MLP((1,), [8]), 1, inner_lr=0.01, inner_steps=1)
     assert resolve_compile("auto", "vmap", mlp, 0)
+    assert not resolve_compile("auto", "vmap", mlp, 70000, shapes_vary=True)  # one per shape
     assert resolve_compile("auto", "vmap", conv_maml(), COMPILE_PAYS_AFTER)
     assert not resolve_compile(False, "loop", conv_maml(), 60000)
     assert resolve_compile(True, "loop", conv_maml(), 1)
