@@ -24,10 +24,12 @@ from metarun.build import (
 from metarun.checkpoint import (
     Progress,
     TrainingState,
+    capture_rng,
     copy_matching_weights,
     load_checkpoint,
     newest_valid_checkpoint,
     restore_model,
+    restore_rng,
 )
 from metarun.data.environments import EnvironmentDataset
 from metarun.distributed import World
@@ -44,12 +46,7 @@ from metarun.protocol import (
     validation_seed,
 )
 from metarun.provenance import changed_computation, code_stamp, record_code
-from metarun.runtime import (
-    generator_states,
-    resolve_device,
-    restore_generator_states,
-    seed_everything,
-)
+from metarun.runtime import resolve_device, seed_everything
 from metarun.show import banner
 from metarun.trainer import Schedule, Trainer
 
@@ -194,7 +191,7 @@ def train(
     try:
         machine_note = use_the_machine(cfg, dataset, algo, device, world, start_workers)
     except StartWorkers as plan:
-        plan.built = (dataset, algo, generator_states())
+        plan.built = (dataset, algo, capture_rng(torch.Generator()))  # no sampler yet
         raise
     engine = make_engine(cfg, algo, device, world, iterations=cfg.trainer.iterations)
     # Every split is checked before training starts, so an impossible test episode fails now.
@@ -243,7 +240,7 @@ def _dataset_and_model(cfg: DictConfig, device: torch.device, world: World, buil
         dataset = build("dataset", cfg.dataset)
         return dataset, _starting_model(cfg, dataset, device, world)
     dataset, algo, states = built
-    restore_generator_states(states)
+    restore_rng(states, torch.Generator())
     world.broadcast_state(algo)
     return dataset, algo
 

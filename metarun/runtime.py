@@ -40,18 +40,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def generator_states() -> tuple:
-    """The global generators' states, to continue later exactly where they are now."""
-    return random.getstate(), numpy.random.get_state(), torch.get_rng_state()
-
-
-def restore_generator_states(states: tuple) -> None:
-    python, numpy_state, torch_state = states
-    random.setstate(python)
-    numpy.random.set_state(numpy_state)
-    torch.set_rng_state(torch_state)
-
-
 def keep_freed_memory() -> None:
     """Lets glibc reuse freed activation memory instead of returning it to the OS.
 

@@ -257,4 +257,4 @@ def test_the_workers_start_from_what_this_process_built(tiny_cfg, tmp_path, monk
     rebuilt = run._starting_model(cfg, build("dataset", cfg.dataset), CPU, World.current())
     for name, tensor in rebuilt.state_dict().items():
         assert torch.equal(algo.state_dict()[name], tensor), name
-    assert torch.equal(states[2], torch.get_rng_state())
+    assert torch.equal(states["torch"], torch.get_rng_state())
