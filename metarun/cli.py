@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from metarun import distributed, launch, report, run
+from metarun import distributed, launch, report, retest, run
 from metarun.build import CONFIG_DIR
 from metarun.distributed import World
 from metarun.errors import MetarunError, Preempted
@@ -78,7 +78,7 @@ def _train_here_or_with_workers(cfg: DictConfig, run_dir: Path, start_workers: b
 
 def _eval(cfg: DictConfig) -> None:
     try:
-        results = run.evaluate(cfg, HydraConfig.get().overrides.task)
+        results = retest.evaluate(cfg, HydraConfig.get().overrides.task)
     except MetarunError as error:
         _report(error)
     if World.current().is_main:

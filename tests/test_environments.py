@@ -274,12 +274,12 @@ def navigation_run(tmp_path_factory):
 def test_eval_of_a_navigation_run_reports_returns_after_each_step(navigation_run):
     from hydra import compose, initialize_config_dir
 
-    from metarun import run
+    from metarun import retest
     from metarun.build import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", [f"run_dir={navigation_run}", "eval.inner_steps=3"])
-    results = run.evaluate(cfg, ["eval.inner_steps=3"])
+    results = retest.evaluate(cfg, ["eval.inner_steps=3"])
     assert len(results["return_after_steps"]) == 4 and results["protocol"]["inner_steps_test"] == 3
     assert results["protocol"]["horizon"] == 10
 
@@ -289,7 +289,7 @@ def test_a_supervised_checkpoint_is_refused_by_an_rl_run_and_the_reverse(
 ):
     from hydra import compose, initialize_config_dir
 
-    from metarun import run
+    from metarun import retest, run
     from metarun.build import CONFIG_DIR
 
     supervised = tmp_path / "supervised"
@@ -302,7 +302,7 @@ def test_a_supervised_checkpoint_is_refused_by_an_rl_run_and_the_reverse(
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose("eval", [f"run_dir={run_dir}", f"checkpoint={checkpoint}"])
         with pytest.raises(ConfigError, match="environment tasks"):
-            run.evaluate(cfg)
+            retest.evaluate(cfg)
 
 
 def test_plot_draws_returns_per_step_and_navigation_paths(navigation_run, tmp_path):

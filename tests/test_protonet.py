@@ -6,7 +6,7 @@ import torch
 from conftest import TINY
 from reference import assert_engines_agree
 
-from metarun import run
+from metarun import retest, run
 from metarun.algorithms.protonet import ProtoNet
 from metarun.backbones.mlp import MLP
 from metarun.episode import Episode
@@ -56,7 +56,7 @@ def test_loop_and_vmap_engines_agree():
 
 def test_a_run_tests_at_other_ways_than_it_trained(make_cfg, tmp_path):
     run.train(make_cfg(*TINY, "algo=protonet"), tmp_path)
-    result = run.evaluate(
+    result = retest.evaluate(
         make_cfg(f"run_dir={tmp_path}", "eval.ways=7", "eval.episodes=3", config="eval")
     )
     assert result["protocol"]["ways"] == 7 and result["episodes"] == 3

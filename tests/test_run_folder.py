@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import metarun
-from metarun import run
+from metarun import retest, run
 from metarun.provenance import code_stamp
 
 
@@ -84,9 +84,9 @@ def test_a_run_resumed_with_other_threads_warns_that_it_is_not_bit_identical(
 
 def test_eval_keeps_the_runs_engine_unless_the_command_line_sets_it(tiny_cfg, tmp_path):
     run.train(tiny_cfg("algo=protonet", "engine=vmap", "compile=false"), tmp_path)
-    kept = run.evaluate(*eval_cfg(tmp_path))
+    kept = retest.evaluate(*eval_cfg(tmp_path))
     assert kept["protocol"]["engine"] == "vmap"
-    given = run.evaluate(*eval_cfg(tmp_path, "engine=loop"))
+    given = retest.evaluate(*eval_cfg(tmp_path, "engine=loop"))
     assert given["protocol"]["engine"] == "loop"
     assert given["accuracy"]["mean"] == kept["accuracy"]["mean"]
     assert json.loads((tmp_path / "eval.json").read_text())["code"]["device"] == "cpu"
@@ -99,7 +99,7 @@ def test_a_run_folder_saved_before_later_settings_existed_is_upgraded(tiny_cfg, 
         config.pop(key)
     config.eval.pop("ways")
     OmegaConf.save(config, tmp_path / "config.yaml")
-    protocol = run.evaluate(*eval_cfg(tmp_path))["protocol"]
+    protocol = retest.evaluate(*eval_cfg(tmp_path))["protocol"]
     assert protocol["keep_freed_memory"] is False and protocol["precision"] == "fp32"
     assert protocol["batchnorm"].startswith("transductive") and protocol["ways"] == 5
 
